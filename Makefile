@@ -1,0 +1,53 @@
+# One command surface: humans and CI call the same targets. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+
+.DEFAULT_GOAL := help
+.PHONY: help install services demo test test-unit chaos bench lint typecheck fmt migrate clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(BIN)/billq: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/billq ## create the venv and install billq with dev tools
+
+services: ## make sure RabbitMQ and Postgres answer (start or install them if needed)
+	@bash scripts/ensure-services
+
+demo: install services ## seed, distribute, charge with two workers, print the summary
+	@PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo
+
+test: install services ## the whole test suite against the real services
+	$(BIN)/pytest -q -m "not slow"
+
+chaos: install services ## every chaos scenario (kills brokers, databases, workers), then the table
+	@bash scripts/chaos
+
+test-unit: install ## only the tests that need no services
+	$(BIN)/pytest -q -m unit
+
+lint: install ## ruff and the import contracts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+typecheck: install ## mypy --strict on the packages
+	$(BIN)/mypy
+
+fmt: install ## format and autofix
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+migrate: install ## apply migrations to BILLQ_DATABASE_URL
+	$(BIN)/billq migrate
+
+clean: ## remove the venv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,53 @@
+-- Least-privilege roles for billq. Run once per billq database, as its owner, after
+-- `billq migrate` (idempotent). Then create login users in these groups, e.g.:
+--   CREATE ROLE billq_worker_1 LOGIN PASSWORD '...' IN ROLE billq_worker;
+-- migrator: owns the schema (run `billq migrate` as it or as the database owner).
+-- distributor: reads accounts, writes runs and jobs (and completes jobs when reconciling).
+-- worker: moves jobs, records charges, invoices and events; cannot alter the schema.
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'billq_migrator') THEN
+        CREATE ROLE billq_migrator NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'billq_distributor') THEN
+        CREATE ROLE billq_distributor NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'billq_worker') THEN
+        CREATE ROLE billq_worker NOLOGIN;
+    END IF;
+END
+$$;
+
+GRANT ALL ON SCHEMA public TO billq_migrator;
+GRANT ALL ON ALL TABLES IN SCHEMA public TO billq_migrator;
+GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO billq_migrator;
+
+GRANT USAGE ON SCHEMA public TO billq_distributor, billq_worker;
+REVOKE CREATE ON SCHEMA public FROM billq_distributor, billq_worker;
+
+-- Distributor (billq distribute, billq reconcile, billq status and the admin commands).
+GRANT SELECT ON accounts, charges, invoices, account_events, workers, schema_migrations
+    TO billq_distributor;
+GRANT SELECT, INSERT, UPDATE ON billing_runs, billing_jobs TO billq_distributor;
+GRANT USAGE ON SEQUENCE billing_runs_id_seq, billing_jobs_id_seq TO billq_distributor;
+-- Reconciling a job whose charge exists at the gateway records it like a worker would.
+GRANT INSERT ON charges, account_events TO billq_distributor;
+GRANT INSERT, UPDATE ON invoices, invoice_counters TO billq_distributor;
+GRANT UPDATE (next_billing_at, status, dunning_attempt, dunning_next_at, first_declined_at,
+              updated_at) ON accounts TO billq_distributor;
+GRANT USAGE ON SEQUENCE charges_id_seq, invoices_id_seq, account_events_id_seq
+    TO billq_distributor;
+
+-- Worker.
+GRANT SELECT ON accounts, billing_runs, schema_migrations TO billq_worker;
+GRANT UPDATE (next_billing_at, status, dunning_attempt, dunning_next_at, first_declined_at,
+              updated_at) ON accounts TO billq_worker;
+GRANT SELECT, UPDATE ON billing_jobs TO billq_worker;
+GRANT UPDATE (state, finished_at) ON billing_runs TO billq_worker;
+GRANT SELECT, INSERT ON charges, account_events TO billq_worker;
+GRANT SELECT, INSERT, UPDATE ON invoices, invoice_counters TO billq_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON workers TO billq_worker;
+GRANT USAGE ON SEQUENCE charges_id_seq, invoices_id_seq, account_events_id_seq
+    TO billq_worker;
+GRANT EXECUTE ON FUNCTION billq_next_invoice_number(integer) TO billq_worker, billq_distributor;

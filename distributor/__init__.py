@@ -1,0 +1,1 @@
+"""The billq distributor: find due accounts, create their jobs, publish them."""

@@ -1,0 +1,271 @@
+"""One distributor invocation: lock → repair the outbox → scan → insert jobs → publish.
+
+The jobs table is the outbox: a job is inserted (``pending``) before anything is
+published and marked ``published`` only after the broker confirmed its message.
+A crash at any point leaves ``pending`` jobs that the next run publishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+
+from distributor.plan import DueAccount, Shard, plan_job
+from distributor.reconcile import ReconcileSummary, reconcile
+from shared.amqp import topology
+from shared.amqp.connection import connect_any
+from shared.amqp.outbox import Outbox
+from shared.amqp.publisher import Publisher
+from shared.config import Settings
+from shared.db import runs_repo
+from shared.db.pool import connect, create_pool
+from shared.gateway.factory import make_gateway
+
+log = structlog.get_logger("billq.distributor")
+
+
+@dataclass
+class Summary:
+    run_id: int | None
+    as_of: str
+    due: int = 0
+    new_jobs: int = 0
+    republished: int = 0
+    published: int = 0
+    duration_s: float = 0.0
+    dry_run: bool = False
+    locked: bool = False
+    reconciled: int = 0
+    scheduled_runs: list[int] = field(default_factory=list)
+    state: str = "published"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def line(self) -> str:
+        if self.locked:
+            return "distribute: another distributor run holds the lock; nothing to do"
+        if self.state == "scheduled":
+            return f"distribute: scheduled run {self.run_id} at {self.as_of}"
+        if self.dry_run:
+            return f"distribute (dry run): as_of={self.as_of} due={self.due}"
+        return (
+            f"distribute: run={self.run_id} as_of={self.as_of} due={self.due} "
+            f"new_jobs={self.new_jobs} republished={self.republished} "
+            f"published={self.published} in {self.duration_s:.2f}s"
+        )
+
+
+async def distribute(
+    settings: Settings,
+    *,
+    as_of: dt.datetime,
+    dry_run: bool = False,
+    batch_size: int | None = None,
+    shard: Shard | None = None,
+) -> Summary:
+    """Run one distribution. Raises ``BillqError`` subclasses on failure."""
+    started = time.perf_counter()
+    batch = batch_size or settings.batch_size
+    summary = Summary(run_id=None, as_of=as_of.isoformat(), dry_run=dry_run)
+    lock_conn = await connect(settings)
+    try:
+        if not await runs_repo.try_lock(lock_conn, shard):
+            summary.locked = True
+            summary.state = "locked"
+            return summary
+        pool = await create_pool(settings, min_size=1, max_size=4)
+        try:
+            if dry_run:
+                summary.due = await runs_repo.count_due(pool, as_of, shard)
+                summary.state = "dry_run"
+                return summary
+            await _distribute(settings, pool, as_of, batch, shard, summary)
+        finally:
+            await pool.close()
+    finally:
+        await lock_conn.close()  # releases the advisory lock
+    summary.duration_s = round(time.perf_counter() - started, 3)
+    return summary
+
+
+async def _distribute(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    as_of: dt.datetime,
+    batch: int,
+    shard: Shard | None,
+    summary: Summary,
+) -> None:
+    conn = await connect_any(settings.amqp_urls)
+    try:
+        channel = await conn.channel()
+        await topology.declare(channel, settings)
+        await channel.close()
+        publisher = Publisher(conn, timeout=settings.publish_timeout)
+        outbox = Outbox(pool, publisher, settings)
+        if shard is None or shard[0] == 0:
+            # Repairs and scheduled runs are done once, not by every shard.
+            gateway = make_gateway(settings)
+            try:
+                repaired = await reconcile(settings, pool, conn, outbox, gateway)
+            finally:
+                await gateway.aclose()
+            summary.reconciled = repaired.republished + repaired.completed_from_gateway
+            summary.republished = await _repair_outbox(pool, outbox, batch)
+            for run_id, run_as_of in await runs_repo.start_due_scheduled(pool):
+                scheduled = Summary(run_id=run_id, as_of=run_as_of.isoformat())
+                await _perform_run(pool, outbox, run_as_of, batch, None, scheduled)
+                summary.scheduled_runs.append(run_id)
+        if shard is None:
+            summary.run_id = await runs_repo.create_run(pool, as_of)
+        else:
+            summary.run_id = await runs_repo.join_or_create_run(pool, as_of, shard[1])
+        await _perform_run(pool, outbox, as_of, batch, shard, summary)
+    finally:
+        await conn.close()
+
+
+async def _perform_run(
+    pool: asyncpg.Pool,
+    outbox: Outbox,
+    as_of: dt.datetime,
+    batch: int,
+    shard: Shard | None,
+    summary: Summary,
+) -> None:
+    assert summary.run_id is not None
+    log.info("run.started", run_id=summary.run_id, as_of=summary.as_of)
+    try:
+        await _scan(pool, outbox, as_of, batch, shard, summary)
+    except BaseException as exc:
+        summary.state = "failed"
+        await runs_repo.finish_run(
+            pool,
+            summary.run_id,
+            "failed",
+            summary.due,
+            summary.published,
+            f"{type(exc).__name__}: {exc}"[:1000],
+        )
+        log.error("run.failed", run_id=summary.run_id, error=str(exc))
+        raise
+    summary.published = summary.new_jobs + summary.republished
+    await runs_repo.finish_run(
+        pool, summary.run_id, "published", summary.due, summary.published, None
+    )
+    log.info("run.published", **summary.as_dict())
+
+
+async def _repair_outbox(pool: asyncpg.Pool, outbox: Outbox, batch: int) -> int:
+    """Publish jobs an earlier run inserted but never saw confirmed."""
+    total, after = 0, 0
+    while rows := await runs_repo.pending_batch(pool, after, batch):
+        total += await outbox.publish(rows)
+        after = rows[-1]["id"]
+    if total:
+        log.info("outbox.republished", jobs=total)
+    return total
+
+
+async def _scan(
+    pool: asyncpg.Pool,
+    outbox: Outbox,
+    as_of: dt.datetime,
+    batch: int,
+    shard: Shard | None,
+    summary: Summary,
+) -> None:
+    assert summary.run_id is not None
+    # Two stages overlap: while one batch waits for its confirms, the next is planned and
+    # inserted. At most one publish is in flight, so a failure stops the run promptly.
+    publishing: asyncio.Task[int] | None = None
+    try:
+        async with pool.acquire() as scan_conn:
+            async for rows in runs_repo.scan_due(scan_conn, as_of, batch, shard):
+                inserted = await _plan_and_insert(pool, rows, summary)
+                if publishing is not None:
+                    summary.new_jobs += await publishing
+                publishing = asyncio.create_task(outbox.publish(inserted))
+        if publishing is not None:
+            summary.new_jobs += await publishing
+            publishing = None
+    finally:
+        if publishing is not None and not publishing.done():
+            publishing.cancel()
+            with contextlib.suppress(BaseException):
+                await publishing
+
+
+async def _plan_and_insert(
+    pool: asyncpg.Pool, rows: list[asyncpg.Record], summary: Summary
+) -> list[asyncpg.Record]:
+    assert summary.run_id is not None
+    summary.due += len(rows)
+    planned = [
+        plan_job(
+            DueAccount(
+                r["id"],
+                r["next_billing_at"],
+                r["billing_interval"],
+                r["billing_anchor_day"],
+                r["amount_cents"],
+                r["currency"],
+                r["dunning_attempt"],
+            )
+        )
+        for r in rows
+    ]
+    cols: list[list[Any]] = [
+        [p.account_id for p in planned],
+        [p.period_start for p in planned],
+        [p.period_end for p in planned],
+        [p.idempotency_key for p in planned],
+        [p.amount_cents for p in planned],
+        [p.currency for p in planned],
+        [p.dunning_attempt for p in planned],
+    ]
+    return await runs_repo.insert_jobs(pool, summary.run_id, cols)
+
+
+async def schedule(settings: Settings, at: dt.datetime) -> Summary:
+    """Store a run for ``at``; the first distribute invoked at or after it performs it."""
+    pool = await create_pool(settings, min_size=1, max_size=1)
+    try:
+        run_id = await runs_repo.schedule_run(pool, at)
+    finally:
+        await pool.close()
+    return Summary(run_id=run_id, as_of=at.isoformat(), state="scheduled")
+
+
+async def reconcile_once(settings: Settings) -> ReconcileSummary | None:
+    """``billq reconcile``: the repair step alone, under the distributor's lock.
+
+    Returns None when another distributor or reconciler holds the lock.
+    """
+    lock_conn = await connect(settings)
+    try:
+        if not await runs_repo.try_lock(lock_conn):
+            return None
+        pool = await create_pool(settings, min_size=1, max_size=2)
+        conn = await connect_any(settings.amqp_urls)
+        gateway = make_gateway(settings)
+        try:
+            channel = await conn.channel()
+            await topology.declare(channel, settings)
+            await channel.close()
+            outbox = Outbox(pool, Publisher(conn, timeout=settings.publish_timeout), settings)
+            return await reconcile(settings, pool, conn, outbox, gateway)
+        finally:
+            await gateway.aclose()
+            await conn.close()
+            await pool.close()
+    finally:
+        await lock_conn.close()

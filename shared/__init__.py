@@ -1,0 +1,1 @@
+"""Code shared by the billq distributor and worker: config, domain, adapters."""

@@ -1,0 +1,69 @@
+"""Connect to RabbitMQ, failing over across a list of broker URLs.
+
+billq does its own reconnect loop instead of aio-pika's robust connection, whose
+consumer restoration is known to fail silently after a broker restart; every
+(re)connection redeclares topology and restarts consumers explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+import aio_pika
+from aio_pika.abc import AbstractConnection
+
+from shared.errors import ConfigError, TransientError
+
+
+class BrokerUnavailable(TransientError):
+    """No RabbitMQ broker in BILLQ_AMQP_URL answered."""
+
+
+def safe_url(url: str) -> str:
+    """host:port/vhost, without credentials, for logs and errors."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 5672}{parts.path or '/'}"
+
+
+async def connect_any(urls: Sequence[str], *, timeout: float = 10.0) -> AbstractConnection:
+    """Connect to the first broker that answers, in order.
+
+    Raises:
+        ConfigError: credentials refused.
+        BrokerUnavailable: none answered.
+    """
+    last: BaseException | None = None
+    for url in urls:
+        try:
+            return await aio_pika.connect(url, timeout=timeout)
+        except aio_pika.exceptions.ProbableAuthenticationError:
+            raise ConfigError(f"BILLQ_AMQP_URL: {safe_url(url)} refused the credentials") from None
+        except Exception as exc:
+            # Any failure to open the connection means "not this broker, not now" — a peer
+            # that closes the socket at once even surfaces as StopAsyncIteration from aiormq.
+            last = exc
+    raise BrokerUnavailable(
+        "BILLQ_AMQP_URL: no broker answered at "
+        + ", ".join(safe_url(u) for u in urls)
+        + (f" ({type(last).__name__})" if last else "")
+    )
+
+
+async def connect_with_retry(
+    urls: Sequence[str], *, stop: asyncio.Event, max_backoff: float = 5.0
+) -> AbstractConnection | None:
+    """Keep trying every URL with capped backoff until connected or ``stop`` is set."""
+    for attempt in itertools.count():
+        try:
+            return await connect_any(urls)
+        except BrokerUnavailable:
+            delay = min(max_backoff, 0.25 * 2**attempt)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+                return None
+            except TimeoutError:
+                continue
+    return None  # pragma: no cover - itertools.count never ends

@@ -1,0 +1,25 @@
+"""Exchange and queue names, derived from the prefix by tiny pure functions."""
+
+from __future__ import annotations
+
+ROUTING_KEY = "charge"
+
+
+def work_exchange(prefix: str) -> str:
+    return prefix
+
+
+def dead_letter_exchange(prefix: str) -> str:
+    return f"{prefix}.dlx"
+
+
+def work_queue(prefix: str) -> str:
+    return f"{prefix}.charge"
+
+
+def retry_queue(prefix: str, delay_s: float) -> str:
+    return f"{prefix}.charge.retry.{int(delay_s)}s"
+
+
+def dead_letter_queue(prefix: str) -> str:
+    return f"{prefix}.charge.dead"

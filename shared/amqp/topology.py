@@ -1,0 +1,74 @@
+"""Declare billq's exchanges and queues idempotently (both sides do it at start-up).
+
+- ``{p}``           direct work exchange; ``{p}.charge`` bound with key ``charge``.
+- ``{p}.charge``    durable quorum queue, delivery limit, dead-letters to ``{p}.dlx``.
+- ``{p}.charge.retry.<n>s``  one queue per backoff tier: a fixed queue TTL dead-letters
+                    back to the work exchange (RabbitMQ 3.10 ships no delayed exchange, and
+                    per-message TTLs in one shared queue wait behind the head).
+- ``{p}.dlx`` / ``{p}.charge.dead``  fanout dead-letter exchange and its queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange
+
+from shared.amqp import names
+from shared.config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    work: AbstractExchange
+    dlx: AbstractExchange
+
+
+def retry_tiers(settings: Settings) -> list[float]:
+    return sorted({float(int(d)) or 1.0 for d in settings.retry_delays})
+
+
+async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
+    p = settings.queue_prefix
+    work = await channel.declare_exchange(
+        names.work_exchange(p), aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    dlx = await channel.declare_exchange(
+        names.dead_letter_exchange(p), aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    dead = await channel.declare_queue(
+        names.dead_letter_queue(p), durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await dead.bind(dlx, routing_key="#")
+    queue = await channel.declare_queue(
+        names.work_queue(p),
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            # Backstop for messages that crash workers; attempts are counted in Postgres.
+            "x-delivery-limit": settings.delivery_limit,
+            "x-dead-letter-exchange": names.dead_letter_exchange(p),
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+    )
+    await queue.bind(work, routing_key=names.ROUTING_KEY)
+    for delay in retry_tiers(settings):
+        await channel.declare_queue(
+            names.retry_queue(p, delay),
+            durable=True,
+            arguments={
+                "x-queue-type": "classic",
+                "x-message-ttl": int(delay * 1000),
+                "x-dead-letter-exchange": names.work_exchange(p),
+                "x-dead-letter-routing-key": names.ROUTING_KEY,
+            },
+        )
+    return Topology(work=work, dlx=dlx)
+
+
+def retry_tier_for(settings: Settings, delay: float) -> float:
+    """The smallest declared tier at or above ``delay`` (the largest if none)."""
+    tiers = retry_tiers(settings)
+    return next((t for t in tiers if t >= delay), tiers[-1])

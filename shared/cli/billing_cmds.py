@@ -1,0 +1,219 @@
+"""Finance views: ``billq runs``, ``billq report RUN``, ``billq invoices list|show``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import re
+from typing import Any
+
+from shared.cli import output
+from shared.config import Settings
+from shared.errors import ConfigError
+
+RUN_COLUMNS = (
+    "id",
+    "as_of",
+    "state",
+    "total",
+    "succeeded",
+    "declined",
+    "dead",
+    "in_flight",
+    "started_at",
+    "finished_at",
+)
+INVOICE_COLUMNS = (
+    "number",
+    "account_id",
+    "period_start",
+    "period_end",
+    "amount_cents",
+    "currency",
+    "status",
+    "gateway_charge_id",
+)
+
+
+async def _with_pool(settings: Settings, fn: Any) -> Any:
+    from shared.db.pool import create_pool
+
+    pool = await create_pool(settings, min_size=1, max_size=2)
+    try:
+        return await fn(pool)
+    finally:
+        await pool.close()
+
+
+def _runs(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.db import billing_repo, runs_repo
+
+    async def main(pool: Any) -> Any:
+        await runs_repo.settle_open_runs(pool)
+        return await billing_repo.runs(pool, args.limit)
+
+    rows = asyncio.run(_with_pool(settings, main))
+    if args.json:
+        output.print_json(output.rows_to_dicts(rows))
+    else:
+        output.print_table(rows, RUN_COLUMNS)
+    return 0
+
+
+def build_report(run: Any, counts: dict[str, int], parts: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "run_id": run["id"],
+        "state": run["state"],
+        "as_of": run["as_of"],
+        "jobs": counts,
+        "billed": output.rows_to_dicts(parts["billed"]),
+        "declines": output.rows_to_dicts(parts["declines"]),
+        "dead": output.rows_to_dicts(parts["dead"]),
+    }
+
+
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.db import billing_repo, runs_repo
+
+    async def main(pool: Any) -> Any:
+        await runs_repo.settle_run(pool, args.run)
+        run = await runs_repo.get_run(pool, args.run)
+        if run is None:
+            raise ConfigError(f"RUN: no billing run {args.run}")
+        return build_report(
+            run,
+            await runs_repo.run_counts(pool, args.run),
+            await billing_repo.report(pool, args.run),
+        )
+
+    report = asyncio.run(_with_pool(settings, main))
+    if args.json:
+        output.print_json(report)
+    elif args.csv:
+        rows = (
+            [
+                {
+                    "section": "billed",
+                    "key": b["currency"],
+                    "count": b["charges"],
+                    "amount_cents": b["amount_cents"],
+                }
+                for b in report["billed"]
+            ]
+            + [
+                {"section": "declines", "key": d["reason"], "count": d["jobs"]}
+                for d in report["declines"]
+            ]
+            + [
+                {"section": "dead", "key": d["job_id"], "count": 1, "reason": d["reason"]}
+                for d in report["dead"]
+            ]
+        )
+        output.print_csv(rows, ("section", "key", "count", "amount_cents", "reason"))
+    else:
+        print(f"run {report['run_id']} ({report['state']}), as of {report['as_of']}")
+        print("jobs: " + ", ".join(f"{k}={v}" for k, v in sorted(report["jobs"].items())))
+        print("billed:")
+        for b in report["billed"]:
+            print(
+                f"  {output.money(b['amount_cents'], b['currency']):>20}  ({b['charges']} charges)"
+            )
+        print("declines by reason:" + ("" if report["declines"] else " none"))
+        for d in report["declines"]:
+            print(f"  {d['reason']}: {d['jobs']}")
+        print("dead jobs:" + ("" if report["dead"] else " none"))
+        for d in report["dead"]:
+            print(f"  job {d['job_id']} account {d['account_id']}: {d['reason']}")
+    return 0
+
+
+def _period(text: str) -> tuple[dt.date, dt.date]:
+    match = re.fullmatch(r"(\d{4})-(\d{2})", text)
+    if not match or not 1 <= int(match.group(2)) <= 12:
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM, got {text!r}")
+    year, month = int(match.group(1)), int(match.group(2))
+    end = dt.date(year + (month == 12), month % 12 + 1, 1)
+    return dt.date(year, month, 1), end
+
+
+def _invoices_list(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.db import billing_repo
+
+    rows = asyncio.run(
+        _with_pool(
+            settings,
+            lambda pool: billing_repo.invoices(pool, args.account, args.period, args.limit),
+        )
+    )
+    if args.json:
+        output.print_json(output.rows_to_dicts(rows))
+    else:
+        output.print_table(rows, INVOICE_COLUMNS)
+    return 0
+
+
+def _invoices_show(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.db import billing_repo
+
+    row = asyncio.run(_with_pool(settings, lambda pool: billing_repo.invoice(pool, args.number)))
+    if row is None:
+        raise ConfigError(f"NUMBER: no invoice {args.number}")
+    if args.json:
+        output.print_json(dict(row))
+        return 0
+    print(f"Invoice {row['number']} — {row['status'].upper()}")
+    print(f"  account       {row['account_id']}")
+    print(f"  period        {row['period_start']} to {row['period_end']}")
+    print(f"  amount        {output.money(row['amount_cents'], row['currency'])}")
+    print(f"  charge        {row['gateway_charge_id'] or '-'}")
+    print(f"  issued        {output.plain(row['created_at'])}")
+    print(f"  paid          {output.plain(row['paid_at']) if row['paid_at'] else '-'}")
+    return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _invoice_number(text: str) -> str:
+    if not re.fullmatch(r"\d{4}-\d{6}", text):
+        raise argparse.ArgumentTypeError(
+            f"expected an invoice number like 2026-000123, got {text!r}"
+        )
+    return text
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("runs", help="list billing runs with their progress")
+    p.add_argument("--limit", type=_positive, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_runs)
+
+    p = sub.add_parser("report", help="finance summary of a run: billed, declines, dead jobs")
+    p.add_argument("run", type=_positive, metavar="RUN")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
+    p.set_defaults(handler=_report)
+
+    invoices = sub.add_parser("invoices", help="list and show invoices")
+    verbs = invoices.add_subparsers(
+        dest="verb", metavar="VERB", required=True, parser_class=type(invoices)
+    )
+    p = verbs.add_parser("list", help="invoices, newest number last")
+    p.add_argument("--account", type=_positive, help="only this account")
+    p.add_argument("--period", type=_period, help="periods starting in this month (YYYY-MM)")
+    p.add_argument("--limit", type=_positive, default=1000)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_invoices_list)
+    p = verbs.add_parser("show", help="one invoice")
+    p.add_argument("number", type=_invoice_number, metavar="NUMBER")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_invoices_show)

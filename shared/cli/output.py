@@ -1,0 +1,54 @@
+"""Printing for people (aligned text) and scripts (JSON, CSV) — one place, one style."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import decimal
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def plain(value: Any) -> Any:
+    """JSON-friendly value: ISO dates, strings for decimals."""
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def rows_to_dicts(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: plain(v) for k, v in dict(r).items()} for r in rows]
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(plain(data)))
+
+
+def print_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    writer = csv.DictWriter(sys.stdout, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    for r in rows_to_dicts(rows):
+        writer.writerow(r)
+
+
+def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    data = [
+        [("" if v is None else str(v)) for v in (plain(dict(r).get(c)) for c in columns)]
+        for r in rows
+    ]
+    widths = [max([len(c)] + [len(row[i]) for row in data]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in data:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def money(cents: int, currency: str) -> str:
+    return f"{cents / 100:,.2f} {currency}"

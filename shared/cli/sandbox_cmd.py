@@ -1,0 +1,84 @@
+"""``billq sandbox-gateway``: run the Stripe-shaped sandbox payment gateway."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from shared.config import Settings
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a rate in [0, 1], got {text!r}")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected milliseconds >= 0, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port 0-65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0-65535, got {text!r}")
+    return value
+
+
+def _handle(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.gateway.sandbox_server import serve
+
+    serve(
+        args.host,
+        args.port,
+        ledger=args.ledger,
+        fail_rate=args.fail_rate,
+        timeout_rate=args.timeout_rate,
+        latency_ms=args.latency_ms,
+        seed=args.seed,
+    )
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "sandbox-gateway",
+        help="run the sandbox payment gateway (Stripe PaymentIntents subset, test cards)",
+        description="Serve a subset of Stripe's PaymentIntents API with idempotency-key "
+        "replay and Stripe's test cards, keeping its ledger in SQLite. Faults are injectable "
+        "for retry tests. Runs until SIGTERM/SIGINT.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=_port, default=12111, help="port to listen on")
+    p.add_argument(
+        "--ledger",
+        default="sandbox-ledger.sqlite3",
+        help="SQLite file for intents and idempotency keys (':memory:' keeps nothing)",
+    )
+    p.add_argument(
+        "--fail-rate", type=_rate, default=0.0, help="share of POSTs answered 500 unexecuted"
+    )
+    p.add_argument(
+        "--timeout-rate",
+        type=_rate,
+        default=0.0,
+        help="share of POSTs that charge and then never answer",
+    )
+    p.add_argument(
+        "--latency-ms", type=_milliseconds, default=0.0, help="delay added to every POST answer"
+    )
+    p.add_argument("--seed", type=int, help="seed for the fault rolls (default: random)")
+    p.set_defaults(handler=_handle)

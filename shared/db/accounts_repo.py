@@ -1,0 +1,122 @@
+"""accounts and account_events: import, list, show, payment-method updates."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import asyncpg
+
+from shared.billing.accounts import AccountRow
+
+# Re-importing updates what the integrator owns and never the billing state
+# (next_billing_at, status, dunning), so a nightly sync cannot re-bill or un-suspend.
+UPSERT = """
+INSERT INTO accounts (id, name, email, amount_cents, currency, billing_interval,
+                      billing_anchor_day, next_billing_at, status, payment_method,
+                      gateway_customer)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
+                     $7::smallint[], $8::timestamptz[], $9::text[], $10::text[], $11::text[])
+ON CONFLICT (id) DO UPDATE SET
+    name = EXCLUDED.name, email = EXCLUDED.email, amount_cents = EXCLUDED.amount_cents,
+    currency = EXCLUDED.currency, billing_interval = EXCLUDED.billing_interval,
+    billing_anchor_day = EXCLUDED.billing_anchor_day,
+    payment_method = EXCLUDED.payment_method, gateway_customer = EXCLUDED.gateway_customer,
+    updated_at = now()
+ WHERE (accounts.name, accounts.email, accounts.amount_cents, accounts.currency,
+        accounts.billing_interval, accounts.billing_anchor_day, accounts.payment_method,
+        accounts.gateway_customer)
+       IS DISTINCT FROM
+       (EXCLUDED.name, EXCLUDED.email, EXCLUDED.amount_cents, EXCLUDED.currency,
+        EXCLUDED.billing_interval, EXCLUDED.billing_anchor_day, EXCLUDED.payment_method,
+        EXCLUDED.gateway_customer)
+RETURNING (xmax = 0) AS inserted
+"""
+
+LIST = """
+SELECT id, name, email, amount_cents, currency, billing_interval, billing_anchor_day,
+       next_billing_at, status, gateway_customer, dunning_attempt, dunning_next_at
+  FROM accounts
+ WHERE ($1::text IS NULL OR status = $1)
+   AND ($2::timestamptz IS NULL OR next_billing_at < $2)
+ ORDER BY id
+ LIMIT $3
+"""
+
+GET = """
+SELECT id, name, email, amount_cents, currency, billing_interval, billing_anchor_day,
+       next_billing_at, status, gateway_customer, dunning_attempt, dunning_next_at,
+       first_declined_at, created_at, updated_at
+  FROM accounts WHERE id = $1
+"""
+
+EVENTS = """
+SELECT at, kind, from_status, to_status, reason, job_id
+  FROM account_events WHERE account_id = $1 ORDER BY at, id
+"""
+
+# A new card on a past-due or suspended account: retry the unpaid period at the next run.
+UPDATE_PAYMENT_METHOD = """
+WITH before AS (SELECT id, status FROM accounts WHERE id = $1 FOR UPDATE),
+upd AS (
+    UPDATE accounts a
+       SET payment_method = $2, updated_at = now(),
+           status = CASE WHEN a.status IN ('past_due', 'suspended') THEN 'past_due'
+                         ELSE a.status END,
+           dunning_next_at = CASE WHEN a.status IN ('past_due', 'suspended') THEN now()
+                                  ELSE a.dunning_next_at END,
+           dunning_attempt = CASE WHEN a.status = 'suspended' THEN a.dunning_attempt + 1
+                                  ELSE a.dunning_attempt END
+      FROM before b WHERE a.id = b.id
+    RETURNING a.id, a.status
+), event AS (
+    INSERT INTO account_events (account_id, kind, from_status, to_status, reason)
+    SELECT b.id, 'payment_method_updated', b.status, u.status, 'payment method replaced'
+      FROM before b JOIN upd u ON u.id = b.id
+)
+SELECT b.status AS before, u.status AS after FROM before b JOIN upd u ON u.id = b.id
+"""
+
+
+async def upsert(conn: asyncpg.Connection, rows: Sequence[AccountRow]) -> tuple[int, int]:
+    """(inserted, updated) — unchanged rows count as neither."""
+    result = await conn.fetch(
+        UPSERT,
+        [r.id for r in rows],
+        [r.name for r in rows],
+        [r.email for r in rows],
+        [r.amount_cents for r in rows],
+        [r.currency for r in rows],
+        [r.billing_interval for r in rows],
+        [r.billing_anchor_day for r in rows],
+        [r.next_billing_at for r in rows],
+        [r.status for r in rows],
+        [r.payment_method for r in rows],
+        [r.gateway_customer for r in rows],
+    )
+    inserted = sum(1 for r in result if r["inserted"])
+    return inserted, len(result) - inserted
+
+
+async def list_accounts(
+    pool: asyncpg.Pool, status: str | None, due_before: dt.datetime | None, limit: int
+) -> list[asyncpg.Record]:
+    return list(await pool.fetch(LIST, status, due_before, limit))
+
+
+async def get(pool: asyncpg.Pool, account_id: int) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await pool.fetchrow(GET, account_id)
+    return row
+
+
+async def events(pool: asyncpg.Pool, account_id: int) -> list[asyncpg.Record]:
+    return list(await pool.fetch(EVENTS, account_id))
+
+
+async def update_payment_method(
+    pool: asyncpg.Pool, account_id: int, payment_method: str
+) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await pool.fetchrow(
+        UPDATE_PAYMENT_METHOD, account_id, payment_method
+    )
+    return row

@@ -1,0 +1,75 @@
+"""Read models for finance: runs, run reports, invoices."""
+
+from __future__ import annotations
+
+import asyncpg
+
+RUNS = """
+SELECT r.id, r.as_of, r.state, r.started_at, r.finished_at, r.due, r.published,
+       count(j.id) AS total,
+       count(j.id) FILTER (WHERE j.state = 'succeeded') AS succeeded,
+       count(j.id) FILTER (WHERE j.state = 'failed') AS declined,
+       count(j.id) FILTER (WHERE j.state = 'dead') AS dead,
+       count(j.id) FILTER (WHERE j.state IN ('pending', 'published', 'processing', 'retrying'))
+           AS in_flight
+  FROM billing_runs r LEFT JOIN billing_jobs j ON j.run_id = r.id
+ GROUP BY r.id ORDER BY r.id DESC LIMIT $1
+"""
+
+BILLED = """
+SELECT c.currency, count(*) AS charges, sum(c.amount_cents)::bigint AS amount_cents
+  FROM charges c JOIN billing_jobs j ON j.id = c.job_id
+ WHERE j.run_id = $1 GROUP BY c.currency ORDER BY c.currency
+"""
+
+DECLINES = """
+SELECT coalesce(decline_code, last_error, 'unknown') AS reason, count(*) AS jobs
+  FROM billing_jobs WHERE run_id = $1 AND state = 'failed'
+ GROUP BY 1 ORDER BY 2 DESC, 1
+"""
+
+DEAD = """
+SELECT id AS job_id, account_id, last_error AS reason
+  FROM billing_jobs WHERE run_id = $1 AND state = 'dead' ORDER BY id
+"""
+
+INVOICES = """
+SELECT number, account_id, period_start, period_end, amount_cents, currency, status,
+       gateway_charge_id, created_at, paid_at
+  FROM invoices
+ WHERE ($1::bigint IS NULL OR account_id = $1)
+   AND ($2::date IS NULL OR period_start >= $2)
+   AND ($3::date IS NULL OR period_start < $3)
+ ORDER BY number
+ LIMIT $4
+"""
+
+INVOICE = """
+SELECT number, account_id, period_start, period_end, amount_cents, currency, status,
+       gateway_charge_id, job_id, created_at, paid_at
+  FROM invoices WHERE number = $1
+"""
+
+
+async def runs(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
+    return list(await pool.fetch(RUNS, limit))
+
+
+async def report(pool: asyncpg.Pool, run_id: int) -> dict[str, list[asyncpg.Record]]:
+    return {
+        "billed": list(await pool.fetch(BILLED, run_id)),
+        "declines": list(await pool.fetch(DECLINES, run_id)),
+        "dead": list(await pool.fetch(DEAD, run_id)),
+    }
+
+
+async def invoices(
+    pool: asyncpg.Pool, account_id: int | None, period: tuple[object, object] | None, limit: int
+) -> list[asyncpg.Record]:
+    start, end = period if period else (None, None)
+    return list(await pool.fetch(INVOICES, account_id, start, end, limit))
+
+
+async def invoice(pool: asyncpg.Pool, number: str) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await pool.fetchrow(INVOICE, number)
+    return row

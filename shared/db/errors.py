@@ -1,0 +1,47 @@
+"""Classify Postgres failures by exception class, never by message text."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from shared.errors import BillqError, ConfigError, DatabaseUnavailable
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.QueryCanceledError,
+    asyncpg.exceptions.ConnectionFailureError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, _TRANSIENT)
+
+
+def classify(exc: BaseException, *, setting: str | None = None) -> BaseException:
+    """Map a driver exception to the billq tree; unknown ones pass through unchanged."""
+    if isinstance(exc, BillqError):
+        return exc
+    where = f"{setting}: " if setting else ""
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return ConfigError(f"{where}database does not exist (run `billq migrate`)")
+    if isinstance(
+        exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidPasswordError
+    ):
+        return ConfigError(f"{where}authentication refused")
+    if isinstance(exc, asyncpg.UndefinedTableError):
+        return ConfigError(f"{where}schema missing (run `billq migrate`)")
+    if is_transient(exc):
+        return DatabaseUnavailable(f"{where}database unavailable ({type(exc).__name__})")
+    return exc

@@ -1,0 +1,326 @@
+"""billing_jobs, charges and the account updates that go with them.
+
+Each phase of the worker is one statement (so one implicit transaction):
+claim → (gateway call) → record. Every record is fenced by ``attempts``: a holder
+whose job was taken over changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from shared.billing.dunning import DeclineDecision
+
+# Seconds without a heartbeat after which a worker's locks may be taken over.
+STALE_WORKER_S = 30.0
+
+# One statement claims a whole batch; each input row carries its ordinal so the caller
+# maps results back to deliveries (two copies of one job in a batch: only one claims).
+CLAIM = """
+WITH m AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bool[], $5::int[],
+                         $6::int[]) AS m(job_id, account_id, idempotency_key, redelivered,
+                                         handoff, ord)
+), claimed AS (
+    UPDATE billing_jobs j
+       SET state = 'processing',
+           updated_at = now(),
+           attempts = j.attempts + 1,
+           locked_by = $7,
+           locked_until = now() + make_interval(secs => $8),
+           started_at = coalesce(j.started_at, now())
+      FROM m
+     WHERE j.id = m.job_id AND j.account_id = m.account_id
+       AND j.idempotency_key = m.idempotency_key
+       AND (j.state IN ('pending', 'published')
+            OR (j.state = 'retrying' AND j.attempts = m.handoff)
+            OR (j.state = 'processing'
+                AND (j.locked_until < now() OR m.redelivered OR j.attempts = m.handoff
+                     OR NOT EXISTS (SELECT 1 FROM workers w
+                                     WHERE w.id = j.locked_by
+                                       AND w.last_heartbeat > now() - make_interval(secs => $9)))))
+    RETURNING m.ord, j.id, j.account_id, j.period_start, j.period_end, j.idempotency_key,
+              j.amount_cents, j.currency, j.attempts, j.dunning_attempt, j.attempt_base,
+              j.started_at
+)
+SELECT c.*, a.status AS account_status, a.payment_method, a.gateway_customer,
+       a.first_declined_at
+  FROM claimed c LEFT JOIN accounts a ON a.id = c.account_id
+"""
+
+LOOKUP = """
+SELECT id, account_id, idempotency_key, state, attempts
+  FROM billing_jobs WHERE id = ANY($1::bigint[])
+"""
+
+# Group commit: a batch of charges in one transaction, fenced row by row. Invoice numbers
+# for the batch come from one increment of the year's counter (gap-free: the counter row
+# commits or rolls back with the invoices).
+RECORD_SUCCESSES = """
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[]) AS t(job_id, attempts, charge_id)
+), done AS (
+    UPDATE billing_jobs j
+       SET state = 'succeeded', finished_at = now(), updated_at = now(),
+           locked_by = NULL, locked_until = NULL, last_error = NULL
+      FROM input i
+     WHERE j.id = i.job_id AND j.attempts = i.attempts AND j.state = 'processing'
+    RETURNING j.id, j.account_id, j.period_start, j.period_end, j.amount_cents, j.currency,
+              j.idempotency_key, i.charge_id
+), charge AS (
+    INSERT INTO charges (job_id, account_id, period_start, amount_cents, currency,
+                         idempotency_key, gateway_charge_id)
+    SELECT id, account_id, period_start, amount_cents, currency, idempotency_key, charge_id
+      FROM done
+    ON CONFLICT DO NOTHING
+    RETURNING job_id
+), before AS (
+    SELECT a.id, a.status FROM accounts a JOIN done d ON a.id = d.account_id
+), account AS (
+    -- Advance at most once: only while next_billing_at is still before the period's end.
+    UPDATE accounts a
+       SET next_billing_at = (d.period_end::timestamp AT TIME ZONE 'UTC'),
+           status = CASE WHEN a.status IN ('past_due', 'suspended') THEN 'active'
+                         ELSE a.status END,
+           dunning_attempt = 0, dunning_next_at = NULL, first_declined_at = NULL,
+           updated_at = now()
+      FROM done d
+     WHERE a.id = d.account_id
+       AND a.next_billing_at < (d.period_end::timestamp AT TIME ZONE 'UTC')
+    RETURNING a.id
+), paid AS (
+    UPDATE invoices i SET status = 'paid', gateway_charge_id = d.charge_id, paid_at = now(),
+           job_id = d.id
+      FROM done d
+     WHERE i.account_id = d.account_id AND i.period_start = d.period_start
+    RETURNING i.account_id, i.period_start
+), need AS (
+    SELECT d.*, row_number() OVER (ORDER BY d.id) AS rn
+      FROM done d JOIN charge c ON c.job_id = d.id
+     WHERE NOT EXISTS (SELECT 1 FROM paid p
+                        WHERE p.account_id = d.account_id AND p.period_start = d.period_start)
+), yr AS (
+    SELECT extract(year FROM now() AT TIME ZONE 'UTC')::int AS y
+), counter AS (
+    INSERT INTO invoice_counters (year, last)
+    SELECT y, (SELECT count(*) FROM need) FROM yr WHERE EXISTS (SELECT 1 FROM need)
+    ON CONFLICT (year) DO UPDATE SET last = invoice_counters.last + EXCLUDED.last
+    RETURNING year, last
+), invoice AS (
+    INSERT INTO invoices (number, account_id, period_start, period_end, amount_cents, currency,
+                          status, gateway_charge_id, job_id, paid_at)
+    SELECT k.year::text || '-' || lpad((k.last - (SELECT count(*) FROM need) + n.rn)::text, 6, '0'),
+           n.account_id, n.period_start, n.period_end, n.amount_cents, n.currency,
+           'paid', n.charge_id, n.id, now()
+      FROM need n CROSS JOIN counter k
+    RETURNING id
+), event AS (
+    INSERT INTO account_events (account_id, kind, from_status, to_status, reason, job_id)
+    SELECT b.id, 'reactivated', b.status, 'active', 'charge succeeded', d.id
+      FROM before b JOIN done d ON d.account_id = b.id
+     WHERE b.status IN ('past_due', 'suspended')
+       AND EXISTS (SELECT 1 FROM account x WHERE x.id = b.id)
+    RETURNING id
+)
+SELECT id FROM done
+"""
+
+# $4 next dunning attempt (NULL: stop), $5 its time, $6 account status, $7 invoice status.
+RECORD_DECLINE = """
+WITH failed AS (
+    UPDATE billing_jobs
+       SET state = 'failed', finished_at = now(), updated_at = now(),
+           locked_by = NULL, locked_until = NULL, last_error = $3, decline_code = $8
+     WHERE id = $1 AND attempts = $2 AND state = 'processing'
+    RETURNING id, account_id, period_start, period_end, amount_cents, currency
+), before AS (
+    SELECT a.id, a.status FROM accounts a JOIN failed f ON a.id = f.account_id
+), account AS (
+    UPDATE accounts a
+       SET status = CASE WHEN a.status = 'cancelled' THEN a.status ELSE $6 END,
+           dunning_attempt = coalesce($4, a.dunning_attempt),
+           dunning_next_at = $5,
+           first_declined_at = coalesce(a.first_declined_at, now()),
+           updated_at = now()
+      FROM failed f WHERE a.id = f.account_id
+    RETURNING a.id
+), reopened AS (
+    UPDATE invoices i SET status = $7
+      FROM failed f
+     WHERE i.account_id = f.account_id AND i.period_start = f.period_start
+       AND i.status <> 'paid'
+    RETURNING i.id
+), invoice AS (
+    INSERT INTO invoices (number, account_id, period_start, period_end, amount_cents, currency,
+                          status, job_id)
+    SELECT billq_next_invoice_number(extract(year FROM now() AT TIME ZONE 'UTC')::int),
+           f.account_id, f.period_start, f.period_end, f.amount_cents, f.currency, $7, f.id
+      FROM failed f
+     WHERE NOT EXISTS (SELECT 1 FROM reopened)
+       AND NOT EXISTS (SELECT 1 FROM invoices i
+                        WHERE i.account_id = f.account_id AND i.period_start = f.period_start)
+    RETURNING id
+), event AS (
+    INSERT INTO account_events (account_id, kind, from_status, to_status, reason, job_id)
+    SELECT b.id, CASE WHEN $6 = 'suspended' THEN 'suspended' ELSE 'declined' END,
+           b.status, $6, $3, f.id
+      FROM before b JOIN failed f ON f.account_id = b.id
+    RETURNING id
+)
+SELECT count(*) FROM failed
+"""
+
+RECORD_RETRY = """
+UPDATE billing_jobs
+   SET state = 'retrying', updated_at = now(),
+           locked_by = NULL, locked_until = NULL, last_error = $3
+ WHERE id = $1 AND attempts = $2 AND state = 'processing'
+"""
+
+# attempts NULL: dead before any claim (e.g. the account vanished) — no fence to check.
+RECORD_DEAD = """
+UPDATE billing_jobs
+   SET state = 'dead', finished_at = now(), updated_at = now(),
+           locked_by = NULL, locked_until = NULL,
+       last_error = $3
+ WHERE id = $1 AND ($2::int IS NULL OR attempts = $2)
+   AND state NOT IN ('succeeded', 'failed', 'dead')
+"""
+
+TERMINAL = frozenset({"succeeded", "failed", "dead"})
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    job_id: int
+    account_id: int
+    idempotency_key: str
+    redelivered: bool
+    handoff: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    job_id: int
+    account_id: int
+    period_start: dt.date
+    period_end: dt.date
+    idempotency_key: str
+    amount_cents: int
+    currency: str
+    attempts: int  # the fencing token
+    account_status: str | None  # None: the account no longer exists
+    payment_method: str | None
+    gateway_customer: str | None
+    dunning_attempt: int = 0
+    first_declined_at: dt.datetime | None = None
+    attempt_base: int = 0  # attempts already spent before an operator's replay
+    started_at: dt.datetime | None = None  # first claim: the first gateway call's time
+
+
+@dataclass(frozen=True, slots=True)
+class JobSnapshot:
+    job_id: int
+    account_id: int
+    idempotency_key: str
+    state: str
+    attempts: int
+
+
+async def record_successes(pool: asyncpg.Pool, items: Sequence[tuple[int, int, str]]) -> set[int]:
+    """(job_id, attempts fence, gateway charge id) rows → job ids that landed."""
+    if not items:
+        return set()
+    rows = await pool.fetch(
+        RECORD_SUCCESSES, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items]
+    )
+    return {r["id"] for r in rows}
+
+
+class JobsRepo:
+    """SQL for one job's life in the worker."""
+
+    def __init__(self, pool: asyncpg.Pool, *, worker_id: str, lease_s: float) -> None:
+        self._pool = pool
+        self._worker_id = worker_id
+        self._lease_s = lease_s
+
+    async def claim_many(self, requests: Sequence[ClaimRequest]) -> dict[int, ClaimedJob]:
+        """Claim every claimable job in one statement; keyed by the request's position."""
+        if not requests:
+            return {}
+        rows = await self._pool.fetch(
+            CLAIM,
+            [r.job_id for r in requests],
+            [r.account_id for r in requests],
+            [r.idempotency_key for r in requests],
+            [r.redelivered for r in requests],
+            [r.handoff for r in requests],
+            list(range(len(requests))),
+            self._worker_id,
+            self._lease_s,
+            STALE_WORKER_S,
+        )
+        return {
+            row["ord"]: ClaimedJob(
+                job_id=row["id"],
+                account_id=row["account_id"],
+                period_start=row["period_start"],
+                period_end=row["period_end"],
+                idempotency_key=row["idempotency_key"],
+                amount_cents=row["amount_cents"],
+                currency=row["currency"],
+                attempts=row["attempts"],
+                account_status=row["account_status"],
+                payment_method=row["payment_method"],
+                gateway_customer=row["gateway_customer"],
+                dunning_attempt=row["dunning_attempt"],
+                first_declined_at=row["first_declined_at"],
+                attempt_base=row["attempt_base"],
+                started_at=row["started_at"],
+            )
+            for row in rows
+        }
+
+    async def lookup_many(self, job_ids: Sequence[int]) -> dict[int, JobSnapshot]:
+        rows = await self._pool.fetch(LOOKUP, list(job_ids))
+        return {
+            r["id"]: JobSnapshot(
+                r["id"], r["account_id"], r["idempotency_key"], r["state"], r["attempts"]
+            )
+            for r in rows
+        }
+
+    async def record_successes(self, charged: Sequence[tuple[ClaimedJob, str]]) -> set[int]:
+        """Commit a batch of charges; returns the job ids whose commit landed (the rest
+        were fenced out by a newer holder)."""
+        return await record_successes(self._pool, [(j.job_id, j.attempts, c) for j, c in charged])
+
+    async def record_decline(
+        self, job: ClaimedJob, reason: str, decline_code: str | None, decision: DeclineDecision
+    ) -> bool:
+        return bool(
+            await self._pool.fetchval(
+                RECORD_DECLINE,
+                job.job_id,
+                job.attempts,
+                reason,
+                decision.next_attempt,
+                decision.next_at,
+                decision.account_status,
+                decision.invoice_status,
+                decline_code,
+            )
+        )
+
+    async def record_retry(self, job: ClaimedJob, reason: str) -> bool:
+        status = await self._pool.execute(RECORD_RETRY, job.job_id, job.attempts, reason)
+        return status.endswith(" 1")
+
+    async def record_dead(self, job_id: int, attempts: int | None, reason: str) -> bool:
+        status = await self._pool.execute(RECORD_DEAD, job_id, attempts, reason[:1000])
+        return status.endswith(" 1")

@@ -1,0 +1,48 @@
+"""asyncpg pool creation with billq's connection conventions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from shared.config import Settings
+from shared.db.errors import classify
+
+
+async def _no_reset(_: Any) -> None:
+    # The default reset runs several statements per release; billq never leaves
+    # session state behind, so skipping it saves a round trip per transaction.
+    return None
+
+
+async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """Open a pool; an unreachable database raises a classified, secret-free error.
+
+    Raises:
+        DatabaseUnavailable: Postgres does not answer.
+        ConfigError: the database does not exist or refuses the credentials.
+    """
+    try:
+        pool = await asyncpg.create_pool(
+            settings.database_url.get_secret_value(),
+            min_size=min_size,
+            max_size=max_size,
+            reset=_no_reset,
+            command_timeout=60,
+            timeout=10,
+        )
+    except BaseException as exc:
+        raise classify(exc, setting="BILLQ_DATABASE_URL") from None
+    assert pool is not None
+    return pool
+
+
+async def connect(settings: Settings, *, database: str | None = None) -> asyncpg.Connection:
+    """A single connection (advisory locks, migrations)."""
+    try:
+        return await asyncpg.connect(
+            settings.database_url.get_secret_value(), timeout=10, database=database
+        )
+    except BaseException as exc:
+        raise classify(exc, setting="BILLQ_DATABASE_URL") from None

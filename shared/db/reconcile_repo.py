@@ -1,0 +1,76 @@
+"""SQL for the reconciler: find jobs that stopped moving and repair them."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from shared.db.jobs_repo import STALE_WORKER_S
+
+RECONCILER_ID = "reconciler"
+
+# Held by nobody alive: lease expired, or the holder's heartbeat is stale.
+ABANDONED = """
+SELECT j.id, j.account_id, j.period_start, j.idempotency_key, j.run_id, j.state, j.attempts,
+       j.amount_cents, j.currency
+  FROM billing_jobs j
+ WHERE j.state = 'processing'
+   AND (j.locked_until < now()
+        OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = j.locked_by
+                        AND w.last_heartbeat > now() - make_interval(secs => $1)))
+ ORDER BY j.id
+ LIMIT $2
+"""
+
+# Waiting for a message that may no longer exist.
+STALLED = """
+SELECT j.id, j.account_id, j.period_start, j.idempotency_key, j.run_id, j.state, j.attempts
+  FROM billing_jobs j
+ WHERE j.state IN ('published', 'retrying')
+   AND j.updated_at < now() - make_interval(secs => $1)
+ ORDER BY j.id
+ LIMIT $2
+"""
+
+OPEN_WAITING = "SELECT count(*) FROM billing_jobs WHERE state IN ('published', 'retrying')"
+
+# Take the job from its dead holder (fencing) so the holder's late commit changes nothing.
+TAKE_OVER = """
+UPDATE billing_jobs SET attempts = attempts + 1, locked_by = $3, updated_at = now(),
+       locked_until = now() + interval '60 seconds'
+ WHERE id = $1 AND attempts = $2 AND state = 'processing'
+RETURNING attempts
+"""
+
+RELEASE = """
+UPDATE billing_jobs SET state = 'retrying', locked_by = NULL, locked_until = NULL,
+       updated_at = now(), last_error = coalesce(last_error, $3)
+ WHERE id = $1 AND attempts = $2 AND state = 'processing'
+"""
+
+TOUCH = "UPDATE billing_jobs SET updated_at = now() WHERE id = ANY($1::bigint[])"
+
+
+async def abandoned(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
+    return list(await pool.fetch(ABANDONED, STALE_WORKER_S, limit))
+
+
+async def stalled(pool: asyncpg.Pool, older_than_s: float, limit: int) -> list[asyncpg.Record]:
+    return list(await pool.fetch(STALLED, older_than_s, limit))
+
+
+async def open_waiting(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval(OPEN_WAITING))
+
+
+async def take_over(pool: asyncpg.Pool, job_id: int, attempts: int) -> int | None:
+    value = await pool.fetchval(TAKE_OVER, job_id, attempts, RECONCILER_ID)
+    return int(value) if value is not None else None
+
+
+async def release(pool: asyncpg.Pool, job_id: int, attempts: int, reason: str) -> bool:
+    status = await pool.execute(RELEASE, job_id, attempts, reason)
+    return status.endswith(" 1")
+
+
+async def touch(pool: asyncpg.Pool, job_ids: list[int]) -> None:
+    await pool.execute(TOUCH, job_ids)

@@ -1,0 +1,230 @@
+"""billing_runs and the distributor's side of billing_jobs (the outbox)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+
+# Shared by every distributor host: one distribution at a time.
+DISTRIBUTE_LOCK_ID = 0x62696C6C71_02
+
+# Read through a server-side cursor inside one REPEATABLE READ snapshot: accounts that
+# workers charge meanwhile (their next_billing_at moves on) are not seen again, so each
+# account gets at most one period per run, and memory stays flat however many are due.
+DUE_SCAN = """
+SELECT id, next_billing_at, billing_interval, billing_anchor_day, amount_cents, currency,
+       dunning_attempt
+  FROM accounts
+ WHERE status IN ('active', 'past_due') AND next_billing_at <= $1
+   AND (dunning_next_at IS NULL OR dunning_next_at <= $1)
+   AND ($2::int IS NULL OR id % $2 = $3)
+"""
+
+COUNT_DUE = """
+SELECT count(*) FROM accounts
+ WHERE status IN ('active', 'past_due') AND next_billing_at <= $1
+   AND (dunning_next_at IS NULL OR dunning_next_at <= $1)
+   AND ($2::int IS NULL OR id % $2 = $3)
+"""
+
+INSERT_JOBS = """
+INSERT INTO billing_jobs (run_id, account_id, period_start, period_end, idempotency_key,
+                          amount_cents, currency, dunning_attempt)
+SELECT $1, * FROM unnest($2::bigint[], $3::date[], $4::date[], $5::text[], $6::int[], $7::text[],
+                         $8::smallint[])
+ON CONFLICT DO NOTHING
+RETURNING id, account_id, period_start, idempotency_key, run_id
+"""
+
+# Orphans only: skip jobs of a sharded run whose other shards may still be publishing.
+PENDING_BATCH = """
+SELECT id, account_id, period_start, idempotency_key, run_id
+  FROM billing_jobs
+ WHERE state = 'pending' AND id > $1
+   AND run_id NOT IN (SELECT r.id FROM billing_runs r
+                       WHERE r.state = 'running' AND r.shards > 1
+                         AND r.shards_done < r.shards
+                         AND r.started_at > now() - make_interval(secs => $3))
+ ORDER BY id
+ LIMIT $2
+"""
+
+MARK_PUBLISHED = """
+UPDATE billing_jobs SET state = 'published', published_at = now(), updated_at = now()
+ WHERE id = ANY($1::bigint[]) AND state = 'pending'
+"""
+
+CREATE_RUN = "INSERT INTO billing_runs (as_of) VALUES ($1) RETURNING id"
+
+# Shards add their figures; the run is published when the last shard finished.
+FINISH_RUN = """
+UPDATE billing_runs
+   SET due = due + $3, published = published + $4, error = coalesce($5, error),
+       shards_done = shards_done + 1,
+       state = CASE WHEN $2 = 'failed' THEN 'failed'
+                    WHEN shards_done + 1 >= shards THEN $2 ELSE state END
+ WHERE id = $1
+"""
+
+COMPLETE_EMPTY_RUN = """
+UPDATE billing_runs SET state = 'completed', finished_at = now()
+ WHERE id = $1 AND state = 'published' AND NOT EXISTS (SELECT 1 FROM billing_jobs WHERE run_id = $1)
+"""
+
+
+async def try_lock(conn: asyncpg.Connection, shard: tuple[int, int] | None = None) -> bool:
+    """One distributor at a time — per shard when sharded (each shard has its own lock)."""
+    lock_id = DISTRIBUTE_LOCK_ID if shard is None else DISTRIBUTE_LOCK_ID + 1 + shard[0]
+    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_id))
+
+
+JOIN_SHARDED_RUN = """
+SELECT id FROM billing_runs
+ WHERE as_of = $1 AND shards = $2 AND shards_done < shards AND state = 'running'
+ ORDER BY id DESC LIMIT 1
+"""
+
+
+async def join_or_create_run(pool: asyncpg.Pool, as_of: dt.datetime, shards: int) -> int:
+    """The open run of this as-of that the other shards feed, or a new one."""
+    async with pool.acquire() as conn, conn.transaction():
+        # Serialise find-or-create across shards starting at the same moment.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", DISTRIBUTE_LOCK_ID - 1)
+        run_id = await conn.fetchval(JOIN_SHARDED_RUN, as_of, shards)
+        if run_id is None:
+            run_id = await conn.fetchval(
+                "INSERT INTO billing_runs (as_of, shards) VALUES ($1, $2) RETURNING id",
+                as_of,
+                shards,
+            )
+        return int(run_id)
+
+
+async def scan_due(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    as_of: dt.datetime,
+    batch: int,
+    shard: tuple[int, int] | None,
+) -> AsyncIterator[list[asyncpg.Record]]:
+    """Yield due accounts in batches from one snapshot (see DUE_SCAN)."""
+    n, k = (shard[1], shard[0]) if shard else (None, None)
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        cursor = await conn.cursor(DUE_SCAN, as_of, n, k)
+        while rows := await cursor.fetch(batch):
+            yield list(rows)
+
+
+async def count_due(pool: asyncpg.Pool, as_of: dt.datetime, shard: tuple[int, int] | None) -> int:
+    n, k = (shard[1], shard[0]) if shard else (None, None)
+    return int(await pool.fetchval(COUNT_DUE, as_of, n, k))
+
+
+async def insert_jobs(
+    pool: asyncpg.Pool, run_id: int, cols: Sequence[list[Any]]
+) -> list[asyncpg.Record]:
+    return list(await pool.fetch(INSERT_JOBS, run_id, *cols))
+
+
+async def pending_batch(
+    pool: asyncpg.Pool, after_id: int, limit: int, open_run_grace_s: float = 600.0
+) -> list[asyncpg.Record]:
+    return list(await pool.fetch(PENDING_BATCH, after_id, limit, open_run_grace_s))
+
+
+async def mark_published(pool: asyncpg.Pool, job_ids: list[int]) -> None:
+    await pool.execute(MARK_PUBLISHED, job_ids)
+
+
+async def create_run(pool: asyncpg.Pool, as_of: dt.datetime) -> int:
+    return int(await pool.fetchval(CREATE_RUN, as_of))
+
+
+async def finish_run(
+    pool: asyncpg.Pool, run_id: int, state: str, due: int, published: int, error: str | None
+) -> None:
+    await pool.execute(FINISH_RUN, run_id, state, due, published, error)
+    await pool.execute(COMPLETE_EMPTY_RUN, run_id)
+
+
+RUN_COUNTS = """
+SELECT state, count(*) AS n FROM billing_jobs WHERE run_id = $1 GROUP BY state
+"""
+
+LATEST_RUN = "SELECT id FROM billing_runs ORDER BY id DESC LIMIT 1"
+
+GET_RUN = """
+SELECT id, as_of, started_at, finished_at, state, due, published, error
+  FROM billing_runs WHERE id = $1
+"""
+
+# A published run completes by itself once none of its jobs is open.
+SETTLE_RUN = """
+UPDATE billing_runs r
+   SET state = CASE WHEN EXISTS (SELECT 1 FROM billing_jobs j
+                                  WHERE j.run_id = r.id AND j.state IN ('failed', 'dead'))
+                    THEN 'completed_with_failures' ELSE 'completed' END,
+       finished_at = coalesce(
+           (SELECT max(finished_at) FROM billing_jobs j WHERE j.run_id = r.id), now())
+ WHERE r.id = $1 AND r.state = 'published'
+   AND NOT EXISTS (SELECT 1 FROM billing_jobs j WHERE j.run_id = r.id
+                    AND j.state IN ('pending', 'published', 'processing', 'retrying'))
+"""
+
+RECENT_RATE = """
+SELECT count(*) FILTER (WHERE finished_at > now() - interval '10 seconds') / 10.0
+  FROM billing_jobs WHERE run_id = $1 AND state IN ('succeeded', 'failed', 'dead')
+"""
+
+
+async def latest_run_id(pool: asyncpg.Pool) -> int | None:
+    value = await pool.fetchval(LATEST_RUN)
+    return int(value) if value is not None else None
+
+
+async def get_run(pool: asyncpg.Pool, run_id: int) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await pool.fetchrow(GET_RUN, run_id)
+    return row
+
+
+async def run_counts(pool: asyncpg.Pool, run_id: int) -> dict[str, int]:
+    return {r["state"]: int(r["n"]) for r in await pool.fetch(RUN_COUNTS, run_id)}
+
+
+async def settle_run(pool: asyncpg.Pool, run_id: int) -> None:
+    await pool.execute(SETTLE_RUN, run_id)
+
+
+async def recent_rate(pool: asyncpg.Pool, run_id: int) -> float:
+    return float(await pool.fetchval(RECENT_RATE, run_id) or 0.0)
+
+
+SETTLE_OPEN_RUNS = """
+SELECT r.id FROM billing_runs r WHERE r.state = 'published'
+"""
+
+
+async def settle_open_runs(pool: asyncpg.Pool) -> None:
+    """Complete every published run whose last job has ended (workers call this)."""
+    for row in await pool.fetch(SETTLE_OPEN_RUNS):
+        await pool.execute(SETTLE_RUN, row["id"])
+
+
+SCHEDULE_RUN = "INSERT INTO billing_runs (as_of, state) VALUES ($1, 'scheduled') RETURNING id"
+
+START_DUE_SCHEDULED = """
+UPDATE billing_runs SET state = 'running', started_at = now()
+ WHERE state = 'scheduled' AND as_of <= now()
+RETURNING id, as_of
+"""
+
+
+async def schedule_run(pool: asyncpg.Pool, at: dt.datetime) -> int:
+    return int(await pool.fetchval(SCHEDULE_RUN, at))
+
+
+async def start_due_scheduled(pool: asyncpg.Pool) -> list[tuple[int, dt.datetime]]:
+    rows = await pool.fetch(START_DUE_SCHEDULED)
+    return sorted((int(r["id"]), r["as_of"]) for r in rows)

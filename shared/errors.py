@@ -1,0 +1,82 @@
+"""One exception tree for billq.
+
+Every failure is classified where it happens, so the worker routes by class::
+
+    BillqError
+    ├── TransientError          retry later: the same work may succeed
+    │   ├── GatewayUnavailable      5xx, timeout, connection error, rate limit
+    │   ├── OutcomeUnknown          the gateway may or may not have charged
+    │   └── DatabaseUnavailable     connection lost, serialization failure, deadlock
+    ├── FatalError              retrying cannot help: dead-letter with the reason
+    │   ├── InvalidMessage          undecodable body or schema violation
+    │   ├── UnknownJob              message names a job or account that does not exist
+    │   ├── AccountNotBillable      cancelled / suspended account
+    │   ├── BadSignature            message signing enabled, signature missing or wrong
+    │   └── GatewayRejected         permanent gateway error (invalid request, auth)
+    └── ConfigError             bad setting or CLI argument: one clear line, exit 2
+
+A card decline is not an exception: it is a business outcome (``Declined``) returned
+by the gateway port.
+"""
+
+from __future__ import annotations
+
+
+class BillqError(Exception):
+    """A billq failure."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or type(self).__name__).strip())
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class TransientError(BillqError):
+    """A transient failure; the same work may succeed later."""
+
+
+class GatewayUnavailable(TransientError):
+    """The payment gateway did not answer usefully (5xx, timeout, connection, rate limit)."""
+
+
+class OutcomeUnknown(TransientError):
+    """The gateway may have charged; retry with the same idempotency key to learn the outcome."""
+
+
+class DatabaseUnavailable(TransientError):
+    """Postgres is unreachable or refused the transaction for a retryable reason."""
+
+
+class FatalError(BillqError):
+    """A permanent failure; retrying cannot help."""
+
+
+class InvalidMessage(FatalError):
+    """The message body is not a valid billq charge message."""
+
+    def __init__(self, reason: str, body_excerpt: bytes = b"") -> None:
+        self.reason = reason
+        self.body_excerpt = body_excerpt[:64]
+        super().__init__(f"invalid message: {reason}")
+
+
+class UnknownJob(FatalError):
+    """The message names a job or account that does not exist."""
+
+
+class AccountNotBillable(FatalError):
+    """The account may not be charged (cancelled or suspended)."""
+
+
+class BadSignature(FatalError):
+    """The message signature is missing or does not verify."""
+
+
+class GatewayRejected(FatalError):
+    """The gateway refused the request permanently (invalid request or authentication)."""
+
+
+class ConfigError(BillqError):
+    """A setting or command-line argument is invalid."""

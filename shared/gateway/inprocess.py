@@ -1,0 +1,97 @@
+"""``InProcessGateway``: answers at once, inside the worker, like the sandbox would.
+
+Same test cards and idempotency semantics as the sandbox server, no network: benchmarks
+with it measure billq's own cost (broker, database, handler), not a gateway's.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from shared.errors import GatewayRejected
+from shared.gateway import test_cards
+from shared.gateway.port import Charged, ChargeOutcome, ChargeRequest, Declined
+
+
+@dataclass(frozen=True, slots=True)
+class InProcessCharge:
+    """One succeeded charge, as tests inspect it."""
+
+    charge_id: str
+    idempotency_key: str
+    account_id: int
+    amount_cents: int
+    currency: str
+    customer: str | None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class InProcessGateway:
+    """A PaymentGateway held in memory; nothing survives the process."""
+
+    def __init__(self) -> None:
+        self.charges: list[InProcessCharge] = []
+        # key → (the first request, its outcome): a repeat replays, a changed request is refused.
+        self._by_key: dict[str, tuple[ChargeRequest, ChargeOutcome]] = {}
+        self._ids = itertools.count(1)
+
+    async def charge(self, request: ChargeRequest) -> ChargeOutcome:
+        """Charge once per idempotency key; a repeated key replays the first outcome.
+
+        Raises:
+            GatewayRejected: the key was used with other parameters, or the request is invalid.
+        """
+        # No await below: check-then-store is atomic on the event loop, so concurrent
+        # calls with one key cannot both charge.
+        stored = self._by_key.get(request.idempotency_key)
+        if stored is not None:
+            first, replayed = stored
+            if first != request:
+                raise GatewayRejected(
+                    "gateway 400 idempotency_error: Keys for idempotent requests can only be "
+                    "used with the same parameters they were first used with."
+                )
+            return replayed
+        _validate(request)
+        charge_id = f"pi_inproc{next(self._ids):015d}"
+        decline = test_cards.outcome_for(request.payment_method)
+        outcome: ChargeOutcome
+        if decline is None:
+            outcome = Charged(charge_id=charge_id)
+            self.charges.append(
+                InProcessCharge(
+                    charge_id=charge_id,
+                    idempotency_key=request.idempotency_key,
+                    account_id=request.account_id,
+                    amount_cents=request.amount_cents,
+                    currency=request.currency.lower(),
+                    customer=request.customer,
+                    metadata=dict(request.metadata),
+                )
+            )
+        else:
+            outcome = Declined(decline.code, decline.decline_code, decline.message, charge_id)
+        self._by_key[request.idempotency_key] = (request, outcome)
+        return outcome
+
+    async def find_by_idempotency_key(self, idempotency_key: str) -> ChargeOutcome | None:
+        stored = self._by_key.get(idempotency_key)
+        return None if stored is None else stored[1]
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _validate(request: ChargeRequest) -> None:
+    # The sandbox server refuses these with 400 invalid_request_error; keep the fakes alike.
+    if not 1 <= request.amount_cents <= test_cards.MAX_AMOUNT:
+        raise GatewayRejected("gateway 400 invalid_request_error: Invalid amount.")
+    if request.currency.lower() not in test_cards.CURRENCIES:
+        raise GatewayRejected(
+            f"gateway 400 invalid_request_error: Invalid currency: {request.currency}."
+        )
+    if not test_cards.is_payment_method(request.payment_method):
+        raise GatewayRejected("gateway 400 invalid_request_error: No such PaymentMethod.")
+    if not 0 < len(request.idempotency_key) <= 255:
+        raise GatewayRejected("gateway 400 invalid_request_error: Idempotency-Key length.")

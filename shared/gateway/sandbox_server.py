@@ -1,0 +1,588 @@
+"""The sandbox gateway: a separate HTTP service speaking a subset of Stripe's PaymentIntents API.
+
+It behaves like Stripe where billq depends on it: form-encoded requests, Bearer ``sk_test_``
+keys, ``Idempotency-Key`` replay (same status and body, ``Idempotent-Replayed: true``),
+``idempotency_error`` for a key reused with other parameters, Stripe-shaped errors, and the
+test payment methods of ``shared.gateway.test_cards``. Faults are injected from a seeded
+``random.Random``, rolled on every POST::
+
+    fail_rate     500 api_error before anything runs; nothing stored, a retry may succeed
+    timeout_rate  the charge is stored, then no answer; a retry with the key replays it
+    latency_ms    added before every POST answer
+
+Endpoints::
+
+    POST /v1/payment_intents              create and confirm (the charge)
+    GET  /v1/payment_intents              list, newest first: limit, starting_after, ending_before
+    GET  /v1/payment_intents/search       query=metadata['KEY']:'VALUE', limit, page
+    GET  /v1/payment_intents/{id}
+    GET  /healthz
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import random
+import re
+import sqlite3
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from shared.errors import ConfigError
+from shared.gateway import test_cards
+
+log = structlog.get_logger(__name__)
+
+BILLQ_KEY = "billq_idempotency_key"
+HANG_S = 3600.0  # a "timed out" request stays silent this long at most
+_HANG_POLL_S = 0.5  # how often a silent request checks whether its client has gone
+_KNOWN_PARAMS = frozenset(
+    {"amount", "currency", "customer", "payment_method", "confirm", "off_session", "description"}
+)
+_SEARCH = re.compile(
+    r"""^\s*metadata\[(?P<q1>['"])(?P<field>[^'"]+)(?P=q1)\]\s*:\s*"""
+    r"""(?P<q2>['"])(?P<value>(?:\\.|(?!(?P=q2)).)*)(?P=q2)\s*$"""
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS payment_intents (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    billq_key TEXT,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+"""
+_LOAD_INTENTS = "SELECT id, billq_key, body FROM payment_intents ORDER BY seq"
+_LOAD_KEYS = "SELECT key, fingerprint, status, body FROM idempotency_keys"
+_INSERT_INTENT = "INSERT INTO payment_intents (id, billq_key, body) VALUES (?, ?, ?)"
+_INSERT_KEY = "INSERT INTO idempotency_keys (key, fingerprint, status, body) VALUES (?, ?, ?, ?)"
+
+
+class _ApiError(Exception):
+    """A Stripe-shaped error answer."""
+
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        error: dict[str, Any] = {"type": kind, "message": message}
+        if code:
+            error["code"] = code
+        if param:
+            error["param"] = param
+        self.status = status
+        self.body = orjson.dumps({"error": error})
+
+
+_FAULT = _ApiError(500, "api_error", "An unknown error occurred (sandbox fault).").body
+_LEDGER_FAILED = _ApiError(500, "api_error", "The sandbox ledger could not store this.").body
+_BAD_KEY = _ApiError(
+    400, "invalid_request_error", "Idempotency-Key must be 1 to 255 characters long."
+).body
+
+
+class _Ledger:
+    """Intents and idempotency records: served from memory, written through to SQLite."""
+
+    def __init__(self, path: str) -> None:
+        self._db = sqlite3.connect(path)
+        # WAL + NORMAL survives a crash of this process (not a power cut) and keeps each
+        # commit to microseconds: benchmarks hit this thousands of times a second.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self.intents: dict[str, bytes] = {}  # id → JSON, never changed once written
+        self.order: list[str] = []  # creation order; lists read it backwards
+        self.position: dict[str, int] = {}
+        self.by_billq_key: defaultdict[str, list[str]] = defaultdict(list)
+        self.keys: dict[str, tuple[str, int, bytes]] = {}  # key → (fingerprint, status, body)
+        for pi_id, billq_key, body in self._db.execute(_LOAD_INTENTS):
+            self._remember(pi_id, billq_key, bytes(body))
+        for key, fingerprint, status, body in self._db.execute(_LOAD_KEYS):
+            self.keys[key] = (fingerprint, status, bytes(body))
+
+    def _remember(self, pi_id: str, billq_key: str | None, body: bytes) -> None:
+        self.intents[pi_id] = body
+        self.position[pi_id] = len(self.order)
+        self.order.append(pi_id)
+        if billq_key is not None:
+            self.by_billq_key[billq_key].append(pi_id)
+
+    def add(
+        self,
+        pi_id: str,
+        billq_key: str | None,
+        intent: bytes,
+        key: str | None,
+        fingerprint: str,
+        status: int,
+        response: bytes,
+    ) -> None:
+        # One transaction: an intent is never stored without the key that replays it.
+        with self._db:
+            self._db.execute(_INSERT_INTENT, (pi_id, billq_key, intent))
+            if key is not None:
+                self._db.execute(_INSERT_KEY, (key, fingerprint, status, response))
+        self._remember(pi_id, billq_key, intent)
+        if key is not None:
+            self.keys[key] = (fingerprint, status, response)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class _Sandbox:
+    def __init__(
+        self,
+        ledger: str,
+        fail_rate: float,
+        timeout_rate: float,
+        latency_ms: float,
+        seed: int | None,
+    ) -> None:
+        self._path = ledger
+        self._fail_rate = fail_rate
+        self._timeout_rate = timeout_rate
+        self._latency_s = latency_ms / 1000
+        self._rng = random.Random(seed)
+        self._ledger: _Ledger | None = None
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key → (lock, holders + waiters)
+        self._closing = asyncio.Event()
+
+    @property
+    def ledger(self) -> _Ledger:
+        assert self._ledger is not None, "ledger is opened by the app's cleanup context"
+        return self._ledger
+
+    async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
+        try:
+            self._ledger = _Ledger(self._path)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"sandbox ledger {self._path}: {exc}") from None
+        yield
+        self._ledger.close()
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        # Silent requests end now, so shutdown does not wait out HANG_S.
+        self._closing.set()
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _respond(200, b'{"status":"ok"}')
+
+    async def create_intent(self, request: web.Request) -> web.Response:
+        try:
+            _authenticate(request)
+        except _ApiError as denied:
+            return _respond(denied.status, denied.body)
+        # Both faults are rolled on every POST, so a seed gives one fault sequence.
+        fail = self._rng.random() < self._fail_rate
+        hang = self._rng.random() < self._timeout_rate
+        if fail:
+            await self._delay()
+            return _respond(500, _FAULT)
+        key = request.headers.get("Idempotency-Key")
+        form = await request.post()
+        params = [(k, v) for k, v in form.items() if isinstance(v, str)]
+        replayed = False
+        if key is None:
+            status, body = self._execute(params, None)
+        elif not 0 < len(key) <= 255:
+            status, body = 400, _BAD_KEY
+        else:
+            async with self._key_lock(key):
+                status, body, replayed = self._execute_once(key, params)
+        await self._delay()
+        if hang:
+            await self._stay_silent(request)
+        return _respond(status, body, key=key, replayed=replayed)
+
+    def _execute_once(self, key: str, params: list[tuple[str, str]]) -> tuple[int, bytes, bool]:
+        fingerprint = hashlib.sha256(orjson.dumps(sorted(params))).hexdigest()
+        stored = self.ledger.keys.get(key)
+        if stored is None:
+            status, body = self._execute(params, key, fingerprint)
+            return status, body, False
+        if stored[0] != fingerprint:
+            mismatch = _ApiError(
+                400,
+                "idempotency_error",
+                "Keys for idempotent requests can only be used with the same parameters they "
+                f"were first used with. Try using a key other than '{key}' if you meant to "
+                "execute a different request.",
+            )
+            return mismatch.status, mismatch.body, False
+        return stored[1], stored[2], True
+
+    def _execute(
+        self, params: list[tuple[str, str]], key: str | None, fingerprint: str = ""
+    ) -> tuple[int, bytes]:
+        try:
+            intent, decline = _confirm(params)
+        except _ApiError as err:
+            # Like Stripe, a request that fails validation never started: nothing is stored.
+            return err.status, err.body
+        body = orjson.dumps(intent)
+        status = 200
+        if decline is not None:
+            status = 402
+            error = {"type": "card_error", "code": decline.code, "message": decline.message}
+            if decline.decline_code is not None:
+                error["decline_code"] = decline.decline_code
+            error_body = {
+                "error": {**error, "charge": intent["latest_charge"], "payment_intent": intent}
+            }
+            response = orjson.dumps(error_body)
+        else:
+            response = body
+        try:
+            billq_key = intent["metadata"].get(BILLQ_KEY)
+            self.ledger.add(intent["id"], billq_key, body, key, fingerprint, status, response)
+        except sqlite3.Error:
+            return 500, _LEDGER_FAILED
+        return status, response
+
+    @contextlib.asynccontextmanager
+    async def _key_lock(self, key: str) -> AsyncIterator[None]:
+        # Concurrent requests with one key run one at a time: the first executes, the others
+        # replay it. Execution does not await today, but this keeps the guarantee if it ever
+        # does (a slower ledger, simulated processing). Dropped once nobody holds or waits.
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    async def _delay(self) -> None:
+        if self._latency_s > 0:
+            await asyncio.sleep(self._latency_s)
+
+    async def _stay_silent(self, request: web.Request) -> None:
+        # Until the client gives up (then there is nobody to answer) or the server stops.
+        deadline = time.monotonic() + HANG_S
+        while not self._closing.is_set() and time.monotonic() < deadline:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), _HANG_POLL_S)
+        if request.transport is not None:
+            request.transport.abort()  # at shutdown the client hears a reset, never the answer
+
+    async def get_intent(self, request: web.Request) -> web.Response:
+        try:
+            _authenticate(request)
+            pi_id = request.match_info["id"]
+            body = self.ledger.intents.get(pi_id)
+            if body is None:
+                raise _missing(pi_id, "id", 404)
+        except _ApiError as err:
+            return _respond(err.status, err.body)
+        return _respond(200, body)
+
+    async def list_intents(self, request: web.Request) -> web.Response:
+        try:
+            _authenticate(request)
+            limit = _limit(request.query)
+            after = request.query.get("starting_after")
+            before = request.query.get("ending_before")
+            order, position = self.ledger.order, self.ledger.position
+            if after and before:
+                raise _invalid_error("Pass starting_after or ending_before, not both.")
+            if before:  # the `limit` intents just newer than `before`, still newest first
+                start = _position(position, before, "ending_before") + 1
+                end = min(len(order), start + limit)
+                ids, has_more = order[start:end][::-1], end < len(order)
+            else:
+                end = _position(position, after, "starting_after") if after else len(order)
+                start = max(0, end - limit)
+                ids, has_more = order[start:end][::-1], start > 0
+        except _ApiError as err:
+            return _respond(err.status, err.body)
+        intents = self.ledger.intents
+        data = b",".join(intents[i] for i in ids)
+        more = b"true" if has_more else b"false"
+        page = b'{"object":"list","data":[%b],"has_more":%b,"url":"/v1/payment_intents"}'
+        return _respond(200, page % (data, more))
+
+    async def search_intents(self, request: web.Request) -> web.Response:
+        try:
+            _authenticate(request)
+            limit = _limit(request.query)
+            match = _SEARCH.match(request.query.get("query", ""))
+            if match is None:
+                raise _invalid_error(
+                    "Only metadata['KEY']:'VALUE' queries are supported.", param="query"
+                )
+            page = request.query.get("page", "0")
+            if not page.isdigit():
+                raise _invalid_error("Invalid page.", param="page")
+        except _ApiError as err:
+            return _respond(err.status, err.body)
+        field = match["field"]
+        value = re.sub(r"\\(.)", r"\1", match["value"])
+        ledger = self.ledger
+        if field == BILLQ_KEY:
+            ids = ledger.by_billq_key.get(value, [])[::-1]
+        else:  # not indexed: only billq's own key is looked up in bulk
+            ids = [
+                i
+                for i in reversed(ledger.order)
+                if orjson.loads(ledger.intents[i])["metadata"].get(field) == value
+            ]
+        offset = int(page)
+        chunk, rest = ids[offset : offset + limit], ids[offset + limit :]
+        result = {
+            "object": "search_result",
+            "data": [orjson.Fragment(ledger.intents[i]) for i in chunk],
+            "has_more": bool(rest),
+            "next_page": str(offset + limit) if rest else None,
+            "url": "/v1/payment_intents/search",
+        }
+        return _respond(200, orjson.dumps(result))
+
+
+def _confirm(params: list[tuple[str, str]]) -> tuple[dict[str, Any], test_cards.CardDecline | None]:
+    """Validate a create-and-confirm request and decide its outcome (no I/O, no storage)."""
+    fields, metadata = _split(params)
+    amount = _amount(fields.get("amount"))
+    currency = fields.get("currency", "").lower()
+    if currency not in test_cards.CURRENCIES:
+        raise _invalid_error(
+            f"Invalid currency: {currency or '(missing)'}.", "currency", "invalid_currency"
+        )
+    confirm = fields.get("confirm", "false") == "true"
+    payment_method = fields.get("payment_method")
+    if payment_method is not None and not test_cards.is_payment_method(payment_method):
+        # Stripe echoes the token here; the sandbox does not, so it never reaches a log.
+        raise _invalid_error("No such PaymentMethod.", "payment_method", "resource_missing")
+    if confirm and payment_method is None:
+        raise _invalid_error(
+            "You cannot confirm this PaymentIntent because it's missing a payment method.",
+            "payment_method",
+            "parameter_missing",
+        )
+    decline = test_cards.outcome_for(payment_method) if confirm and payment_method else None
+    if not confirm:
+        status = "requires_confirmation" if payment_method else "requires_payment_method"
+    else:
+        status = "requires_payment_method" if decline else "succeeded"
+    intent: dict[str, Any] = {
+        "id": "pi_" + uuid.uuid4().hex[:24],
+        "object": "payment_intent",
+        "amount": amount,
+        "amount_received": amount if status == "succeeded" else 0,
+        "currency": currency,
+        "status": status,
+        "customer": fields.get("customer"),
+        # Like Stripe: a declined method is detached and shown on last_payment_error.
+        "payment_method": None if decline else payment_method,
+        "metadata": metadata,
+        "description": fields.get("description"),
+        "created": int(time.time()),
+        "livemode": False,
+        "capture_method": "automatic",
+        "confirmation_method": "automatic",
+        "latest_charge": "ch_" + uuid.uuid4().hex[:24] if confirm else None,
+        "last_payment_error": None,
+    }
+    if decline is not None:
+        intent["last_payment_error"] = {
+            "type": "card_error",
+            "code": decline.code,
+            "decline_code": decline.decline_code,
+            "message": decline.message,
+            "payment_method": {"id": payment_method, "object": "payment_method"},
+        }
+    return intent, decline
+
+
+def _split(params: list[tuple[str, str]]) -> tuple[dict[str, str], dict[str, str]]:
+    """Top-level fields and ``metadata[KEY]`` entries; unknown parameters are refused."""
+    fields: dict[str, str] = {}
+    metadata: dict[str, str] = {}
+    for name, value in params:
+        if name.startswith("metadata[") and name.endswith("]"):
+            metadata[name[9:-1]] = value
+        elif name in _KNOWN_PARAMS:
+            fields[name] = value
+        else:
+            raise _invalid_error(f"Received unknown parameter: {name}", param=name)
+    if len(metadata) > 50 or any(len(k) > 40 or len(v) > 500 for k, v in metadata.items()):
+        raise _invalid_error("Metadata: at most 50 keys of 40 chars, values of 500.", "metadata")
+    return fields, metadata
+
+
+def _amount(text: str | None) -> int:
+    if text is None:
+        raise _invalid_error("Missing required param: amount.", "amount", "parameter_missing")
+    if not text.isdigit() or not 1 <= int(text) <= test_cards.MAX_AMOUNT:
+        raise _invalid_error(
+            f"Invalid amount: must be an integer from 1 to {test_cards.MAX_AMOUNT}.",
+            "amount",
+            "parameter_invalid_integer",
+        )
+    return int(text)
+
+
+def _authenticate(request: web.Request) -> None:
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and key.startswith("sk_test_") and len(key) > 8:
+        return
+    # Never echo the key, even a wrong one.
+    message = (
+        "Invalid API Key provided."
+        if scheme
+        else "You did not provide an API key. Use 'Authorization: Bearer sk_test_...'."
+    )
+    raise _ApiError(401, "authentication_error", message)
+
+
+def _limit(query: Mapping[str, str]) -> int:
+    text = query.get("limit", "10")
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise _invalid_error("limit must be an integer from 1 to 100.", "limit")
+    return int(text)
+
+
+def _position(position: dict[str, int], pi_id: str, param: str) -> int:
+    if pi_id not in position:
+        raise _missing(pi_id, param, 400)
+    return position[pi_id]
+
+
+def _missing(pi_id: str, param: str, status: int) -> _ApiError:
+    return _ApiError(
+        status,
+        "invalid_request_error",
+        f"No such payment_intent: '{pi_id}'",
+        "resource_missing",
+        param,
+    )
+
+
+def _invalid_error(message: str, param: str | None = None, code: str | None = None) -> _ApiError:
+    return _ApiError(400, "invalid_request_error", message, code, param)
+
+
+def _respond(
+    status: int, body: bytes, *, key: str | None = None, replayed: bool = False
+) -> web.Response:
+    headers = {"Request-Id": "req_" + uuid.uuid4().hex[:14]}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json")
+
+
+def build_app(
+    *,
+    ledger: str,
+    fail_rate: float = 0,
+    timeout_rate: float = 0,
+    latency_ms: float = 0,
+    seed: int | None = None,
+) -> web.Application:
+    """The sandbox as an aiohttp app; the SQLite ledger opens when the app starts.
+
+    Raises:
+        ConfigError: a rate outside [0, 1] or negative latency (and, at start-up, a ledger
+            that cannot be opened).
+    """
+    for name, rate in (("fail_rate", fail_rate), ("timeout_rate", timeout_rate)):
+        if not 0 <= rate <= 1:
+            raise ConfigError(f"{name} must be within [0, 1], got {rate}")
+    if latency_ms < 0:
+        raise ConfigError(f"latency_ms must be >= 0, got {latency_ms}")
+    sandbox = _Sandbox(ledger, fail_rate, timeout_rate, latency_ms, seed)
+    app = web.Application()
+    app.cleanup_ctx.append(sandbox.lifetime)
+    app.on_shutdown.append(sandbox.on_shutdown)
+    app.router.add_get("/healthz", sandbox.healthz)
+    app.router.add_post("/v1/payment_intents", sandbox.create_intent)
+    app.router.add_get("/v1/payment_intents", sandbox.list_intents)
+    # Registered before /{id}, which would otherwise take "search" for an id.
+    app.router.add_get("/v1/payment_intents/search", sandbox.search_intents)
+    app.router.add_get("/v1/payment_intents/{id}", sandbox.get_intent)
+    return app
+
+
+def serve(
+    host: str,
+    port: int,
+    *,
+    ledger: str,
+    fail_rate: float = 0,
+    timeout_rate: float = 0,
+    latency_ms: float = 0,
+    seed: int | None = None,
+) -> None:
+    """Run the sandbox until SIGTERM or SIGINT (blocking).
+
+    Raises:
+        ConfigError: bad fault settings, an unusable ledger, or an address already in use.
+    """
+    from shared import lifecycle
+
+    app = build_app(
+        ledger=ledger,
+        fail_rate=fail_rate,
+        timeout_rate=timeout_rate,
+        latency_ms=latency_ms,
+        seed=seed,
+    )
+
+    async def main(stop: asyncio.Event) -> int:
+        # No access log: one line per request would cost more than the request itself.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port, backlog=4096)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"sandbox-gateway: cannot listen on {host}:{port}: {exc}"
+                ) from None
+            bound = runner.addresses[0]
+            log.info(
+                "sandbox.started",
+                url=f"http://{host}:{bound[1]}",
+                ledger=ledger,
+                fail_rate=fail_rate,
+                timeout_rate=timeout_rate,
+                latency_ms=latency_ms,
+                seed=seed,
+            )
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+        return 0
+
+    lifecycle.run(main)

@@ -1,0 +1,270 @@
+"""``StripeGateway``: the payment gateway port on Stripe's official SDK (``stripe``, async client).
+
+One charge is one PaymentIntent created with ``confirm=true`` and ``off_session=true``
+(billing runs charge saved cards without the customer), the billq idempotency key sent as
+Stripe's ``Idempotency-Key`` and stored in the intent's metadata (``billq_idempotency_key``,
+``billq_account_id``) so ``find_by_idempotency_key`` can search for it once Stripe has pruned
+the key (after 24 h; see ``shared.gateway.pruned_keys``).
+
+The API base is ``BILLQ_GATEWAY_URL``: ``https://api.stripe.com`` for Stripe itself, the
+sandbox gateway (Stripe's wire format) in development and tests, so the tests run this code.
+
+Every SDK failure is classified here, with the same meaning as ``SandboxGateway``::
+
+    intent succeeded                        Charged
+    CardError (402)                         Declined (code, decline_code, the intent's id)
+    5xx with Idempotent-Replayed: true      OutcomeUnknown      the stored first answer was a 5xx
+    5xx, 409, RateLimitError (429)          GatewayUnavailable  nothing ran; retry with the same key
+    connection refused / connect timeout    GatewayUnavailable  the request never left
+    read/write timeout, dropped connection  OutcomeUnknown      it may have run; retry with the key
+    a 2xx the SDK cannot read               OutcomeUnknown      it ran, but how is unknown
+    Authentication-, Permission-,
+    InvalidRequest-, IdempotencyError       GatewayRejected     permanent (auth, invalid request)
+
+The SDK retries nothing (``max_network_retries=0``): retries are the worker's, with backoff and
+attempt counting. No exception message carries the payment method or the API key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import stripe
+
+from shared.errors import (
+    BillqError,
+    GatewayRejected,
+    GatewayUnavailable,
+    OutcomeUnknown,
+    TransientError,
+)
+from shared.gateway.port import Charged, ChargeOutcome, ChargeRequest, Declined
+
+if TYPE_CHECKING:
+    from stripe.params import PaymentIntentCreateParams
+
+STRIPE_API = "https://api.stripe.com"
+BILLQ_KEY = "billq_idempotency_key"
+BILLQ_ACCOUNT = "billq_account_id"
+SEARCH_LIMIT = 100  # Stripe's maximum page; one key never has more intents than that
+
+# No client telemetry: the SDK would otherwise persist a machine id under the home directory
+# (~/.config/stripe) and send it with request timings. The flag is process-wide.
+stripe.enable_telemetry = False
+
+# The request never reached the gateway: nothing can have been charged.
+_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# The configured URL cannot be used at all: retrying cannot help.
+_BAD_URL = (httpx.UnsupportedProtocol, httpx.InvalidURL)
+_PERMANENT = (
+    stripe.AuthenticationError,
+    stripe.PermissionError,
+    stripe.InvalidRequestError,
+    stripe.IdempotencyError,
+)
+
+
+class StripeGateway:
+    """Charges through Stripe's PaymentIntents with the official SDK's async client."""
+
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = 10.0) -> None:
+        self._api_key = api_key
+        self._http = _HTTPXClient(timeout=timeout)
+        self._client = stripe.StripeClient(
+            api_key,
+            # The SDK joins base and path ("/v1/..."): a trailing slash would double it.
+            base_addresses={"api": base_url.rstrip("/")},
+            http_client=self._http,
+            max_network_retries=0,
+        )
+
+    async def charge(self, request: ChargeRequest) -> ChargeOutcome:
+        """Create and confirm a PaymentIntent once per idempotency key.
+
+        Raises:
+            GatewayUnavailable: nothing was executed (5xx, 409, rate limit, connection refused).
+            OutcomeUnknown: the charge may have run (timeout, dropped, replayed 5xx).
+            GatewayRejected: invalid request, idempotency mismatch or authentication failure.
+        """
+        # billq's keys last: lookups by them must not be shadowed by caller metadata.
+        metadata = {
+            **request.metadata,
+            BILLQ_KEY: request.idempotency_key,
+            BILLQ_ACCOUNT: str(request.account_id),
+        }
+        params: PaymentIntentCreateParams = {
+            "amount": request.amount_cents,
+            "currency": request.currency.lower(),
+            "payment_method": request.payment_method,
+            "confirm": True,
+            "off_session": True,
+            "metadata": metadata,
+        }
+        if request.customer is not None:
+            params["customer"] = request.customer
+        try:
+            intent = await self._client.v1.payment_intents.create_async(
+                params=params, options={"idempotency_key": request.idempotency_key}
+            )
+        except stripe.StripeError as exc:
+            mapped = map_stripe_error(exc, secrets=(self._api_key, request.payment_method))
+            if isinstance(mapped, Declined):
+                return mapped
+            raise mapped from exc
+        # Read defensively: a 2xx body without these fields is not a PaymentIntent.
+        intent_id = getattr(intent, "id", None)
+        status = getattr(intent, "status", None)
+        if not isinstance(intent_id, str):
+            # A 2xx means it ran, but we cannot tell how: reconcile by the key.
+            raise OutcomeUnknown("gateway answered 2xx without a payment intent id")
+        if status == "succeeded":
+            return Charged(charge_id=intent_id)
+        # E.g. "processing" (asynchronous payment methods) or "requires_action": not a charge
+        # billq can record, and not one a retry with the same key would change.
+        raise GatewayRejected(f"gateway left the intent in status {status!r}")
+
+    async def find_by_idempotency_key(self, idempotency_key: str) -> ChargeOutcome | None:
+        """The intent carrying this billq key in its metadata, or None.
+
+        Stripe's search is eventually consistent (usually under a minute behind), so this
+        answers for keys whose charge is not brand new: what ``pruned_keys`` asks about.
+
+        Raises:
+            GatewayUnavailable: the search could not be answered now.
+            GatewayRejected: the search was refused (authentication, invalid query).
+        """
+        escaped = idempotency_key.replace("\\", "\\\\").replace("'", "\\'")
+        try:
+            page = await self._client.v1.payment_intents.search_async(
+                params={
+                    "query": f"metadata['{BILLQ_KEY}']:'{escaped}'",
+                    "limit": SEARCH_LIMIT,
+                }
+            )
+        except stripe.StripeError as exc:
+            mapped = map_stripe_error(exc, secrets=(self._api_key,))
+            if isinstance(mapped, TransientError):
+                # A search changes nothing: whatever went wrong, asking again is safe.
+                raise GatewayUnavailable(f"gateway search failed: {mapped}") from exc
+            if isinstance(mapped, Declined):
+                raise GatewayRejected("gateway answered a search with a card error") from exc
+            raise mapped from exc
+        intents = list(page.data)
+        # Succeeded wins over an earlier decline under the same key; otherwise the newest.
+        for intent in intents:
+            if intent.status == "succeeded":
+                return Charged(charge_id=intent.id)
+        for intent in intents:
+            error = intent.last_payment_error
+            if error is not None:
+                return Declined(
+                    code=error.code or "card_declined",
+                    decline_code=error.decline_code,
+                    message=_scrub(error.message or "", (self._api_key,)),
+                    charge_id=intent.id,
+                )
+        return None
+
+    async def aclose(self) -> None:
+        await self._http.close_async()  # type: ignore[no-untyped-call]  # unannotated in stripe
+
+
+def map_stripe_error(
+    exc: stripe.StripeError, *, secrets: tuple[str, ...] = ()
+) -> Declined | BillqError:
+    """What a failed create-and-confirm call says about the charge (see the module table).
+
+    ``secrets`` (the API key, the payment method) are masked in every message.
+    """
+    if isinstance(exc, stripe.CardError):
+        error = exc.error
+        intent = error.payment_intent if error is not None else None
+        return Declined(
+            code=exc.code or "card_declined",
+            decline_code=error.decline_code if error is not None else None,
+            message=_scrub(exc.user_message or "", secrets),
+            charge_id=intent.id if intent is not None else None,
+        )
+    if isinstance(exc, stripe.APIConnectionError):
+        # stripe's HTTPXClient wraps every httpx failure in APIConnectionError; the httpx
+        # exception it came from (its __cause__) says whether the request went out.
+        cause = exc.__cause__
+        name = type(cause).__name__ if cause is not None else "unknown"
+        if isinstance(cause, _BAD_URL):
+            return GatewayRejected(f"gateway URL unusable: {name}")
+        if isinstance(cause, _NEVER_SENT):
+            return GatewayUnavailable(f"gateway unreachable: {name}")
+        # Sent, or partly sent, with no answer: the gateway may have charged.
+        return OutcomeUnknown(
+            f"no answer from the gateway ({name}); retry with the same idempotency key"
+        )
+    if isinstance(exc, stripe.RateLimitError):
+        return GatewayUnavailable(f"gateway answered {exc.http_status} (rate limited)")
+    status = exc.http_status
+    if isinstance(exc, _PERMANENT):
+        error = exc.error
+        kind = (error.type if error is not None else None) or type(exc).__name__
+        message = _scrub(exc.user_message or "no message", secrets)
+        return GatewayRejected(f"gateway {status} {kind}: {message}")
+    # APIError, and whatever else the SDK may raise: judge by the status.
+    if status is None or 200 <= status < 300:
+        # An answer the SDK could not read (e.g. a proxy's page): it may have run.
+        return OutcomeUnknown(f"gateway answered {status} with an unreadable body")
+    if status >= 500:
+        if _replayed(exc):
+            # The gateway stored its first answer, a 5xx: the charge may have run.
+            return OutcomeUnknown(f"gateway replayed a {status} for this key")
+        return GatewayUnavailable(f"gateway answered {status}")
+    if status == 409:
+        # The same key is executing concurrently: nothing ran for this request.
+        return GatewayUnavailable(f"gateway answered {status}")
+    message = _scrub(exc.user_message or "no message", secrets)
+    return GatewayRejected(f"gateway {status} {type(exc).__name__}: {message}")
+
+
+def _replayed(exc: stripe.StripeError) -> bool:
+    """Whether the answer carried ``Idempotent-Replayed: true``.
+
+    For an error answer whose body it cannot parse, stripe-python passes the response headers
+    in the ``json_body`` slot (``_APIRequestor._interpret_response``), so both are read.
+    """
+    for headers in (exc.headers, exc.json_body):
+        if isinstance(headers, Mapping):
+            for name, value in headers.items():
+                if (
+                    isinstance(name, str)
+                    and name.lower() == "idempotent-replayed"
+                    and str(value).lower() == "true"
+                ):
+                    return True
+    return False
+
+
+def _scrub(message: str, secrets: tuple[str, ...]) -> str:
+    # Stripe echoes tokens in some messages; they must not reach logs or dead letters.
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    return message
+
+
+class _HTTPXClient(stripe.HTTPXClient):
+    """stripe's httpx client, sending the encoded form as ``content=``.
+
+    stripe-python hands httpx the form body as ``data=<str>``, which httpx 0.28 deprecates with
+    a DeprecationWarning on every POST; where warnings are errors (billq's tests) the SDK turns
+    that into an ``APIConnectionError`` and no charge is ever sent.
+    """
+
+    def _get_request_args_kwargs(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any
+    ) -> list[Any]:
+        args, kwargs = super()._get_request_args_kwargs(method, url, headers, post_data)
+        body = kwargs.pop("data", None)
+        if isinstance(body, str | bytes):
+            kwargs["content"] = body
+        elif body:
+            kwargs["data"] = body
+        return [args, kwargs]

@@ -1,0 +1,63 @@
+"""The wire contract between distributor and worker: one versioned, frozen model."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.errors import InvalidMessage
+
+SCHEMA_VERSION = 1
+MESSAGE_TYPE = "billq.charge.v1"
+CONTENT_TYPE = "application/json"
+# AMQP header on a retry or republished copy: the job's attempts value it may claim from.
+HANDOFF_HEADER = "x-billq-handoff"
+
+
+class ChargeMessage(BaseModel):
+    """Charge one account for one billing period (the job lives in Postgres)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+    schema_version: Literal[1] = Field(1, description="Wire format version.")
+    job_id: int = Field(gt=0, description="billing_jobs.id")
+    account_id: int = Field(description="accounts.id (the integrator's id)")
+    period_start: dt.date = Field(description="First day of the period billed (UTC).")
+    idempotency_key: str = Field(
+        min_length=1, max_length=255, description="billq_{account_id}_{YYYY-MM-DD}"
+    )
+    run_id: int | None = Field(None, description="billing_runs.id that created the job.")
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+
+def parse_message(body: bytes, *, max_bytes: int) -> ChargeMessage:
+    """Decode and validate a body; size is checked before any parsing.
+
+    Raises:
+        InvalidMessage: too large, not JSON, or not the schema.
+    """
+    if len(body) > max_bytes:
+        raise InvalidMessage(f"body of {len(body)} bytes exceeds {max_bytes}", body)
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidMessage("body is not JSON", body) from None
+    if not isinstance(data, dict):
+        raise InvalidMessage("body is not a JSON object", body)
+    try:
+        return ChargeMessage.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        raise InvalidMessage(f"schema violation at {where}: {err['msg']}", body) from None
+
+
+def json_schema() -> dict[str, Any]:
+    schema = ChargeMessage.model_json_schema()
+    schema["$id"] = "https://billq.dev/schemas/charge-message-v1.json"
+    return schema

@@ -1,0 +1,295 @@
+"""Kill things mid-flight and count the money afterwards.
+
+Fast scenarios (machine services, own database and queue prefix) run in `make test`;
+the ones that kill a broker or a database use throwaway nodes and are `slow`
+(`make chaos` runs them all and prints the table). Faults come from a seeded RNG: the
+seed is printed in every failure (`Result.seed`); replay with CHAOS_SEED=<seed>.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aio_pika
+import pytest
+import testkit
+from harness import Pipeline, Result, assert_invariants, seed_value
+from proxy import CuttableProxy
+from services import ThrowawayPostgres, ThrowawayRabbit, stop_all
+
+from shared.amqp import names
+from shared.config import Settings
+
+pytestmark = [pytest.mark.chaos, pytest.mark.integration]
+AS_OF = testkit.AS_OF
+
+
+def pipeline(
+    settings: Settings,
+    gateway: str,
+    tmp: Path,
+    *,
+    db_url: str | None = None,
+    amqp_url: str | None = None,
+    **env: str,
+) -> Pipeline:
+    return Pipeline(
+        settings,
+        db_url or settings.database_url.get_secret_value(),
+        amqp_url or settings.amqp_url.get_secret_value(),
+        gateway,
+        tmp,
+        **env,
+    )
+
+
+def distribute_ok(p: Pipeline, *flags: str) -> None:
+    out = p.billq("distribute", "--as-of", AS_OF, *flags)
+    assert out.returncode == 0, out.stderr
+
+
+async def test_workers_sigkilled_repeatedly_charge_everyone_exactly_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    rnd, n = random.Random(seed := seed_value()), 150
+    result = Result("1 workers SIGKILLed repeatedly", seed, n)
+    with testkit.sandbox_gateway(tmp_path, "--latency-ms", "40") as gw:
+        p = pipeline(settings, gw, tmp_path)
+        await p.seed(n)
+        distribute_ok(p)
+        for _ in range(2):
+            p.start_worker("--concurrency", "16")
+        start = time.monotonic()
+        for _ in range(6):
+            await asyncio.sleep(rnd.uniform(0.2, 1.0))
+            p.kill_worker(rnd.choice(p.workers))
+            result.faults += 1
+            p.start_worker("--concurrency", "16")
+        try:
+            await p.settle(n)
+        finally:
+            p.stop_workers()
+        result.settle_s = round(time.monotonic() - start, 1)
+        await p.count_money(result)
+    assert_invariants(result)
+
+
+async def test_a_gateway_fault_storm_still_charges_everyone_exactly_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    n, seed = 100, seed_value()
+    result = Result("4 gateway 30% 5xx, 20% timeouts", seed, n)
+    flags = (
+        "--fail-rate",
+        "0.3",
+        "--timeout-rate",
+        "0.2",
+        "--latency-ms",
+        "5",
+        "--seed",
+        str(seed),
+    )
+    with testkit.sandbox_gateway(tmp_path, *flags) as gw:
+        p = pipeline(settings, gw, tmp_path, BILLQ_GATEWAY_TIMEOUT="1", BILLQ_MAX_ATTEMPTS="25")
+        await p.seed(n)
+        distribute_ok(p)
+        start = time.monotonic()
+        p.start_worker("--concurrency", "32")
+        try:
+            await p.settle(n, timeout=150)
+        finally:
+            p.stop_workers()
+        result.settle_s = round(time.monotonic() - start, 1)
+        result.faults = sum(
+            log.read_text().count("job.retry_scheduled") for log in tmp_path.glob("worker-*.log")
+        )
+        await p.count_money(result)
+    assert result.faults > 0, "no fault was injected"
+    assert_invariants(result)
+
+
+async def test_a_purged_work_queue_is_repaired_by_the_reconciler(
+    settings: Settings, tmp_path: Path
+) -> None:
+    rnd, n = random.Random(seed := seed_value()), 200
+    result = Result("6 operator purges the work queue", seed, n)
+    with testkit.sandbox_gateway(tmp_path, "--latency-ms", "100") as gw:
+        p = pipeline(settings, gw, tmp_path, BILLQ_STUCK_AFTER="1")
+        await p.seed(n)
+        distribute_ok(p)
+        start = time.monotonic()
+        p.start_worker("--concurrency", "8")
+        await asyncio.sleep(rnd.uniform(0.5, 1.5))
+        conn = await aio_pika.connect(p.amqp_url)
+        try:
+            channel = await conn.channel()
+            queue = await channel.declare_queue(
+                names.work_queue(settings.queue_prefix), passive=True
+            )
+            purged = await queue.purge()
+            result.faults = int(getattr(purged, "message_count", 0) or 0)
+        finally:
+            await conn.close()
+        try:
+            await p.settle(n, reconcile_every=2)
+        finally:
+            p.stop_workers()
+        result.settle_s = round(time.monotonic() - start, 1)
+        await p.count_money(result)
+    assert result.faults > 0, "nothing was purged"
+    assert_invariants(result)
+
+
+async def test_a_distributor_killed_between_insert_and_publish_is_completed_by_the_next_run(
+    settings: Settings, tmp_path: Path
+) -> None:
+    rnd, n = random.Random(seed := seed_value()), 3000
+    result = Result("7 distributor killed mid-publish", seed, n)
+    with testkit.sandbox_gateway(tmp_path) as gw:
+        p = pipeline(settings, gw, tmp_path)
+        await p.seed(n)
+        victim = p.spawn("distribute", "--as-of", AS_OF, "--batch-size", "50")
+        await asyncio.sleep(rnd.uniform(0.6, 1.2))
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        result.faults = 1
+        pending = await p._db("SELECT count(*) FROM billing_jobs WHERE state = 'pending'")
+        start = time.monotonic()
+        distribute_ok(p)  # the next cron run
+        for _ in range(2):
+            p.start_worker("--concurrency", "64", "--gateway", "inprocess")
+        try:
+            await p.settle(n, timeout=180)
+        finally:
+            p.stop_workers()
+        result.settle_s = round(time.monotonic() - start, 1)
+        result.info = f"{pending} pending after the kill"
+        # The in-process gateway keeps its ledger in the workers: count from Postgres.
+        counts = await p._db("SELECT count(DISTINCT account_id) FROM charges")
+        dupes = await p._db("SELECT count(*) - count(DISTINCT account_id) FROM charges")
+        open_jobs = await p.open_jobs()
+        result.charged_once = int(counts)
+        result.double_charges = int(dupes)
+        result.lost = n - int(counts) + open_jobs
+    result.record()
+    assert (result.double_charges, result.lost, result.charged_once) == (0, 0, n), result
+
+
+# --- slow: throwaway services ---------------------------------------------------------------
+
+
+@pytest.fixture
+def throwaway_pg() -> Iterator[ThrowawayPostgres]:
+    pg = ThrowawayPostgres()
+    pg.start()
+    yield pg
+    stop_all(pg)
+
+
+@pytest.fixture
+def throwaway_rabbit() -> Iterator[ThrowawayRabbit]:
+    node = ThrowawayRabbit()
+    node.start()
+    yield node
+    stop_all(node)
+
+
+@pytest.mark.slow
+async def test_postgres_killed_and_restarted_mid_run_workers_recover_alone(
+    settings: Settings, throwaway_pg: ThrowawayPostgres, tmp_path: Path
+) -> None:
+    rnd, n = random.Random(seed := seed_value()), 200
+    result = Result("3 Postgres kill -9 + restart", seed, n)
+    with testkit.sandbox_gateway(tmp_path, "--latency-ms", "30") as gw:
+        p = pipeline(settings, gw, tmp_path, db_url=throwaway_pg.url)
+        assert p.billq("migrate").returncode == 0
+        await p.seed(n)
+        distribute_ok(p)
+        for _ in range(2):
+            p.start_worker("--concurrency", "16")
+        start = time.monotonic()
+        await asyncio.sleep(rnd.uniform(0.3, 1.0))
+        throwaway_pg.crash()
+        result.faults = 1
+        await asyncio.sleep(rnd.uniform(1.0, 3.0))
+        throwaway_pg.start()
+        try:
+            await p.settle(n, timeout=180)
+            assert all(w.poll() is None for w in p.workers), "a worker died"
+        finally:
+            p.stop_workers()
+        result.settle_s = round(time.monotonic() - start, 1)
+        await p.count_money(result)
+    assert_invariants(result)
+
+
+@pytest.mark.slow
+async def test_the_broker_killed_while_publishing_and_consuming_loses_nothing(
+    settings: Settings, throwaway_rabbit: ThrowawayRabbit, tmp_path: Path
+) -> None:
+    rnd, n = random.Random(seed := seed_value()), 1500
+    result = Result("2 broker kill -9 + restart", seed, n)
+    with testkit.sandbox_gateway(tmp_path, "--latency-ms", "20") as gw:
+        p = pipeline(settings, gw, tmp_path, amqp_url=throwaway_rabbit.url)
+        await p.seed(n)
+        for _ in range(2):
+            p.start_worker("--concurrency", "32")
+        start = time.monotonic()
+        distributor = p.spawn("distribute", "--as-of", AS_OF, "--batch-size", "100")
+        for _ in range(2):  # once while publishing, once while consuming
+            await asyncio.sleep(rnd.uniform(0.3, 1.5))
+            throwaway_rabbit.crash()
+            result.faults += 1
+            await asyncio.sleep(rnd.uniform(1.0, 3.0))
+            throwaway_rabbit.start()
+        code = distributor.wait(timeout=120)
+        if code != 0:
+            result.info = "distributor failed clearly; next run completed"
+            distribute_ok(p)  # the next cron run finishes the period
+        try:
+            await p.settle(n, timeout=240)
+            assert all(w.poll() is None for w in p.workers), "a worker died"
+        finally:
+            p.stop_workers()
+        result.settle_s = round(time.monotonic() - start, 1)
+        await p.count_money(result)
+    assert_invariants(result)
+
+
+@pytest.mark.slow
+async def test_the_network_between_workers_and_broker_cut_and_restored(
+    settings: Settings, tmp_path: Path
+) -> None:
+    rnd, n = random.Random(seed := seed_value()), 300
+    result = Result("5 network to the broker cut", seed, n)
+    broker_port = int(settings.amqp_urls[0].rsplit(":", 1)[1].split("/")[0])
+    with (
+        testkit.sandbox_gateway(tmp_path, "--latency-ms", "50") as gw,
+        CuttableProxy(broker_port) as proxy,
+    ):
+        p = pipeline(settings, gw, tmp_path)
+        await p.seed(n)
+        distribute_ok(p)
+        p.env["BILLQ_AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+        for _ in range(2):
+            p.start_worker("--concurrency", "16")
+        start = time.monotonic()
+        for _ in range(2):
+            await asyncio.sleep(rnd.uniform(0.5, 1.5))
+            proxy.cut()
+            await asyncio.sleep(rnd.uniform(1.0, 4.0))
+            proxy.restore()
+        result.faults = proxy.cuts
+        try:
+            await p.settle(n, timeout=120)
+            assert all(w.poll() is None for w in p.workers), "a worker died"
+        finally:
+            p.stop_workers()
+        result.settle_s = round(time.monotonic() - start, 1)
+        await p.count_money(result)
+    assert_invariants(result)

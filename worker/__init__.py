@@ -1,0 +1,1 @@
+"""The billq worker: consumes charge messages and charges each job exactly once."""

@@ -1,0 +1,34 @@
+"""``billq worker``: run one worker process (supervisor starts as many as you need)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from shared.config import Settings
+
+
+def _handle(args: argparse.Namespace, settings: Settings) -> int:
+    from shared import lifecycle
+    from worker.run import run_worker
+
+    return lifecycle.run(lambda stop: run_worker(settings, stop))
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "worker",
+        help="consume charge messages and charge each job exactly once",
+        description="Run one worker: prefetch QoS, claim → charge → record → ack. "
+        "SIGTERM finishes in-flight work within BILLQ_SHUTDOWN_GRACE and exits 0; a second "
+        "signal exits at once. Exits 3 after recycling itself (memory or message limit).",
+    )
+    p.add_argument("--concurrency", type=int, help="messages handled at once (BILLQ_CONCURRENCY)")
+    p.add_argument("--gateway", choices=["sandbox", "inprocess", "stripe"], help="BILLQ_GATEWAY")
+    p.add_argument("--gateway-url", help="BILLQ_GATEWAY_URL")
+    p.add_argument(
+        "--metrics-port", type=int, help="serve /metrics, /healthz, /readyz (BILLQ_METRICS_PORT)"
+    )
+    p.add_argument("--max-rss-mb", type=float, help="recycle above this RSS (BILLQ_MAX_RSS_MB)")
+    p.add_argument("--max-messages", type=int, help="recycle after N messages (BILLQ_MAX_MESSAGES)")
+    p.set_defaults(handler=_handle)

@@ -1,0 +1,349 @@
+"""Handle charge messages in batches: validate → claim → charge → record. Never raises.
+
+A batch shares its database round trips (one claim statement, one group commit for its
+charges) while each message keeps its own outcome; a batch of one is the same code path.
+Each failure is classified where it happens (see ``shared.errors``); the handler turns
+the class into an ``Outcome`` and the consumer performs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from shared import signing
+from shared.billing import dunning
+from shared.config import Settings
+from shared.db.errors import classify
+from shared.db.jobs_repo import TERMINAL, ClaimedJob, ClaimRequest, JobsRepo
+from shared.errors import (
+    AccountNotBillable,
+    BadSignature,
+    BillqError,
+    FatalError,
+    InvalidMessage,
+    TransientError,
+    UnknownJob,
+)
+from shared.gateway.port import Charged, ChargeOutcome, ChargeRequest, PaymentGateway
+from shared.gateway.pruned_keys import charge_safely
+from shared.messages import HANDOFF_HEADER, ChargeMessage, parse_message
+from worker.outcome import Ack, Dead, Outcome, Retry
+
+log = structlog.get_logger("billq.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    body: bytes
+    headers: Mapping[str, Any]
+    redelivered: bool
+
+
+def _handoff(headers: Mapping[str, Any]) -> int | None:
+    value = headers.get(HANDOFF_HEADER)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _transient(exc: BaseException) -> TransientError | None:
+    err = classify(exc)
+    return err if isinstance(err, TransientError) else None
+
+
+class Handler:
+    """Collaborators are injected so tests can swap the gateway."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        jobs: JobsRepo,
+        gateway: PaymentGateway,
+        observe_gateway: Callable[[float], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._jobs = jobs
+        self._gateway = gateway
+        self._observe_gateway = observe_gateway
+        self._signing_keys = settings.signing_key_list
+
+    async def handle(self, body: bytes, headers: Mapping[str, Any], redelivered: bool) -> Outcome:
+        return (await self.handle_batch([Delivery(body, headers, redelivered)]))[0]
+
+    async def handle_batch(self, batch: Sequence[Delivery]) -> list[Outcome]:
+        started = time.perf_counter()
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        messages: dict[int, ChargeMessage] = {}
+        for i, d in enumerate(batch):
+            try:
+                messages[i] = self._validate(d)
+            except (InvalidMessage, BadSignature) as exc:
+                log.warning("message.invalid", error_class=type(exc).__name__, reason=str(exc))
+                outcomes[i] = Dead(type(exc).__name__, str(exc))
+        if messages:
+            try:
+                await self._handle_valid(batch, messages, outcomes)
+            except Exception as exc:  # a bug must not kill the worker: retry, bounded
+                log.exception("batch.unexpected_error")
+                for i in messages:
+                    if outcomes[i] is None:
+                        outcomes[i] = Retry(
+                            self._settings.retry_delay(1),
+                            None,
+                            f"unexpected {type(exc).__name__}",
+                            False,
+                        )
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+        done: list[Outcome] = []
+        for i, outcome in enumerate(outcomes):
+            assert outcome is not None
+            msg = messages.get(i)
+            log.info(
+                "message.handled",
+                job_id=msg.job_id if msg else None,
+                account_id=msg.account_id if msg else None,
+                outcome=type(outcome).__name__.lower(),
+                detail=getattr(outcome, "kind", None) or getattr(outcome, "reason", None),
+                duration_ms=elapsed_ms,
+                batch=len(batch),
+            )
+            done.append(outcome)
+        return done
+
+    def _validate(self, d: Delivery) -> ChargeMessage:
+        limit = self._settings.max_message_bytes
+        if len(d.body) > limit:  # before any HMAC or parsing
+            raise InvalidMessage(f"body of {len(d.body)} bytes exceeds {limit}", d.body)
+        if self._signing_keys:
+            signing.verify(d.body, d.headers, self._signing_keys)
+        return parse_message(d.body, max_bytes=limit)
+
+    async def _handle_valid(
+        self,
+        batch: Sequence[Delivery],
+        messages: dict[int, ChargeMessage],
+        outcomes: list[Outcome | None],
+    ) -> None:
+        order = list(messages)
+        requests = [
+            ClaimRequest(
+                messages[i].job_id,
+                messages[i].account_id,
+                messages[i].idempotency_key,
+                batch[i].redelivered,
+                _handoff(batch[i].headers),
+            )
+            for i in order
+        ]
+        try:
+            claimed = await self._jobs.claim_many(requests)
+        except Exception as exc:
+            err = _transient(exc)
+            if err is None:
+                raise
+            # Whether the claim landed is unknown: the copies wait out the lease.
+            log.warning("batch.claim_failed", error=str(err), size=len(order))
+            for pos, i in enumerate(order):
+                outcomes[i] = Retry(
+                    self._settings.retry_delay(1), requests[pos].handoff, str(err), False
+                )
+            return
+        jobs = {order[pos]: job for pos, job in claimed.items()}
+        unclaimed = [i for i in order if i not in jobs]
+        if unclaimed:
+            await self._not_claimed(unclaimed, messages, outcomes)
+        results = await asyncio.gather(*(self._charge(job) for job in jobs.values()))
+        charged: list[tuple[int, ClaimedJob, str]] = []
+        declines = []
+        for (i, job), result in zip(jobs.items(), results, strict=True):
+            if isinstance(result, Charged):
+                charged.append((i, job, result.charge_id))
+            elif isinstance(result, Ack | Retry | Dead):
+                outcomes[i] = result
+            else:
+                declines.append((i, job, result))
+        await self._record_charged(charged, outcomes)
+        for i, job, declined in declines:
+            outcomes[i] = await self._record_decline(job, declined)
+
+    async def _not_claimed(
+        self,
+        unclaimed: list[int],
+        messages: dict[int, ChargeMessage],
+        outcomes: list[Outcome | None],
+    ) -> None:
+        snaps = await self._jobs.lookup_many([messages[i].job_id for i in unclaimed])
+        for i in unclaimed:
+            msg = messages[i]
+            snap = snaps.get(msg.job_id)
+            if snap is None:
+                outcomes[i] = Dead(UnknownJob.__name__, f"job {msg.job_id} does not exist")
+            elif (snap.account_id, snap.idempotency_key) != (msg.account_id, msg.idempotency_key):
+                # The message is wrong, not the job: leave the job untouched.
+                outcomes[i] = Dead(
+                    InvalidMessage.__name__, f"message does not match job {msg.job_id}"
+                )
+            elif snap.state in TERMINAL or snap.state == "retrying":
+                # Finished, or its designated retry copy is on its way.
+                log.info("job.duplicate", job_id=msg.job_id, state=snap.state)
+                outcomes[i] = Ack("duplicate")
+            else:
+                # Held by a live worker: come back later rather than drop a needed copy.
+                log.info("job.busy_elsewhere", job_id=msg.job_id, state=snap.state)
+                outcomes[i] = Retry(
+                    self._settings.retry_delay(1), None, "job busy elsewhere", False
+                )
+
+    async def _charge(self, job: ClaimedJob) -> ChargeOutcome | Outcome:
+        """The gateway's answer, or the outcome already decided for this job."""
+        if job.account_status is None:
+            return await self._dead(job, UnknownJob(f"account {job.account_id} does not exist"))
+        if job.account_status in ("cancelled", "suspended"):
+            return await self._dead(
+                job, AccountNotBillable(f"account {job.account_id} is {job.account_status}")
+            )
+        assert job.payment_method is not None
+        request = ChargeRequest(
+            idempotency_key=job.idempotency_key,
+            account_id=job.account_id,
+            amount_cents=job.amount_cents,
+            currency=job.currency,
+            payment_method=job.payment_method,
+            customer=job.gateway_customer,
+            metadata={"billq_job_id": str(job.job_id)},
+        )
+        called = time.perf_counter()
+        try:
+            # A gateway forgets idempotency keys after 24 h: a job first tried that long ago
+            # looks its charge up before it may charge again.
+            return await charge_safely(
+                self._gateway,
+                request,
+                first_attempt_at=job.started_at,
+                now=dt.datetime.now(dt.UTC),
+            )
+        except TransientError as exc:
+            if job.attempts - job.attempt_base >= self._settings.max_attempts:
+                # Out of attempts, but the gateway may hold the charge (a timeout stores it):
+                # ask before declaring the job dead, never leave money unrecorded.
+                found = await self._lookup(job)
+                if found is not None:
+                    return found
+            return await self._retry(job, exc)
+        except FatalError as exc:
+            return await self._dead(job, exc)
+        finally:
+            if self._observe_gateway:
+                self._observe_gateway(time.perf_counter() - called)
+
+    async def _lookup(self, job: ClaimedJob) -> ChargeOutcome | None:
+        try:
+            return await self._gateway.find_by_idempotency_key(job.idempotency_key)
+        except BillqError as exc:
+            log.warning("job.lookup_failed", job_id=job.job_id, error=str(exc))
+            return None
+
+    async def _record_charged(
+        self, charged: list[tuple[int, ClaimedJob, str]], outcomes: list[Outcome | None]
+    ) -> None:
+        if not charged:
+            return
+        try:
+            landed = await self._jobs.record_successes([(job, cid) for _, job, cid in charged])
+        except Exception as exc:
+            err = _transient(exc)
+            if err is None:
+                raise
+            # The gateway remembers each key: the copies replay its answer and record it.
+            log.warning("batch.record_failed", error=str(err), size=len(charged))
+            for i, job, _ in charged:
+                outcomes[i] = Retry(self._settings.retry_delay(1), job.attempts, str(err), False)
+            return
+        for i, job, charge_id in charged:
+            if job.job_id in landed:
+                log.debug(
+                    "job.charged",
+                    job_id=job.job_id,
+                    account_id=job.account_id,
+                    attempt=job.attempts,
+                    charge_id=charge_id,
+                )
+                outcomes[i] = Ack("succeeded")
+            else:
+                log.warning("job.fenced", job_id=job.job_id, attempt=job.attempts)
+                outcomes[i] = Ack("fenced")
+
+    async def _record_decline(self, job: ClaimedJob, result: Any) -> Outcome:
+        reason = f"declined: {result.decline_code or result.code}"
+        decision = dunning.decide(
+            attempt=job.dunning_attempt,
+            code=result.code,
+            decline_code=result.decline_code,
+            first_declined_at=job.first_declined_at or dt.datetime.now(dt.UTC),
+            schedule_days=self._settings.dunning_schedule,
+        )
+        try:
+            landed = await self._jobs.record_decline(job, reason, result.decline_code, decision)
+        except Exception as exc:
+            err = _transient(exc)
+            if err is None:
+                raise
+            return Retry(self._settings.retry_delay(1), job.attempts, str(err), False)
+        log.info(
+            "job.declined",
+            job_id=job.job_id,
+            account_id=job.account_id,
+            attempt=job.attempts,
+            code=result.code,
+            decline_code=result.decline_code,
+            severity=decision.severity,
+            next_attempt=decision.next_attempt,
+        )
+        return Ack("declined" if landed else "fenced")
+
+    async def _retry(self, job: ClaimedJob, exc: BillqError) -> Outcome:
+        spent = job.attempts - job.attempt_base
+        if spent >= self._settings.max_attempts:
+            return await self._dead(job, exc, f"gave up after {spent} attempts: ")
+        delay = self._settings.retry_delay(spent)
+        try:
+            if not await self._jobs.record_retry(job, str(exc)[:1000]):
+                log.warning("job.fenced", job_id=job.job_id, attempt=job.attempts)
+                return Ack("fenced")
+        except Exception as db_exc:
+            if _transient(db_exc) is None:
+                raise
+            # Job stays 'processing' at this fence; the copy's hand-off token claims it.
+        log.info(
+            "job.retry_scheduled",
+            job_id=job.job_id,
+            account_id=job.account_id,
+            attempt=job.attempts,
+            delay_s=delay,
+            error=str(exc),
+        )
+        return Retry(delay, job.attempts, str(exc))
+
+    async def _dead(self, job: ClaimedJob, exc: BillqError, prefix: str = "") -> Outcome:
+        reason = f"{prefix}{exc}"
+        try:
+            await self._jobs.record_dead(job.job_id, job.attempts, reason)
+        except Exception as db_exc:
+            err = _transient(db_exc)
+            if err is None:
+                raise
+            return Retry(self._settings.retry_delay(1), job.attempts, str(err), False)
+        log.warning(
+            "job.dead",
+            job_id=job.job_id,
+            account_id=job.account_id,
+            attempt=job.attempts,
+            error_class=type(exc).__name__,
+            reason=reason,
+        )
+        return Dead(type(exc).__name__, reason)

@@ -1,0 +1,42 @@
+"""Prometheus metrics of one worker process (own registry: no global state shared)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.handled = Counter(
+            "billq_messages_handled",
+            "Messages handled, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.handle_seconds = Histogram(
+            "billq_handle_seconds",
+            "Time to handle one message (claim → record).",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.gateway_seconds = Histogram(
+            "billq_gateway_seconds",
+            "Gateway call latency.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "billq_in_flight", "Messages being handled now.", registry=self.registry
+        )
+        self.prefetch = Gauge("billq_prefetch", "Prefetch (QoS) window.", registry=self.registry)
+        self.reconnects = Counter(
+            "billq_reconnects", "Broker reconnections.", registry=self.registry
+        )
+        self.last_heartbeat = Gauge(
+            "billq_last_heartbeat_timestamp_seconds",
+            "Unix time of the last DB heartbeat.",
+            registry=self.registry,
+        )
