@@ -40,16 +40,19 @@ files = {recipe}
 async def test_supervisord_stops_workers_gently_and_nothing_is_redelivered(
     db: asyncpg.Connection, settings: Settings, tmp_path: Path
 ) -> None:
+    # The recipe as shipped, with only its install and log paths pointed at this test's.
+    recipe = tmp_path / "billq-worker.conf"
+    recipe.write_text(
+        RECIPE.read_text()
+        .replace("/opt/billq/bin/billq", str(Path(sys.executable).with_name("billq")))
+        .replace("/var/log/billq", str(tmp_path))
+    )
     conf = tmp_path / "supervisord.conf"
-    conf.write_text(SUPERVISORD_CONF.format(recipe=RECIPE))
+    conf.write_text(SUPERVISORD_CONF.format(recipe=recipe))
     with testkit.sandbox_gateway(tmp_path, "--latency-ms", "700") as url:
         env = testkit.env_for(settings.model_copy(update={"gateway_url": url}))
-        env.update(
-            BILLQ_BIN=str(Path(sys.executable).with_name("billq")),
-            BILLQ_LOG_DIR=str(tmp_path),
-            BILLQ_CONCURRENCY="10",
-        )
-        await seed(db, 120)
+        env.update(BILLQ_CONCURRENCY="10")
+        await seed(db, 400)
         distribute(env)
         supervisord = subprocess.Popen(
             [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
@@ -83,7 +86,7 @@ async def test_supervisord_stops_workers_gently_and_nothing_is_redelivered(
             await db.fetchval("SELECT count(*) FROM billing_jobs WHERE state = 'processing'") == 0
         )
         done = await db.fetchval("SELECT count(*) FROM billing_jobs WHERE state = 'succeeded'")
-        assert 10 <= done < 120
+        assert 10 <= done < 400
         logs = "".join(p.read_text() for p in tmp_path.glob("billq-worker_*.log"))
         assert logs.count('"worker.stopped"') == 2
         assert "grace_expired" not in logs
@@ -94,4 +97,4 @@ async def test_supervisord_stops_workers_gently_and_nothing_is_redelivered(
         finally:
             testkit.stop_process(rest)
         assert await db.fetchval("SELECT max(attempts) FROM billing_jobs") == 1
-        await assert_charged_once(db, url, settings, expect_charged=120)
+        await assert_charged_once(db, url, settings, expect_charged=400)
