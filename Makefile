@@ -31,6 +31,10 @@ test: install services ## the whole test suite against the real services
 chaos: install services ## every chaos scenario (kills brokers, databases, workers), then the table
 	@bash scripts/chaos
 
+bench: install services ## throughput, latency, RSS vs the bare floor (BENCH_N, BENCH_ARGS=--large)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m bench $(BENCH_ARGS)
+
 test-unit: install ## only the tests that need no services
 	$(BIN)/pytest -q -m unit
 

@@ -1,0 +1,594 @@
+"""Run every measurement, check correctness after each, print the table, write JSON + PNG.
+
+Each measurement gets its own database (a clone of a seeded template) and its own queue
+prefix, so measurements never see each other's rows or messages. Throughput is computed
+from the timestamps Postgres recorded on the jobs, not from the bench's own clock:
+
+- distributor: due accounts ÷ the run's duration (scan start → last confirmed publish);
+- drain: accounts ÷ (last committed charge - first claim), queue filled beforehand;
+- pipeline: accounts ÷ (last committed charge - first publish), workers already waiting
+  while the distributor publishes (the number the 10M-in-30-minutes target is about);
+- latency: published → committed per job, p50 / p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import infra
+
+RESULTS = infra.ROOT / "bench" / "results"
+
+
+@dataclass
+class Row:
+    name: str
+    kind: str  # distributor | billq | floor
+    accounts: int
+    processes: int = 1
+    concurrency: int = 0
+    gateway: str = ""
+    mode: str = ""
+    rate: float = 0.0  # accounts/s
+    seconds: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    peak_rss_mb: float = 0.0
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    cpu_us_per_account: float = 0.0
+    checks: dict[str, Any] = field(default_factory=dict)
+    ok: bool = False
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.n: int = args.n
+        self.io_n: int = args.io_n
+        self.tag = infra.unique("bench")
+        self.workdir = RESULTS / "logs" / self.tag
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.templates: dict[int, str] = {}
+        self.rows: list[Row] = []
+
+    # --- preparation --------------------------------------------------------------
+
+    async def template(self, n: int) -> str:
+        """A migrated database holding ``n`` due accounts, cloned by each measurement."""
+        if n not in self.templates:
+            name = f"{self.tag}_tpl_{n}"
+            infra.migrate(name, self.workdir)
+            took = await infra.seed(name, n)
+            print(f"  seeded {n:,} accounts in {took:.1f}s ({name})", flush=True)
+            self.templates[n] = name
+        return self.templates[n]
+
+    async def fresh(self, n: int, label: str) -> tuple[str, str]:
+        db = f"{self.tag}_{label}"
+        await infra.clone_database(await self.template(n), db)
+        return db, f"{self.tag}.{label}"
+
+    async def cleanup(self, db: str, prefix: str) -> None:
+        if not self.args.keep:
+            await infra.drop_database(db)
+        await infra.delete_topology(prefix)
+
+    # --- processes ----------------------------------------------------------------
+
+    def distribute(
+        self, db: str, prefix: str, sampler: infra.RssSampler | None = None
+    ) -> dict[str, Any]:
+        env = infra.billq_env(db, prefix)
+        log = self.workdir / f"{prefix}.distribute.log"
+        out = self.workdir / f"{prefix}.distribute.json"
+        with out.open("wb") as stdout, log.open("ab") as stderr:
+            proc = subprocess.Popen(
+                infra.billq_cmd("distribute", "--as-of", infra.AS_OF, "--json"),
+                env=env,
+                stdout=stdout,
+                stderr=stderr,
+                cwd=infra.ROOT,
+            )
+            if sampler is not None:
+                sampler.watch(proc.pid)
+            code = proc.wait(timeout=3600)
+        if code != 0:
+            raise RuntimeError(f"billq distribute exited {code}; see {log}")
+        summary: dict[str, Any] = json.loads(out.read_text().strip().splitlines()[-1])
+        return summary
+
+    def start_workers(
+        self, db: str, prefix: str, count: int, **settings: str
+    ) -> list[subprocess.Popen[bytes]]:
+        procs = []
+        for i in range(count):
+            port = infra.free_port()
+            env = infra.billq_env(db, prefix, **settings)
+            proc = infra.spawn(
+                infra.billq_cmd("worker", "--metrics-port", str(port)),
+                env,
+                self.workdir / f"{prefix}.worker{i}.log",
+            )
+            infra.wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout=60)
+            procs.append(proc)
+        return procs
+
+    def start_floor(self, db: str, prefix: str, count: int, mode: str) -> list[Any]:
+        procs = []
+        for i in range(count):
+            cmd = [
+                sys.executable,
+                "-m",
+                "bench.floor",
+                "--mode",
+                mode,
+                "--database-url",
+                infra.db_url(db),
+                "--amqp-url",
+                infra.AMQP,
+                "--queue",
+                f"{prefix}.charge",
+            ]
+            procs.append(
+                infra.spawn(cmd, dict(os.environ), self.workdir / f"{prefix}.floor{i}.log")
+            )
+        return procs
+
+    async def wait_all_succeeded(self, db: str, n: int, procs: list[Any]) -> None:
+        conn = await infra.connect(db)
+        try:
+
+            async def done() -> bool:
+                for p in procs:
+                    if p.poll() is not None:
+                        raise RuntimeError(f"a process exited {p.returncode} mid-measurement")
+                got = await conn.fetchval(
+                    "SELECT count(*) FROM billing_jobs WHERE state = 'succeeded'"
+                )
+                return bool(got >= n)
+
+            if not await infra.sleep_until(done, timeout=self.args.timeout, interval=0.25):
+                raise RuntimeError(f"not every job succeeded within {self.args.timeout}s")
+        finally:
+            await conn.close()
+
+    # --- figures and checks -------------------------------------------------------
+
+    async def job_figures(self, db: str, since: str) -> dict[str, Any]:
+        conn = await infra.connect(db)
+        try:
+            row = await conn.fetchrow(
+                f"""
+                SELECT count(*) AS n,
+                       extract(epoch FROM max(finished_at) - min({since})) AS seconds,
+                       percentile_cont(0.5) WITHIN GROUP (
+                           ORDER BY extract(epoch FROM finished_at - published_at)) AS p50,
+                       percentile_cont(0.99) WITHIN GROUP (
+                           ORDER BY extract(epoch FROM finished_at - published_at)) AS p99
+                  FROM billing_jobs WHERE state = 'succeeded'
+                """
+            )
+        finally:
+            await conn.close()
+        assert row is not None
+        return dict(row)
+
+    async def check(
+        self, db: str, prefix: str, n: int, ledger: Path | None = None
+    ) -> dict[str, Any]:
+        """Every account charged exactly once, every job succeeded, every queue empty."""
+        conn = await infra.connect(db)
+        try:
+            counts = await conn.fetchrow(
+                "SELECT count(*), count(DISTINCT account_id), count(DISTINCT idempotency_key)"
+                " FROM charges"
+            )
+            assert counts is not None
+            charges, accounts, keys = counts
+            not_done = await conn.fetchval(
+                "SELECT count(*) FROM billing_jobs WHERE state <> 'succeeded'"
+            )
+            advanced = await conn.fetchval(
+                "SELECT count(*) FROM accounts WHERE next_billing_at = $1", infra.NEXT_PERIOD
+            )
+        finally:
+            await conn.close()
+        depths = await infra.queue_depths(prefix)
+        checks: dict[str, Any] = {
+            "charges": charges,
+            "accounts_charged": accounts,
+            "jobs_not_succeeded": not_done,
+            "accounts_advanced_once": advanced,
+            "queue_messages_left": sum(depths.values()),
+        }
+        ok = (
+            charges == accounts == keys == n
+            and not_done == 0
+            and advanced == n
+            and checks["queue_messages_left"] == 0
+        )
+        if ledger is not None:
+            total, distinct, succeeded = infra.ledger_counts(ledger)
+            checks.update(gateway_intents=total, gateway_keys=distinct, gateway_succeeded=succeeded)
+            ok = ok and distinct == n and succeeded == n
+        checks["ok"] = ok
+        return checks
+
+    def record(self, row: Row) -> None:
+        self.rows.append(row)
+        status = "ok" if row.ok else "FAILED CHECKS"
+        lat = f" p50={row.p50_ms:.0f}ms p99={row.p99_ms:.0f}ms" if row.p50_ms is not None else ""
+        print(
+            f"  {row.name}: {row.rate:,.0f} accounts/s ({row.accounts:,} in {row.seconds:.1f}s)"
+            f"{lat} rss={row.peak_rss_mb:.0f}MB [{status}]",
+            flush=True,
+        )
+
+    # --- measurements -------------------------------------------------------------
+
+    async def distributor(self, n: int) -> None:
+        db, prefix = await self.fresh(n, f"dist{n}")
+        cpu = infra.CpuMeter(db)
+        try:
+            with infra.RssSampler() as sampler:
+                cpu.start()
+                started = time.perf_counter()
+                summary = self.distribute(db, prefix, sampler)
+                wall = time.perf_counter() - started
+                services = cpu.stop()
+            depths = await infra.queue_depths(prefix)
+            conn = await infra.connect(db)
+            try:
+                published = await conn.fetchval(
+                    "SELECT count(*) FROM billing_jobs WHERE state = 'published'"
+                )
+            finally:
+                await conn.close()
+            checks = {
+                "due": summary["due"],
+                "published_jobs": published,
+                "work_queue_depth": depths.get("work", 0),
+                "wall_seconds": round(wall, 2),
+            }
+            ok = summary["due"] == n and published == n and depths.get("work") == n
+            checks["ok"] = ok
+            seconds = float(summary["duration_s"])
+            self.record(
+                Row(
+                    name=f"distributor N={n:,}",
+                    kind="distributor",
+                    accounts=n,
+                    rate=n / seconds,
+                    seconds=seconds,
+                    peak_rss_mb=sampler.peak_mb(),
+                    cpu_s=services,
+                    checks=checks,
+                    ok=ok,
+                )
+            )
+        finally:
+            await self.cleanup(db, prefix)
+
+    async def billq(
+        self,
+        label: str,
+        *,
+        processes: int,
+        concurrency: int,
+        gateway: str,
+        latency_ms: int = 0,
+        mode: str = "drain",
+        n: int | None = None,
+    ) -> None:
+        n = n or self.n
+        db, prefix = await self.fresh(n, label)
+        gw_proc = None
+        ledger = None
+        settings = {"BILLQ_CONCURRENCY": str(concurrency), "BILLQ_GATEWAY": gateway}
+        workers: list[subprocess.Popen[bytes]] = []
+        try:
+            if gateway == "sandbox":
+                ledger = self.workdir / f"{prefix}.ledger.sqlite3"
+                port = infra.free_port()
+                gw_proc = infra.spawn(
+                    infra.billq_cmd(
+                        "sandbox-gateway",
+                        "--port",
+                        str(port),
+                        "--ledger",
+                        str(ledger),
+                        "--latency-ms",
+                        str(latency_ms),
+                    ),
+                    infra.billq_env(db, prefix),
+                    self.workdir / f"{prefix}.gateway.log",
+                )
+                url = f"http://127.0.0.1:{port}"
+                infra.wait_http(f"{url}/healthz", gw_proc)
+                settings["BILLQ_GATEWAY_URL"] = url
+            if mode == "drain":
+                self.distribute(db, prefix)
+            cpu = infra.CpuMeter(db)
+            with infra.RssSampler() as sampler:
+                workers = self.start_workers(db, prefix, processes, **settings)
+                for w in workers:
+                    sampler.watch(w.pid)
+                cpu_before = infra.cpu_seconds([w.pid for w in workers])
+                cpu.start()
+                if mode == "pipeline":
+                    self.distribute(db, prefix)
+                await self.wait_all_succeeded(db, n, workers)
+                services = cpu.stop()
+                services["billq"] = infra.cpu_seconds([w.pid for w in workers]) - cpu_before
+            for w in workers:
+                infra.stop_process(w)
+            workers = []
+            if gw_proc is not None:
+                infra.stop_process(gw_proc)
+                gw_proc = None
+            figures = await self.job_figures(
+                db, "started_at" if mode == "drain" else "published_at"
+            )
+            checks = await self.check(db, prefix, n, ledger)
+            seconds = float(figures["seconds"])
+            gw = gateway + (f" {latency_ms}ms" if gateway == "sandbox" else "")
+            self.record(
+                Row(
+                    name=f"billq {mode}, {gw}, {processes} proc x {concurrency}",
+                    kind="billq",
+                    accounts=n,
+                    processes=processes,
+                    concurrency=concurrency,
+                    gateway=gw,
+                    mode=mode,
+                    rate=n / seconds,
+                    seconds=seconds,
+                    p50_ms=float(figures["p50"]) * 1000,
+                    p99_ms=float(figures["p99"]) * 1000,
+                    peak_rss_mb=sampler.peak_mb(),
+                    cpu_s=services,
+                    cpu_us_per_account=sum(services.values()) / n * 1e6,
+                    checks=checks,
+                    ok=bool(checks["ok"]),
+                )
+            )
+        finally:
+            for w in workers:
+                infra.stop_process(w)
+            if gw_proc is not None:
+                infra.stop_process(gw_proc)
+            await self.cleanup(db, prefix)
+
+    async def floor(self, label: str, *, processes: int, mode: str) -> None:
+        n = self.n
+        db, prefix = await self.fresh(n, label)
+        procs: list[Any] = []
+        try:
+            self.distribute(db, prefix)
+            cpu = infra.CpuMeter(db)
+            with infra.RssSampler() as sampler:
+                procs = self.start_floor(db, prefix, processes, mode)
+                for p in procs:
+                    sampler.watch(p.pid)
+                cpu.start()
+                await self.wait_all_succeeded(db, n, procs)
+                services = cpu.stop()
+                services["floor"] = infra.cpu_seconds([p.pid for p in procs])
+            for p in procs:
+                infra.stop_process(p)
+            procs = []
+            figures = await self.job_figures(db, "started_at")
+            checks = await self.check(db, prefix, n)
+            seconds = float(figures["seconds"])
+            self.record(
+                Row(
+                    name=f"floor {mode}, {processes} proc",
+                    kind="floor",
+                    accounts=n,
+                    processes=processes,
+                    mode=mode,
+                    rate=n / seconds,
+                    seconds=seconds,
+                    peak_rss_mb=sampler.peak_mb(),
+                    cpu_s=services,
+                    cpu_us_per_account=sum(services.values()) / n * 1e6,
+                    checks=checks,
+                    ok=bool(checks["ok"]),
+                )
+            )
+        finally:
+            for p in procs:
+                infra.stop_process(p)
+            await self.cleanup(db, prefix)
+
+    # --- the whole run --------------------------------------------------------------
+
+    async def run(self) -> dict[str, Any]:
+        started = dt.datetime.now(dt.UTC)
+        print(f"billq bench: N={self.n:,} (I/O-bound N={self.io_n:,}), tag {self.tag}", flush=True)
+        try:
+            await self.distributor(self.n)
+            if self.args.large:
+                await self.distributor(1_000_000)
+            await self.floor("floor_single", processes=2, mode="single")
+            await self.floor("floor_batched", processes=2, mode="batched")
+            await self.billq("inproc1", processes=1, concurrency=512, gateway="inprocess")
+            await self.billq("inproc2", processes=2, concurrency=512, gateway="inprocess")
+            await self.billq(
+                "pipeline2", processes=2, concurrency=512, gateway="inprocess", mode="pipeline"
+            )
+            await self.billq(
+                "sandbox0", processes=1, concurrency=256, gateway="sandbox", n=self.io_n
+            )
+            for conc in (256, 1024):
+                await self.billq(
+                    f"sandbox200c{conc}",
+                    processes=1,
+                    concurrency=conc,
+                    gateway="sandbox",
+                    latency_ms=200,
+                    n=self.io_n,
+                )
+        finally:
+            for name in self.templates.values():
+                await infra.drop_database(name)
+        return {
+            "started_at": started.isoformat(),
+            "n": self.n,
+            "io_n": self.io_n,
+            "machine": infra.machine_facts(),
+            "services": await infra.server_versions(),
+            "settings": infra.passthrough_settings(),
+            "rows": [asdict(r) for r in self.rows],
+            "ratios": self.ratios(),
+            "targets": self.targets(),
+        }
+
+    def find(self, kind: str, mode: str, processes: int, gateway: str = "") -> Row | None:
+        for r in self.rows:
+            same = r.kind == kind and r.mode == mode and r.processes == processes
+            if same and (not gateway or r.gateway == gateway):
+                return r
+        return None
+
+    def ratios(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        batched = self.find("floor", "batched", 2)
+        single = self.find("floor", "single", 2)
+        billq2 = self.find("billq", "drain", 2, "inprocess")
+        if billq2 and batched:
+            out["billq_2proc_over_floor_batched"] = round(billq2.rate / batched.rate, 2)
+        if billq2 and single:
+            out["billq_2proc_over_floor_single"] = round(billq2.rate / single.rate, 2)
+        return out
+
+    def targets(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+
+        def target(what: str, measured: float | None, goal: float, above: bool = True) -> None:
+            met = measured is not None and (measured >= goal if above else measured <= goal)
+            out.append({"target": what, "measured": measured, "goal": goal, "met": met})
+
+        pipe = self.find("billq", "pipeline", 2, "inprocess")
+        drain = self.find("billq", "drain", 2, "inprocess")
+        target("e2e 2 proc pipeline, accounts/s", round(pipe.rate) if pipe else None, 6000)
+        target("e2e 2 proc drain, accounts/s", round(drain.rate) if drain else None, 6000)
+        target(
+            "billq 2 proc ÷ floor batched",
+            self.ratios().get("billq_2proc_over_floor_batched"),
+            0.5,
+        )
+        dist = [r for r in self.rows if r.kind == "distributor"]
+        if dist:
+            target("distributor accounts/s", round(dist[0].rate), 8000)
+            target("distributor peak RSS MB", round(max(r.peak_rss_mb for r in dist)), 150, False)
+        if len(dist) == 2:
+            growth = dist[1].peak_rss_mb / dist[0].peak_rss_mb
+            target("distributor RSS 1M ÷ 100k", round(growth, 2), 1.2, False)
+        io = [r for r in self.rows if r.gateway == "sandbox 200ms"]
+        if io:
+            target("1 proc at 200 ms gateway, accounts/s", round(max(r.rate for r in io)), 1000)
+        conc512 = [r for r in self.rows if r.kind == "billq" and r.concurrency == 512]
+        if conc512:
+            worst = round(max(r.peak_rss_mb for r in conc512))
+            target("worker peak RSS MB at concurrency 512", worst, 200, False)
+        return out
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print()
+    head = (
+        f"{'measurement':<46} {'accounts/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7}"
+        f" {'µs CPU/acct':>11} {'checks':>7}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in result["rows"]:
+        p50 = f"{r['p50_ms']:.0f}" if r["p50_ms"] is not None else "-"
+        p99 = f"{r['p99_ms']:.0f}" if r["p99_ms"] is not None else "-"
+        cpu = f"{r['cpu_us_per_account']:.0f}" if r["cpu_us_per_account"] else "-"
+        print(
+            f"{r['name']:<46} {r['rate']:>10,.0f} {p50:>8} {p99:>8} {r['peak_rss_mb']:>7.0f}"
+            f" {cpu:>11} {'ok' if r['ok'] else 'FAILED':>7}"
+        )
+    print()
+    for k, v in result["ratios"].items():
+        print(f"{k}: {v}")
+    print()
+    for t in result["targets"]:
+        mark = "met" if t["met"] else "NOT met"
+        print(f"target {t['target']}: measured {t['measured']} vs {t['goal']} → {mark}")
+
+
+def chart(result: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [r for r in result["rows"] if r["kind"] != "distributor"]
+    labels = [r["name"].replace(", ", "\n") for r in rows]
+    rates = [r["rate"] for r in rows]
+    colors = ["#999999" if r["kind"] == "floor" else "#1f77b4" for r in rows]
+    fig, ax = plt.subplots(figsize=(12, 5))
+    ax.bar(range(len(rows)), rates, color=colors)
+    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    ax.set_ylabel("accounts/s")
+    ax.set_title(
+        f"billq throughput by worker processes x concurrency and gateway (N={result['n']:,};"
+        " grey: bare aio-pika + asyncpg floor)"
+    )
+    ax.axhline(6000, linestyle="--", color="red", linewidth=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Measure the distributor, billq end to end and the bare floor; "
+        "check every account was charged exactly once after each; print and save results.",
+    )
+    p.add_argument("--large", action="store_true", help="also run the distributor at 1M accounts")
+    p.add_argument(
+        "--n", type=int, default=int(os.environ.get("BENCH_N", "100000")), help="accounts (BENCH_N)"
+    )
+    p.add_argument(
+        "--io-n",
+        type=int,
+        default=int(os.environ.get("BENCH_IO_N", "20000")),
+        help="accounts for the HTTP gateway runs (BENCH_IO_N)",
+    )
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
+    p.add_argument("--keep", action="store_true", help="keep the measurement databases")
+    args = p.parse_args()
+    if args.n < 1 or args.io_n < 1:
+        p.error("--n and --io-n must be positive")
+    bench = Bench(args)
+    result = asyncio.run(bench.run())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2, default=str))
+    print_table(result)
+    png = RESULTS / "throughput.png"
+    print(
+        f"\nresults: {RESULTS / 'latest.json'}" + (f", chart: {png}" if chart(result, png) else "")
+    )
+    sys.exit(0 if all(r["ok"] for r in result["rows"]) else 1)
+
+
+if __name__ == "__main__":
+    main()
