@@ -218,7 +218,54 @@ class ThrowawayRabbit:
         subprocess.run(["pkill", "-9", "-f", f"epmd.*-port {self.epmd_port}"], check=False)
 
 
-def stop_all(*services: ThrowawayPostgres | ThrowawayRabbit) -> None:
+class ThrowawayCluster:
+    """Three ThrowawayRabbit nodes sharing one HOME (Erlang cookie) and one epmd port,
+    joined with stop_app / reset / join_cluster / start_app."""
+
+    def __init__(self, size: int = 3) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="billq-rmq-cluster-"))
+        epmd = free_port()
+        self.nodes = [
+            ThrowawayRabbit(name, epmd_port=epmd, root=self.root) for name in "abc"[:size]
+        ]
+
+    @property
+    def url(self) -> str:
+        """Every node's URL, comma-separated (BILLQ_AMQP_URL)."""
+        return ",".join(n.url for n in self.nodes)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        first = self.nodes[0]
+        for node in self.nodes[1:]:
+            for step in (("stop_app",), ("reset",), ("join_cluster", first.node), ("start_app",)):
+                node.ctl(*step)
+        status = first.ctl("cluster_status")
+        for node in self.nodes:
+            assert node.node in status, f"{node.node} did not join: {status}"
+
+    def running(self) -> list[ThrowawayRabbit]:
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+
+    def leader_of(self, queue: str) -> ThrowawayRabbit:
+        """The node leading a quorum queue, as a live member reports it."""
+        out = self.running()[0].ctl("list_queues", "-q", "--no-table-headers", "name", "leader")
+        for line in out.splitlines():
+            name, _, leader = line.partition("\t")
+            if name.strip() == queue:
+                return next(n for n in self.nodes if n.node == leader.strip())
+        raise AssertionError(f"queue {queue} not found: {out}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                node.crash()
+        subprocess.run(["pkill", "-9", "-f", f"epmd.*-port {self.nodes[0].epmd_port}"], check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def stop_all(*services: ThrowawayPostgres | ThrowawayRabbit | ThrowawayCluster) -> None:
     for s in services:
         with contextlib.suppress(Exception):
             s.stop()

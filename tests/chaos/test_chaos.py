@@ -20,7 +20,7 @@ import pytest
 import testkit
 from harness import Pipeline, Result, assert_invariants, seed_value
 from proxy import CuttableProxy
-from services import ThrowawayPostgres, ThrowawayRabbit, stop_all
+from services import ThrowawayCluster, ThrowawayPostgres, ThrowawayRabbit, stop_all
 
 from shared.amqp import names
 from shared.config import Settings
@@ -199,6 +199,16 @@ def throwaway_rabbit() -> Iterator[ThrowawayRabbit]:
     stop_all(node)
 
 
+@pytest.fixture
+def throwaway_cluster() -> Iterator[ThrowawayCluster]:
+    cluster = ThrowawayCluster(3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        stop_all(cluster)
+
+
 @pytest.mark.slow
 async def test_postgres_killed_and_restarted_mid_run_workers_recover_alone(
     settings: Settings, throwaway_pg: ThrowawayPostgres, tmp_path: Path
@@ -287,6 +297,44 @@ async def test_the_network_between_workers_and_broker_cut_and_restored(
         result.faults = proxy.cuts
         try:
             await p.settle(n, timeout=120)
+            assert all(w.poll() is None for w in p.workers), "a worker died"
+        finally:
+            p.stop_workers()
+        result.settle_s = round(time.monotonic() - start, 1)
+        await p.count_money(result)
+    assert_invariants(result)
+
+
+@pytest.mark.slow
+async def test_the_quorum_leader_killed_in_a_three_node_cluster_loses_nothing(
+    settings: Settings, throwaway_cluster: ThrowawayCluster, tmp_path: Path
+) -> None:
+    """Scenario 8: the work queue is a quorum queue on three nodes; its leader is killed -9
+    while the distributor publishes and again while workers consume, then restarted."""
+    rnd, n = random.Random(seed := seed_value()), 1500
+    result = Result("8 quorum leader kill -9 (3 nodes)", seed, n)
+    work = names.work_queue(settings.queue_prefix)
+    with testkit.sandbox_gateway(tmp_path, "--latency-ms", "20") as gw:
+        p = pipeline(settings, gw, tmp_path, amqp_url=throwaway_cluster.url)
+        assert p.billq("topology").returncode == 0
+        await p.seed(n)
+        for _ in range(2):
+            p.start_worker("--concurrency", "32")
+        start = time.monotonic()
+        distributor = p.spawn("distribute", "--as-of", AS_OF, "--batch-size", "100")
+        for _ in range(2):  # once while publishing, once while consuming
+            await asyncio.sleep(rnd.uniform(0.3, 1.5))
+            leader = await asyncio.to_thread(throwaway_cluster.leader_of, work)
+            leader.crash()
+            result.faults += 1
+            await asyncio.sleep(rnd.uniform(2.0, 5.0))
+            await asyncio.to_thread(leader.start)
+        code = distributor.wait(timeout=180)
+        if code != 0:
+            result.info = "distributor failed clearly; next run completed"
+            distribute_ok(p)
+        try:
+            await p.settle(n, timeout=300)
             assert all(w.poll() is None for w in p.workers), "a worker died"
         finally:
             p.stop_workers()
