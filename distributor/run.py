@@ -20,12 +20,13 @@ import structlog
 from distributor.plan import DueAccount, Shard, plan_job
 from distributor.reconcile import ReconcileSummary, reconcile
 from shared.amqp import topology
-from shared.amqp.connection import connect_any
+from shared.amqp.connection import BrokerUnavailable, broker_lost, connect_any
 from shared.amqp.outbox import Outbox
-from shared.amqp.publisher import Publisher
+from shared.amqp.publisher import Publisher, PublishFailed
 from shared.config import Settings
 from shared.db import runs_repo
 from shared.db.pool import connect, create_pool
+from shared.errors import BillqError
 from shared.gateway.factory import make_gateway
 
 log = structlog.get_logger("billq.distributor")
@@ -87,13 +88,49 @@ async def distribute(
                 summary.due = await runs_repo.count_due(pool, as_of, shard)
                 summary.state = "dry_run"
                 return summary
-            await _distribute(settings, pool, as_of, batch, shard, summary)
+            await _distribute_with_failover(settings, pool, as_of, batch, shard, summary)
         finally:
             await pool.close()
     finally:
         await lock_conn.close()  # releases the advisory lock
     summary.duration_s = round(time.perf_counter() - started, 3)
     return summary
+
+
+async def _distribute_with_failover(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    as_of: dt.datetime,
+    batch: int,
+    shard: Shard | None,
+    summary: Summary,
+) -> None:
+    """Run ``_distribute``; if the broker connection is lost, start over on the next broker.
+
+    Starting over is safe: jobs already inserted are in the outbox (``pending``) or
+    published, and a new pass republishes the former and skips accounts that have a job.
+    A broker lost more times than there are broker URLs (plus one) fails the run clearly.
+    """
+    attempts = len(settings.amqp_urls) + 1
+    for attempt in range(1, attempts + 1):
+        try:
+            await _distribute(settings, pool, as_of, batch, shard, summary)
+            return
+        except Exception as exc:
+            # BrokerUnavailable: connect_any already tried every broker; do not loop on it.
+            lost = (broker_lost(exc) or isinstance(exc, PublishFailed)) and not isinstance(
+                exc, BrokerUnavailable
+            )
+            if attempt == attempts or not lost:
+                if lost and not isinstance(exc, BillqError):
+                    raise BrokerUnavailable(
+                        f"broker connection lost {attempts} times during the run "
+                        f"({type(exc).__name__}); the next run republishes what is pending"
+                    ) from exc
+                raise
+            log.warning("run.broker_lost", attempt=attempt, error=f"{type(exc).__name__}: {exc}")
+            summary.new_jobs = summary.republished = summary.due = 0
+            await asyncio.sleep(min(2.0, 0.5 * attempt))
 
 
 async def _distribute(

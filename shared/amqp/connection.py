@@ -28,6 +28,18 @@ def safe_url(url: str) -> str:
     return f"{parts.hostname}:{parts.port or 5672}{parts.path or '/'}"
 
 
+def broker_lost(exc: BaseException) -> bool:
+    """Whether a failure means "this broker connection is gone" (try another node)."""
+    if isinstance(exc, BrokerUnavailable):
+        return True
+    if isinstance(
+        exc, aio_pika.exceptions.AMQPError | ConnectionError | asyncio.IncompleteReadError
+    ):
+        return not isinstance(exc, aio_pika.exceptions.ProbableAuthenticationError)
+    # aio-pika reports work on a connection that died under it as RuntimeError("... closed").
+    return isinstance(exc, RuntimeError) and str(exc).endswith("closed")
+
+
 async def connect_any(urls: Sequence[str], *, timeout: float = 10.0) -> AbstractConnection:
     """Connect to the first broker that answers, in order.
 

@@ -2,7 +2,7 @@
 
 - ``{p}``           direct work exchange; ``{p}.charge`` bound with key ``charge``.
 - ``{p}.charge``    durable quorum queue, delivery limit, dead-letters to ``{p}.dlx``.
-- ``{p}.charge.retry.<n>s``  one queue per backoff tier: a fixed queue TTL dead-letters
+- ``{p}.charge.retry.<n>s``  one quorum queue per backoff tier: a fixed queue TTL dead-letters
                     back to the work exchange (RabbitMQ 3.10 ships no delayed exchange, and
                     per-message TTLs in one shared queue wait behind the head).
 - ``{p}.dlx`` / ``{p}.charge.dead``  fanout dead-letter exchange and its queue.
@@ -58,11 +58,15 @@ async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
         await channel.declare_queue(
             names.retry_queue(p, delay),
             durable=True,
+            # Quorum too: a classic queue lives on one node, and while that node is down
+            # every redeclare (distributor start, worker reconnect) fails on the others.
             arguments={
-                "x-queue-type": "classic",
+                "x-queue-type": "quorum",
                 "x-message-ttl": int(delay * 1000),
                 "x-dead-letter-exchange": names.work_exchange(p),
                 "x-dead-letter-routing-key": names.ROUTING_KEY,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
             },
         )
     return Topology(work=work, dlx=dlx)

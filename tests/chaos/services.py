@@ -52,6 +52,16 @@ def _kill9(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def kill_epmd(port: int) -> None:
+    """The epmd a throwaway node started (``epmd -daemon``, its port only in its env)."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if "epmd" not in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                continue
+            if f"ERL_EPMD_PORT={port}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                _kill9(int(proc.name))
+
+
 class ThrowawayPostgres:
     """initdb + pg_ctl as user postgres on a free port; ``crash`` kills -9 the lot."""
 
@@ -215,7 +225,7 @@ class ThrowawayRabbit:
     def stop(self) -> None:
         self.crash()
         # The private epmd this node started.
-        subprocess.run(["pkill", "-9", "-f", f"epmd.*-port {self.epmd_port}"], check=False)
+        kill_epmd(self.epmd_port)
 
 
 class ThrowawayCluster:
@@ -261,7 +271,7 @@ class ThrowawayCluster:
         for node in self.nodes:
             with contextlib.suppress(Exception):
                 node.crash()
-        subprocess.run(["pkill", "-9", "-f", f"epmd.*-port {self.nodes[0].epmd_port}"], check=False)
+        kill_epmd(self.nodes[0].epmd_port)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

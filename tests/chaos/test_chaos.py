@@ -320,19 +320,19 @@ async def test_the_quorum_leader_killed_in_a_three_node_cluster_loses_nothing(
         await p.seed(n)
         for _ in range(2):
             p.start_worker("--concurrency", "32")
+        leader = await asyncio.to_thread(throwaway_cluster.leader_of, work)
         start = time.monotonic()
         distributor = p.spawn("distribute", "--as-of", AS_OF, "--batch-size", "100")
-        for _ in range(2):  # once while publishing, once while consuming
-            await asyncio.sleep(rnd.uniform(0.3, 1.5))
-            leader = await asyncio.to_thread(throwaway_cluster.leader_of, work)
+        for i in range(2):  # once while publishing, once while consuming
+            await asyncio.sleep(rnd.uniform(0.2, 0.8) if i == 0 else rnd.uniform(0.5, 2.0))
+            if i:
+                leader = await asyncio.to_thread(throwaway_cluster.leader_of, work)
             leader.crash()
             result.faults += 1
             await asyncio.sleep(rnd.uniform(2.0, 5.0))
             await asyncio.to_thread(leader.start)
-        code = distributor.wait(timeout=180)
-        if code != 0:
-            result.info = "distributor failed clearly; next run completed"
-            distribute_ok(p)
+        # With three brokers the distributor fails over to a live one and finishes its run.
+        assert distributor.wait(timeout=180) == 0, "the distributor did not fail over"
         try:
             await p.settle(n, timeout=300)
             assert all(w.poll() is None for w in p.workers), "a worker died"
