@@ -416,29 +416,53 @@ class Bench:
     async def run(self) -> dict[str, Any]:
         started = dt.datetime.now(dt.UTC)
         print(f"billq bench: N={self.n:,} (I/O-bound N={self.io_n:,}), tag {self.tag}", flush=True)
-        try:
-            await self.distributor(self.n)
-            if self.args.large:
-                await self.distributor(1_000_000)
-            await self.floor("floor_single", processes=2, mode="single")
-            await self.floor("floor_batched", processes=2, mode="batched")
-            await self.billq("inproc1", processes=1, concurrency=512, gateway="inprocess")
-            await self.billq("inproc2", processes=2, concurrency=512, gateway="inprocess")
-            await self.billq(
-                "pipeline2", processes=2, concurrency=512, gateway="inprocess", mode="pipeline"
-            )
-            await self.billq(
-                "sandbox0", processes=1, concurrency=256, gateway="sandbox", n=self.io_n
-            )
-            for conc in (256, 1024):
-                await self.billq(
+        steps: list[tuple[str, Any]] = [
+            ("distributor", lambda: self.distributor(self.n)),
+            ("distributor-1m", lambda: self.distributor(1_000_000) if self.args.large else None),
+            ("floor-single", lambda: self.floor("floor_single", processes=2, mode="single")),
+            ("floor-batched", lambda: self.floor("floor_batched", processes=2, mode="batched")),
+            (
+                "inproc1",
+                lambda: self.billq("inproc1", processes=1, concurrency=512, gateway="inprocess"),
+            ),
+            (
+                "inproc2",
+                lambda: self.billq("inproc2", processes=2, concurrency=512, gateway="inprocess"),
+            ),
+            (
+                "pipeline2",
+                lambda: self.billq(
+                    "pipeline2", processes=2, concurrency=512, gateway="inprocess", mode="pipeline"
+                ),
+            ),
+            (
+                "sandbox0",
+                lambda: self.billq(
+                    "sandbox0", processes=1, concurrency=256, gateway="sandbox", n=self.io_n
+                ),
+            ),
+        ]
+        for conc in (256, 1024):
+            steps.append(
+                (
                     f"sandbox200c{conc}",
-                    processes=1,
-                    concurrency=conc,
-                    gateway="sandbox",
-                    latency_ms=200,
-                    n=self.io_n,
+                    lambda conc=conc: self.billq(
+                        f"sandbox200c{conc}",
+                        processes=1,
+                        concurrency=conc,
+                        gateway="sandbox",
+                        latency_ms=200,
+                        n=self.io_n,
+                    ),
                 )
+            )
+        try:
+            for name, step in steps:
+                if self.args.only and not any(name.startswith(o) for o in self.args.only):
+                    continue
+                coro = step()
+                if coro is not None:
+                    await coro
         finally:
             for name in self.templates.values():
                 await infra.drop_database(name)
@@ -575,6 +599,13 @@ def main() -> None:
     )
     p.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
     p.add_argument("--keep", action="store_true", help="keep the measurement databases")
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help="run only measurements whose name starts with NAME (repeatable): distributor, "
+        "floor-single, floor-batched, inproc1, inproc2, pipeline2, sandbox0, sandbox200",
+    )
     args = p.parse_args()
     if args.n < 1 or args.io_n < 1:
         p.error("--n and --io-n must be positive")

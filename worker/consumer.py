@@ -50,6 +50,10 @@ class Consumer:
         self._after_message = after_message
         self._pending: list[AbstractIncomingMessage] = []
         self._flush_timer: asyncio.TimerHandle | None = None
+        # Enough batches at once to keep BILLQ_CONCURRENCY deliveries working (and at least
+        # two, so one commits while the next is charged); more would only shrink them.
+        self._batch_limit = max(2, -(-settings.concurrency // settings.worker_batch_max))
+        self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._publisher: Publisher | None = None
         self.connected = asyncio.Event()
@@ -103,7 +107,7 @@ class Consumer:
         # Stop taking work; in-flight deliveries finish and are acked on this channel.
         with contextlib.suppress(Exception):  # the channel may already be gone
             await queue.cancel(tag)
-        self._flush()
+        self._flush(force=True)
         await self._drain()
 
     @staticmethod
@@ -123,9 +127,13 @@ class Consumer:
                 task.cancel()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        # Deliveries are grouped so a batch shares its database round trips (group commit);
-        # a batch is flushed when full or BILLQ_BATCH_WAIT_MS after its first delivery.
+        # Deliveries are grouped so a batch shares its database round trips (group commit).
+        # At most ``_batch_limit`` batches run at once; deliveries arriving meanwhile wait
+        # and leave together when one finishes, so batches grow with the load instead of
+        # the commit rate growing with it. An idle worker flushes after BILLQ_BATCH_WAIT_MS.
         self._pending.append(message)
+        if self._running >= self._batch_limit:
+            return  # the next batch to finish flushes what waits
         if len(self._pending) >= self._settings.worker_batch_max:
             self._flush()
         elif self._flush_timer is None:
@@ -133,17 +141,25 @@ class Consumer:
                 self._settings.batch_wait_ms / 1000, self._flush
             )
 
-    def _flush(self) -> None:
+    def _flush(self, *, force: bool = False) -> None:
+        """Start a batch from what waits (every waiting delivery when ``force``)."""
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, []
-        # Our own task, not the channel's: a closing channel must not cancel a commit.
-        task = asyncio.create_task(self._process(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        size = self._settings.worker_batch_max
+        while self._pending and (force or self._running < self._batch_limit):
+            batch, self._pending = self._pending[:size], self._pending[size:]
+            self._running += 1
+            # Our own task, not the channel's: a closing channel must not cancel a commit.
+            task = asyncio.create_task(self._process(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._running -= 1
+        if self._pending:
+            self._flush()
 
     async def _process(self, batch: list[AbstractIncomingMessage]) -> None:
         self._stats.in_flight += len(batch)

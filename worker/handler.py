@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -100,10 +102,14 @@ class Handler:
                         )
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
         done: list[Outcome] = []
+        per_message = log.is_enabled_for(logging.DEBUG)
         for i, outcome in enumerate(outcomes):
             assert outcome is not None
+            done.append(outcome)
+            if not per_message:
+                continue
             msg = messages.get(i)
-            log.info(
+            log.debug(
                 "message.handled",
                 job_id=msg.job_id if msg else None,
                 account_id=msg.account_id if msg else None,
@@ -112,7 +118,14 @@ class Handler:
                 duration_ms=elapsed_ms,
                 batch=len(batch),
             )
-            done.append(outcome)
+        # One line per batch at info (a line per message costs more than the charge's SQL);
+        # per-message lines at debug. Declines, retries and dead letters log their own.
+        log.info(
+            "batch.handled",
+            size=len(batch),
+            outcomes=dict(Counter(type(o).__name__.lower() for o in done)),
+            duration_ms=elapsed_ms,
+        )
         return done
 
     def _validate(self, d: Delivery) -> ChargeMessage:
