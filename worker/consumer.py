@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import structlog
@@ -168,6 +169,10 @@ class Consumer:
             outcomes = await self._handler.handle_batch(
                 [Delivery(m.body, m.headers or {}, bool(m.redelivered)) for m in batch]
             )
+            labels = Counter(self._stats.count(o) for o in outcomes)
+            if self._metrics:
+                for label, n in labels.items():
+                    self._metrics.handled.labels(label).inc(n)
             await asyncio.gather(
                 *(self._perform(m, o) for m, o in zip(batch, outcomes, strict=True))
             )
@@ -183,9 +188,6 @@ class Consumer:
                 self._after_message()
 
     async def _perform(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
-        label = self._stats.count(outcome)
-        if self._metrics:
-            self._metrics.handled.labels(label).inc()
         try:
             if isinstance(outcome, Retry):
                 await self._publish_retry(message, outcome)

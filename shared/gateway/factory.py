@@ -25,7 +25,7 @@ def make_gateway(settings: Settings) -> PaymentGateway:
     if settings.gateway == "inprocess":
         from shared.gateway.inprocess import InProcessGateway
 
-        return InProcessGateway()
+        return InProcessGateway(keep_charges=False)
     if settings.gateway == "stripe":
         # BILLQ_GATEWAY_URL defaults to the sandbox; for Stripe itself set it to
         # https://api.stripe.com (and BILLQ_GATEWAY_API_KEY to an sk_ key).

@@ -30,10 +30,14 @@ class InProcessCharge:
 class InProcessGateway:
     """A PaymentGateway held in memory; nothing survives the process."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_charges: bool = True) -> None:
+        # A worker running this gateway (benchmarks) keeps no charge list: only the
+        # idempotency ledger, so its memory is the worker's, not a growing fake ledger.
+        self._keep_charges = keep_charges
         self.charges: list[InProcessCharge] = []
-        # key → (the first request, its outcome): a repeat replays, a changed request is refused.
-        self._by_key: dict[str, tuple[ChargeRequest, ChargeOutcome]] = {}
+        # key → (the first request's parameters, its outcome): a repeat replays, a changed
+        # request is refused.
+        self._by_key: dict[str, tuple[tuple[object, ...], ChargeOutcome]] = {}
         self._ids = itertools.count(1)
 
     async def charge(self, request: ChargeRequest) -> ChargeOutcome:
@@ -45,9 +49,10 @@ class InProcessGateway:
         # No await below: check-then-store is atomic on the event loop, so concurrent
         # calls with one key cannot both charge.
         stored = self._by_key.get(request.idempotency_key)
+        params = _parameters(request)
         if stored is not None:
             first, replayed = stored
-            if first != request:
+            if first != params:
                 raise GatewayRejected(
                     "gateway 400 idempotency_error: Keys for idempotent requests can only be "
                     "used with the same parameters they were first used with."
@@ -59,6 +64,9 @@ class InProcessGateway:
         outcome: ChargeOutcome
         if decline is None:
             outcome = Charged(charge_id=charge_id)
+        else:
+            outcome = Declined(decline.code, decline.decline_code, decline.message, charge_id)
+        if decline is None and self._keep_charges:
             self.charges.append(
                 InProcessCharge(
                     charge_id=charge_id,
@@ -70,9 +78,7 @@ class InProcessGateway:
                     metadata=dict(request.metadata),
                 )
             )
-        else:
-            outcome = Declined(decline.code, decline.decline_code, decline.message, charge_id)
-        self._by_key[request.idempotency_key] = (request, outcome)
+        self._by_key[request.idempotency_key] = (params, outcome)
         return outcome
 
     async def find_by_idempotency_key(self, idempotency_key: str) -> ChargeOutcome | None:
@@ -81,6 +87,18 @@ class InProcessGateway:
 
     async def aclose(self) -> None:
         return None
+
+
+def _parameters(request: ChargeRequest) -> tuple[object, ...]:
+    """What must match for a key's replay (Stripe compares the request's parameters)."""
+    return (
+        request.account_id,
+        request.amount_cents,
+        request.currency,
+        request.payment_method,
+        request.customer,
+        tuple(sorted(request.metadata.items())),
+    )
 
 
 def _validate(request: ChargeRequest) -> None:

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aio_pika
 import asyncpg
@@ -52,6 +52,10 @@ class Result:
 class Pipeline:
     """Distributor, workers and reconciler as real processes against one environment."""
 
+    # Every pipeline of the running test, so a failing test still stops its processes
+    # (the autouse fixture in conftest.py); a leftover worker would skew every later test.
+    live: ClassVar[list[Pipeline]] = []
+
     def __init__(
         self,
         settings: Settings,
@@ -72,7 +76,9 @@ class Pipeline:
         )
         self.env.update(extra_env)
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.spawned: list[subprocess.Popen[bytes]] = []
         self._n = 0
+        Pipeline.live.append(self)
 
     def billq(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -88,13 +94,15 @@ class Pipeline:
     def spawn(self, *args: str) -> subprocess.Popen[bytes]:
         self._n += 1
         log = (self.tmp / f"{args[0]}-{self._n}.log").open("ab")
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", *args],
             env=self.env,
             stdout=log,
             stderr=log,
             cwd=testkit.ROOT,
         )
+        self.spawned.append(proc)
+        return proc
 
     def start_worker(self, *flags: str) -> subprocess.Popen[bytes]:
         proc = self.spawn("worker", *flags)
@@ -109,6 +117,14 @@ class Pipeline:
     def stop_workers(self) -> None:
         for proc in self.workers:
             testkit.stop_process(proc, timeout=30)
+        self.workers.clear()
+
+    def kill_all(self) -> None:
+        """Kill whatever this pipeline started and is still running (test teardown)."""
+        for proc in self.spawned:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         self.workers.clear()
 
     async def seed(self, n: int) -> None:

@@ -184,3 +184,17 @@ async def test_the_factory_builds_the_stripe_adapter() -> None:
         assert isinstance(gw, StripeGateway) and isinstance(gw, PaymentGateway)
     finally:
         await gw.aclose()
+
+
+async def test_the_workers_inprocess_gateway_keeps_only_its_idempotency_ledger() -> None:
+    gw = make_gateway(load_settings(gateway="inprocess"))
+    assert isinstance(gw, InProcessGateway)
+
+    first = await gw.charge(charge())
+    again = await gw.charge(charge())
+
+    assert isinstance(first, Charged) and again == first  # replayed, not charged twice
+    assert gw.charges == []  # no growing list of charge records inside a worker
+    assert await gw.find_by_idempotency_key("acct-1:2026-03") == first
+    with pytest.raises(GatewayRejected, match="same parameters"):
+        await gw.charge(charge(amount=2000))
