@@ -430,6 +430,10 @@ class Bench:
                 lambda: self.billq("inproc2", processes=2, concurrency=512, gateway="inprocess"),
             ),
             (
+                "inproc3",
+                lambda: self.billq("inproc3", processes=3, concurrency=512, gateway="inprocess"),
+            ),
+            (
                 "pipeline2",
                 lambda: self.billq(
                     "pipeline2", processes=2, concurrency=512, gateway="inprocess", mode="pipeline"
@@ -604,7 +608,7 @@ def main() -> None:
         action="append",
         metavar="NAME",
         help="run only measurements whose name starts with NAME (repeatable): distributor, "
-        "floor-single, floor-batched, inproc1, inproc2, pipeline2, sandbox0, sandbox200",
+        "floor-single, floor-batched, inproc1, inproc2, inproc3, pipeline2, sandbox0, sandbox200",
     )
     args = p.parse_args()
     if args.n < 1 or args.io_n < 1:
