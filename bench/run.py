@@ -18,6 +18,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -56,7 +57,7 @@ class Bench:
         self.n: int = args.n
         self.io_n: int = args.io_n
         self.tag = infra.unique("bench")
-        self.workdir = RESULTS / "logs" / self.tag
+        self.workdir = Path(args.results) / "logs" / self.tag
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.templates: dict[int, str] = {}
         self.rows: list[Row] = []
@@ -243,9 +244,17 @@ class Bench:
             with infra.RssSampler() as sampler:
                 cpu.start()
                 started = time.perf_counter()
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 summary = self.distribute(db, prefix, sampler)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
                 wall = time.perf_counter() - started
                 services = cpu.stop()
+                # The distributor is the only child reaped meanwhile. Its Postgres backends
+                # are gone before the meter's second look, so Postgres is not counted here.
+                services.pop("postgres", None)
+                services["distributor"] = (after.ru_utime + after.ru_stime) - (
+                    before.ru_utime + before.ru_stime
+                )
             depths = await infra.queue_depths(prefix)
             conn = await infra.connect(db)
             try:
@@ -272,6 +281,7 @@ class Bench:
                     seconds=seconds,
                     peak_rss_mb=sampler.peak_mb(),
                     cpu_s=services,
+                    cpu_us_per_account=sum(services.values()) / n * 1e6,
                     checks=checks,
                     ok=ok,
                 )
@@ -603,6 +613,7 @@ def main() -> None:
     )
     p.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
     p.add_argument("--keep", action="store_true", help="keep the measurement databases")
+    p.add_argument("--results", default=str(RESULTS), help="where to write JSON, chart and logs")
     p.add_argument(
         "--only",
         action="append",
@@ -615,12 +626,13 @@ def main() -> None:
         p.error("--n and --io-n must be positive")
     bench = Bench(args)
     result = asyncio.run(bench.run())
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2, default=str))
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "latest.json").write_text(json.dumps(result, indent=2, default=str))
     print_table(result)
-    png = RESULTS / "throughput.png"
+    png = results / "throughput.png"
     print(
-        f"\nresults: {RESULTS / 'latest.json'}" + (f", chart: {png}" if chart(result, png) else "")
+        f"\nresults: {results / 'latest.json'}" + (f", chart: {png}" if chart(result, png) else "")
     )
     sys.exit(0 if all(r["ok"] for r in result["rows"]) else 1)
 

@@ -1,0 +1,82 @@
+"""`make bench` at toy size: every measurement runs, checks the money and writes its results.
+
+Figures are printed, never asserted; what is asserted is that the bench measures what it
+says (rows, correctness checks, JSON shape) and cleans up after itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+import testkit
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+
+def test_the_bench_measures_checks_and_cleans_up(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--n",
+            "400",
+            "--io-n",
+            "150",
+            "--results",
+            str(tmp_path),
+            "--only",
+            "distributor",
+            "--only",
+            "floor-batched",
+            "--only",
+            "inproc1",
+            "--only",
+            "sandbox0",
+        ],
+        cwd=testkit.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "latest.json").read_text())
+    rows = {r["name"]: r for r in result["rows"]}
+    assert set(rows) == {
+        "distributor N=400",
+        "floor batched, 2 proc",
+        "billq drain, inprocess, 1 proc x 512",
+        "billq drain, sandbox 0ms, 1 proc x 256",
+    }
+    for row in rows.values():
+        assert row["ok"] and row["checks"]["ok"], row
+        assert row["rate"] > 0
+    billq = rows["billq drain, inprocess, 1 proc x 512"]["checks"]
+    assert billq["charges"] == billq["accounts_charged"] == 400
+    assert billq["queue_messages_left"] == 0
+    sandbox = rows["billq drain, sandbox 0ms, 1 proc x 256"]["checks"]
+    assert sandbox["gateway_keys"] == sandbox["gateway_succeeded"] == 150
+    assert "target distributor accounts/s" in proc.stdout
+    tag = proc.stdout.split("tag ", 1)[1].split()[0]
+    assert _databases_named(tag) == []  # every measurement database dropped
+
+
+def _databases_named(prefix: str) -> list[str]:
+    async def names() -> list[str]:
+        conn = await asyncpg.connect(testkit.PG_ADMIN)
+        try:
+            rows = await conn.fetch(
+                "SELECT datname FROM pg_database WHERE datname LIKE $1", prefix + "%"
+            )
+        finally:
+            await conn.close()
+        return [r["datname"] for r in rows]
+
+    return asyncio.run(names())
