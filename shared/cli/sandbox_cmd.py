@@ -49,6 +49,8 @@ def _handle(args: argparse.Namespace, settings: Settings) -> int:
         timeout_rate=args.timeout_rate,
         latency_ms=args.latency_ms,
         seed=args.seed,
+        spike_rate=args.spike_rate,
+        spike_ms=args.spike_ms,
     )
     return 0
 
@@ -80,5 +82,12 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--latency-ms", type=_milliseconds, default=0.0, help="delay added to every POST answer"
     )
+    p.add_argument(
+        "--spike-rate",
+        type=_rate,
+        default=0.0,
+        help="share of POSTs delayed by a further --spike-ms (latency spikes)",
+    )
+    p.add_argument("--spike-ms", type=_milliseconds, default=0.0, help="length of a latency spike")
     p.add_argument("--seed", type=int, help="seed for the fault rolls (default: random)")
     p.set_defaults(handler=_handle)

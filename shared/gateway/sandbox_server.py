@@ -9,6 +9,7 @@ test payment methods of ``shared.gateway.test_cards``. Faults are injected from 
     fail_rate     500 api_error before anything runs; nothing stored, a retry may succeed
     timeout_rate  the charge is stored, then no answer; a retry with the key replays it
     latency_ms    added before every POST answer
+    spike_rate    share of POSTs delayed by a further spike_ms (latency spikes)
 
 Endpoints::
 
@@ -159,11 +160,15 @@ class _Sandbox:
         timeout_rate: float,
         latency_ms: float,
         seed: int | None,
+        spike_rate: float = 0,
+        spike_ms: float = 0,
     ) -> None:
         self._path = ledger
         self._fail_rate = fail_rate
         self._timeout_rate = timeout_rate
         self._latency_s = latency_ms / 1000
+        self._spike_rate = spike_rate
+        self._spike_s = spike_ms / 1000
         self._rng = random.Random(seed)
         self._ledger: _Ledger | None = None
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key → (lock, holders + waiters)
@@ -279,8 +284,12 @@ class _Sandbox:
                 self._locks[key] = (lock, users - 1)
 
     async def _delay(self) -> None:
-        if self._latency_s > 0:
-            await asyncio.sleep(self._latency_s)
+        delay = self._latency_s
+        # Rolled only when spikes are on, so a seed's fault sequence is unchanged without them.
+        if self._spike_rate > 0 and self._rng.random() < self._spike_rate:
+            delay += self._spike_s
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     async def _stay_silent(self, request: web.Request) -> None:
         # Until the client gives up (then there is nobody to answer) or the server stops.
@@ -508,6 +517,8 @@ def build_app(
     timeout_rate: float = 0,
     latency_ms: float = 0,
     seed: int | None = None,
+    spike_rate: float = 0,
+    spike_ms: float = 0,
 ) -> web.Application:
     """The sandbox as an aiohttp app; the SQLite ledger opens when the app starts.
 
@@ -515,12 +526,14 @@ def build_app(
         ConfigError: a rate outside [0, 1] or negative latency (and, at start-up, a ledger
             that cannot be opened).
     """
-    for name, rate in (("fail_rate", fail_rate), ("timeout_rate", timeout_rate)):
+    rates = (("fail_rate", fail_rate), ("timeout_rate", timeout_rate), ("spike_rate", spike_rate))
+    for name, rate in rates:
         if not 0 <= rate <= 1:
             raise ConfigError(f"{name} must be within [0, 1], got {rate}")
-    if latency_ms < 0:
-        raise ConfigError(f"latency_ms must be >= 0, got {latency_ms}")
-    sandbox = _Sandbox(ledger, fail_rate, timeout_rate, latency_ms, seed)
+    for name, ms in (("latency_ms", latency_ms), ("spike_ms", spike_ms)):
+        if ms < 0:
+            raise ConfigError(f"{name} must be >= 0, got {ms}")
+    sandbox = _Sandbox(ledger, fail_rate, timeout_rate, latency_ms, seed, spike_rate, spike_ms)
     app = web.Application()
     app.cleanup_ctx.append(sandbox.lifetime)
     app.on_shutdown.append(sandbox.on_shutdown)
@@ -542,6 +555,8 @@ def serve(
     timeout_rate: float = 0,
     latency_ms: float = 0,
     seed: int | None = None,
+    spike_rate: float = 0,
+    spike_ms: float = 0,
 ) -> None:
     """Run the sandbox until SIGTERM or SIGINT (blocking).
 
@@ -556,6 +571,8 @@ def serve(
         timeout_rate=timeout_rate,
         latency_ms=latency_ms,
         seed=seed,
+        spike_rate=spike_rate,
+        spike_ms=spike_ms,
     )
 
     async def main(stop: asyncio.Event) -> int:
@@ -578,6 +595,8 @@ def serve(
                 fail_rate=fail_rate,
                 timeout_rate=timeout_rate,
                 latency_ms=latency_ms,
+                spike_rate=spike_rate,
+                spike_ms=spike_ms,
                 seed=seed,
             )
             await stop.wait()

@@ -376,7 +376,29 @@ async def test_latency_is_added_before_the_answer(tmp_path: Path) -> None:
         assert time.monotonic() - started >= 0.15
 
 
-@pytest.mark.parametrize("faults", [{"fail_rate": 1.5}, {"timeout_rate": -0.1}, {"latency_ms": -1}])
+async def test_a_latency_spike_delays_the_answer_and_the_charge_still_lands_once(
+    tmp_path: Path,
+) -> None:
+    async with (
+        sandbox(tmp_path / "s.sqlite3", spike_rate=1, spike_ms=150) as base,
+        client(base) as gw,
+    ):
+        started = time.monotonic()
+        first = await gw.charge(charge())
+        assert time.monotonic() - started >= 0.15
+        assert await gw.charge(charge()) == first  # replayed, not charged again
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        {"fail_rate": 1.5},
+        {"timeout_rate": -0.1},
+        {"latency_ms": -1},
+        {"spike_rate": 2},
+        {"spike_ms": -5},
+    ],
+)
 def test_build_app_refuses_impossible_faults(faults: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         build_app(ledger=":memory:", **faults)
