@@ -26,7 +26,7 @@ from shared.errors import BillqError
 from shared.messages import HANDOFF_HEADER
 from worker.handler import Delivery, Handler
 from worker.metrics import Metrics
-from worker.outcome import Dead, Outcome, Retry
+from worker.outcome import Ack, Dead, Outcome, Retry
 from worker.stats import Stats
 
 log = structlog.get_logger("billq.worker")
@@ -173,9 +173,13 @@ class Consumer:
             if self._metrics:
                 for label, n in labels.items():
                     self._metrics.handled.labels(label).inc(n)
-            await asyncio.gather(
-                *(self._perform(m, o) for m, o in zip(batch, outcomes, strict=True))
-            )
+            pairs = list(zip(batch, outcomes, strict=True))
+            # Copies (retry, dead letter) wait for confirms: those run concurrently. A plain
+            # ack waits for nothing, so acks go out in a loop rather than a task each.
+            await asyncio.gather(*(self._perform(m, o) for m, o in pairs if not isinstance(o, Ack)))
+            for message, outcome in pairs:
+                if isinstance(outcome, Ack):
+                    await self._settle(message)
         finally:
             self._stats.in_flight -= len(batch)
             self._stats.handled += len(batch)
