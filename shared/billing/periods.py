@@ -72,7 +72,8 @@ def first_billing_at(start: dt.date, interval: Interval, anchor_day: int) -> dt.
 
 def idempotency_key(account_id: int, period_start: dt.date, attempt: int = 0) -> str:
     """``billq_{account}_{YYYY-MM-DD}``; dunning attempt N appends ``_dN``. Never the clock."""
-    key = f"billq_{account_id}_{period_start:%Y-%m-%d}"
+    d = period_start  # formatted by hand: strftime was a visible share of the distributor
+    key = f"billq_{account_id}_{d.year:04d}-{d.month:02d}-{d.day:02d}"
     return f"{key}_d{attempt}" if attempt > 0 else key
 
 

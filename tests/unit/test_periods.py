@@ -150,3 +150,16 @@ def test_keys_are_stable_and_distinct(a: int, d: dt.date, n: int, b: int, e: dt.
     if (a, d) != (b, e):
         assert idempotency_key(a, d, n) != idempotency_key(b, e, n)
     assert idempotency_key(a, d, n) != idempotency_key(a, d, n + 1)
+
+
+@given(
+    st.integers(min_value=1, max_value=2**63 - 1),
+    st.dates(min_value=dt.date(1000, 1, 1)),
+    st.integers(min_value=0, max_value=9),
+)
+def test_idempotency_keys_are_the_iso_date_of_the_period(
+    account_id: int, day: dt.date, attempt: int
+) -> None:
+    key = idempotency_key(account_id, day, attempt)
+    assert key.startswith(f"billq_{account_id}_{day:%Y-%m-%d}")
+    assert key == idempotency_key(account_id, dt.datetime.combine(day, dt.time()), attempt)
