@@ -114,13 +114,12 @@ async def _distribute_with_failover(
     attempts = len(settings.amqp_urls) + 1
     for attempt in range(1, attempts + 1):
         try:
-            await _distribute(settings, pool, as_of, batch, shard, summary)
+            await _distribute(
+                settings, pool, as_of, batch, shard, summary, may_resume=attempt < attempts
+            )
             return
         except Exception as exc:
-            # BrokerUnavailable: connect_any already tried every broker; do not loop on it.
-            lost = (broker_lost(exc) or isinstance(exc, PublishFailed)) and not isinstance(
-                exc, BrokerUnavailable
-            )
+            lost = _lost_broker(exc)
             if attempt == attempts or not lost:
                 if lost and not isinstance(exc, BillqError):
                     raise BrokerUnavailable(
@@ -128,9 +127,24 @@ async def _distribute_with_failover(
                         f"({type(exc).__name__}); the next run republishes what is pending"
                     ) from exc
                 raise
-            log.warning("run.broker_lost", attempt=attempt, error=f"{type(exc).__name__}: {exc}")
+            log.warning(
+                "run.broker_lost",
+                run_id=summary.run_id,
+                attempt=attempt,
+                error=f"{type(exc).__name__}: {exc}",
+            )
             summary.new_jobs = summary.republished = summary.due = 0
             await asyncio.sleep(min(2.0, 0.5 * attempt))
+
+
+def _lost_broker(exc: BaseException) -> bool:
+    """A broker connection lost mid-run, which another pass on another broker may finish.
+
+    Not BrokerUnavailable: connect_any has already tried every broker.
+    """
+    return (broker_lost(exc) or isinstance(exc, PublishFailed)) and not isinstance(
+        exc, BrokerUnavailable
+    )
 
 
 async def _distribute(
@@ -140,6 +154,8 @@ async def _distribute(
     batch: int,
     shard: Shard | None,
     summary: Summary,
+    *,
+    may_resume: bool = False,
 ) -> None:
     conn = await connect_any(settings.amqp_urls)
     try:
@@ -161,11 +177,13 @@ async def _distribute(
                 scheduled = Summary(run_id=run_id, as_of=run_as_of.isoformat())
                 await _perform_run(pool, outbox, run_as_of, batch, None, scheduled)
                 summary.scheduled_runs.append(run_id)
-        if shard is None:
+        if summary.run_id is not None:
+            log.info("run.resumed", run_id=summary.run_id)  # its first pass lost its broker
+        elif shard is None:
             summary.run_id = await runs_repo.create_run(pool, as_of)
         else:
             summary.run_id = await runs_repo.join_or_create_run(pool, as_of, shard[1])
-        await _perform_run(pool, outbox, as_of, batch, shard, summary)
+        await _perform_run(pool, outbox, as_of, batch, shard, summary, may_resume=may_resume)
     finally:
         await conn.close()
 
@@ -177,12 +195,16 @@ async def _perform_run(
     batch: int,
     shard: Shard | None,
     summary: Summary,
+    *,
+    may_resume: bool = False,
 ) -> None:
     assert summary.run_id is not None
     log.info("run.started", run_id=summary.run_id, as_of=summary.as_of)
     try:
         await _scan(pool, outbox, as_of, batch, shard, summary)
     except BaseException as exc:
+        if may_resume and _lost_broker(exc):
+            raise  # the run stays open: the next pass, on another broker, finishes it
         summary.state = "failed"
         await runs_repo.finish_run(
             pool,
