@@ -24,6 +24,7 @@ from shared.amqp.publisher import Publisher
 from shared.config import Settings
 from shared.errors import BillqError
 from shared.messages import HANDOFF_HEADER
+from worker.acks import AckFrontier
 from worker.handler import Delivery, Handler
 from worker.metrics import Metrics
 from worker.outcome import Ack, Dead, Outcome, Retry
@@ -55,6 +56,7 @@ class Consumer:
         # two, so one commits while the next is charged); more would only shrink them.
         self._batch_limit = max(2, -(-settings.concurrency // settings.worker_batch_max))
         self._running = 0
+        self._frontier: AckFrontier | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._publisher: Publisher | None = None
         self.connected = asyncio.Event()
@@ -90,6 +92,10 @@ class Consumer:
         await topology.declare(channel, self._settings)
         self._publisher = Publisher(conn, timeout=self._settings.publish_timeout)
         queue = await channel.get_queue(names.work_queue(self._settings.queue_prefix))
+        # Deliveries still waiting from an earlier channel died with it (the broker requeued
+        # them); acks are per channel, so each channel gets its own frontier.
+        self._pending.clear()
+        self._frontier = AckFrontier(channel)
         tag = await queue.consume(self._on_message)
         self.connected.set()
         if self._metrics:
@@ -132,6 +138,8 @@ class Consumer:
         # At most ``_batch_limit`` batches run at once; deliveries arriving meanwhile wait
         # and leave together when one finishes, so batches grow with the load instead of
         # the commit rate growing with it. An idle worker flushes after BILLQ_BATCH_WAIT_MS.
+        assert self._frontier is not None and message.delivery_tag is not None
+        self._frontier.delivered(message.delivery_tag)
         self._pending.append(message)
         if self._running >= self._batch_limit:
             return  # the next batch to finish flushes what waits
@@ -151,8 +159,9 @@ class Consumer:
         while self._pending and (force or self._running < self._batch_limit):
             batch, self._pending = self._pending[:size], self._pending[size:]
             self._running += 1
+            assert self._frontier is not None
             # Our own task, not the channel's: a closing channel must not cancel a commit.
-            task = asyncio.create_task(self._process(batch))
+            task = asyncio.create_task(self._process(batch, self._frontier))
             self._tasks.add(task)
             task.add_done_callback(self._batch_done)
 
@@ -162,9 +171,11 @@ class Consumer:
         if self._pending:
             self._flush()
 
-    async def _process(self, batch: list[AbstractIncomingMessage]) -> None:
+    async def _process(self, batch: list[AbstractIncomingMessage], frontier: AckFrontier) -> None:
         self._stats.in_flight += len(batch)
         started = time.perf_counter()
+        ackable: list[AbstractIncomingMessage] = []
+        requeue: list[AbstractIncomingMessage] = []
         try:
             outcomes = await self._handler.handle_batch(
                 [Delivery(m.body, m.headers or {}, bool(m.redelivered)) for m in batch]
@@ -174,12 +185,17 @@ class Consumer:
                 for label, n in labels.items():
                     self._metrics.handled.labels(label).inc(n)
             pairs = list(zip(batch, outcomes, strict=True))
-            # Copies (retry, dead letter) wait for confirms: those run concurrently. A plain
-            # ack waits for nothing, so acks go out in a loop rather than a task each.
-            await asyncio.gather(*(self._perform(m, o) for m, o in pairs if not isinstance(o, Ack)))
-            for message, outcome in pairs:
-                if isinstance(outcome, Ack):
-                    await self._settle(message)
+            copies = [(m, o) for m, o in pairs if not isinstance(o, Ack)]
+            # A retry or dead-letter copy is confirmed before its original is acked.
+            confirmed = await asyncio.gather(*(self._publish_copy(m, o) for m, o in copies))
+            ackable = [m for m, o in pairs if isinstance(o, Ack)]
+            ackable += [m for (m, _), ok in zip(copies, confirmed, strict=True) if ok]
+            requeue = [m for (m, _), ok in zip(copies, confirmed, strict=True) if not ok]
+        except Exception as exc:
+            # The handler never raises by design; if it does, give every delivery back
+            # rather than leave the frontier waiting for them forever.
+            log.error("batch.failed", error=f"{type(exc).__name__}: {exc}", size=len(batch))
+            ackable, requeue = [], list(batch)
         finally:
             self._stats.in_flight -= len(batch)
             self._stats.handled += len(batch)
@@ -190,8 +206,12 @@ class Consumer:
                 self._metrics.in_flight.set(self._stats.in_flight)
             if self._after_message:
                 self._after_message()
+        for message in requeue:
+            await self._requeue(message)
+        await frontier.finished((_tag(m) for m in ackable), [_tag(m) for m in requeue])
 
-    async def _perform(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
+    async def _publish_copy(self, message: AbstractIncomingMessage, outcome: Outcome) -> bool:
+        """Publish the retry or dead-letter copy; False if it was not confirmed."""
         try:
             if isinstance(outcome, Retry):
                 await self._publish_retry(message, outcome)
@@ -200,9 +220,8 @@ class Consumer:
         except BillqError as exc:
             # The copy is not confirmed: keep the original; it comes back to us or a peer.
             log.warning("outcome.publish_failed", error=str(exc))
-            await self._settle(message, requeue=True)
-            return
-        await self._settle(message)
+            return False
+        return True
 
     async def _publish_retry(self, message: AbstractIncomingMessage, outcome: Retry) -> None:
         assert self._publisher is not None
@@ -239,12 +258,14 @@ class Consumer:
         )
 
     @staticmethod
-    async def _settle(message: AbstractIncomingMessage, *, requeue: bool = False) -> None:
+    async def _requeue(message: AbstractIncomingMessage) -> None:
         try:
-            if requeue:
-                await message.nack(requeue=True)
-            else:
-                await message.ack()
+            await message.nack(requeue=True)
         except Exception as exc:
             # The channel is gone: the broker redelivers, and the claim sorts it out.
-            log.info("ack.failed", error=type(exc).__name__, will_be_redelivered=True)
+            log.info("nack.failed", error=type(exc).__name__, will_be_redelivered=True)
+
+
+def _tag(message: AbstractIncomingMessage) -> int:
+    assert message.delivery_tag is not None
+    return message.delivery_tag
