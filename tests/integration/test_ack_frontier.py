@@ -1,0 +1,113 @@
+"""The ack frontier against a real quorum queue: a ``multiple`` ack never covers a delivery
+that has not finished, and finished deliveries are acked in one go."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aio_pika
+import pytest
+import testkit
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+
+from worker.acks import AckFrontier
+
+pytestmark = pytest.mark.integration
+QUEUES: list[str] = []
+
+
+@pytest.fixture
+async def conn() -> AsyncIterator[AbstractConnection]:
+    connection = await aio_pika.connect(testkit.AMQP)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+        # Whatever the test left (a failing test stops before its own clean-up).
+        cleanup = await aio_pika.connect(testkit.AMQP)
+        async with cleanup:
+            for name in QUEUES:
+                ch = await cleanup.channel()
+                with contextlib.suppress(aio_pika.exceptions.AMQPError):
+                    await ch.queue_delete(name, if_unused=False, if_empty=False)
+        QUEUES.clear()
+
+
+@pytest.fixture
+async def channel(conn: AbstractConnection) -> AbstractChannel:
+    return await conn.channel()
+
+
+async def _deliver(
+    conn: AbstractConnection, channel: AbstractChannel, n: int
+) -> tuple[AbstractQueue, list[AbstractIncomingMessage], AckFrontier]:
+    queue = await channel.declare_queue(
+        testkit.unique("bqt_acks"), durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    QUEUES.append(queue.name)
+    for i in range(n):
+        await channel.default_exchange.publish(aio_pika.Message(str(i).encode()), queue.name)
+    consuming = await conn.channel()
+    await consuming.set_qos(prefetch_count=n)
+    consumer = await consuming.get_queue(queue.name)
+    got: list[AbstractIncomingMessage] = []
+    done = asyncio.Event()
+
+    async def on_message(m: AbstractIncomingMessage) -> None:
+        got.append(m)
+        if len(got) == n:
+            done.set()
+
+    await consumer.consume(on_message)
+    await asyncio.wait_for(done.wait(), 10)
+    frontier = AckFrontier(consumer.channel)
+    for m in got:
+        assert m.delivery_tag is not None
+        frontier.delivered(m.delivery_tag)
+    return consumer, got, frontier
+
+
+async def _ready_after_close(channel: AbstractChannel, consumer: AbstractQueue) -> int:
+    """Close the consuming channel: whatever it had not acked becomes ready again."""
+    await consumer.channel.close()
+    await asyncio.sleep(0.3)
+    queue = await channel.declare_queue(consumer.name, passive=True)
+    return queue.declaration_result.message_count or 0
+
+
+def _tags(messages: list[AbstractIncomingMessage], *positions: int) -> list[int]:
+    return [int(messages[p].delivery_tag or 0) for p in positions]
+
+
+async def test_out_of_order_finishes_ack_only_the_finished_prefix(
+    conn: AbstractConnection, channel: AbstractChannel
+) -> None:
+    consumer, got, frontier = await _deliver(conn, channel, 6)
+
+    await frontier.finished(_tags(got, 1, 2))  # 0 still open: nothing may be acked
+    assert frontier.waiting == 6
+    await frontier.finished(_tags(got, 0))  # 0..2 finished: one multiple ack
+    await frontier.finished(_tags(got, 4, 5))  # 3 still open: 4 and 5 wait
+    assert frontier.waiting == 3
+
+    assert await _ready_after_close(channel, consumer) == 3  # 3, 4, 5 were never acked
+
+
+async def test_a_requeued_delivery_is_passed_over_not_acked(
+    conn: AbstractConnection, channel: AbstractChannel
+) -> None:
+    consumer, got, frontier = await _deliver(conn, channel, 4)
+
+    await got[1].nack(requeue=True)  # settled on its own, as the consumer does
+    await frontier.finished(_tags(got, 0, 2, 3), _tags(got, 1))
+    assert frontier.waiting == 0
+
+    # Only the requeued one comes back (redelivered to the still-open consumer channel).
+    assert await _ready_after_close(channel, consumer) == 1
