@@ -60,7 +60,10 @@ class Settings(BaseSettings):
         256, ge=1, le=10000, description="Deliveries a worker claims and commits together."
     )
     batch_wait_ms: float = Field(
-        5.0, ge=0, le=1000, description="How long a worker waits to fill a batch."
+        25.0,
+        ge=0,
+        le=1000,
+        description="How long a worker waits to fill a batch (when a batch slot is free).",
     )
     batch_size: int = Field(1000, ge=1, le=100000, description="Distributor batch size.")
     publish_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a confirm.")
