@@ -51,6 +51,32 @@ class Row:
     ok: bool = False
 
 
+def measured(
+    name: str,
+    kind: str,
+    n: int,
+    seconds: float,
+    rss_mb: float,
+    services: dict[str, float],
+    checks: dict[str, Any],
+    **fields: Any,
+) -> Row:
+    """A row from what a measurement saw: rate and CPU per account derived here."""
+    return Row(
+        name=name,
+        kind=kind,
+        accounts=n,
+        rate=n / seconds,
+        seconds=seconds,
+        peak_rss_mb=rss_mb,
+        cpu_s=services,
+        cpu_us_per_account=sum(services.values()) / n * 1e6,
+        checks=checks,
+        ok=bool(checks["ok"]),
+        **fields,
+    )
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -273,17 +299,14 @@ class Bench:
             checks["ok"] = ok
             seconds = float(summary["duration_s"])
             self.record(
-                Row(
-                    name=f"distributor N={n:,}",
-                    kind="distributor",
-                    accounts=n,
-                    rate=n / seconds,
-                    seconds=seconds,
-                    peak_rss_mb=sampler.peak_mb(),
-                    cpu_s=services,
-                    cpu_us_per_account=sum(services.values()) / n * 1e6,
-                    checks=checks,
-                    ok=ok,
+                measured(
+                    f"distributor N={n:,}",
+                    "distributor",
+                    n,
+                    seconds,
+                    sampler.peak_mb(),
+                    services,
+                    checks,
                 )
             )
         finally:
@@ -353,23 +376,20 @@ class Bench:
             seconds = float(figures["seconds"])
             gw = gateway + (f" {latency_ms}ms" if gateway == "sandbox" else "")
             self.record(
-                Row(
-                    name=f"billq {mode}, {gw}, {processes} proc x {concurrency}",
-                    kind="billq",
-                    accounts=n,
+                measured(
+                    f"billq {mode}, {gw}, {processes} proc x {concurrency}",
+                    "billq",
+                    n,
+                    seconds,
+                    sampler.peak_mb(),
+                    services,
+                    checks,
                     processes=processes,
                     concurrency=concurrency,
                     gateway=gw,
                     mode=mode,
-                    rate=n / seconds,
-                    seconds=seconds,
                     p50_ms=float(figures["p50"]) * 1000,
                     p99_ms=float(figures["p99"]) * 1000,
-                    peak_rss_mb=sampler.peak_mb(),
-                    cpu_s=services,
-                    cpu_us_per_account=sum(services.values()) / n * 1e6,
-                    checks=checks,
-                    ok=bool(checks["ok"]),
                 )
             )
         finally:
@@ -401,19 +421,16 @@ class Bench:
             checks = await self.check(db, prefix, n)
             seconds = float(figures["seconds"])
             self.record(
-                Row(
-                    name=f"floor {mode}, {processes} proc",
-                    kind="floor",
-                    accounts=n,
+                measured(
+                    f"floor {mode}, {processes} proc",
+                    "floor",
+                    n,
+                    seconds,
+                    sampler.peak_mb(),
+                    services,
+                    checks,
                     processes=processes,
                     mode=mode,
-                    rate=n / seconds,
-                    seconds=seconds,
-                    peak_rss_mb=sampler.peak_mb(),
-                    cpu_s=services,
-                    cpu_us_per_account=sum(services.values()) / n * 1e6,
-                    checks=checks,
-                    ok=bool(checks["ok"]),
                 )
             )
         finally:
