@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -88,7 +89,13 @@ async def distribute(
                 summary.due = await runs_repo.count_due(pool, as_of, shard)
                 summary.state = "dry_run"
                 return summary
-            await _distribute_with_failover(settings, pool, as_of, batch, shard, summary)
+            await _with_broker_failover(
+                len(settings.amqp_urls) + 1,
+                summary,
+                lambda may_resume: _distribute(
+                    settings, pool, as_of, batch, shard, summary, may_resume=may_resume
+                ),
+            )
         finally:
             await pool.close()
     finally:
@@ -97,26 +104,19 @@ async def distribute(
     return summary
 
 
-async def _distribute_with_failover(
-    settings: Settings,
-    pool: asyncpg.Pool,
-    as_of: dt.datetime,
-    batch: int,
-    shard: Shard | None,
-    summary: Summary,
+async def _with_broker_failover(
+    attempts: int, summary: Summary, run_pass: Callable[[bool], Awaitable[None]]
 ) -> None:
-    """Run ``_distribute``; if the broker connection is lost, start over on the next broker.
+    """Run a distribution pass; if the broker connection is lost, run it again (it connects
+    to the next broker that answers), resuming the same run.
 
     Starting over is safe: jobs already inserted are in the outbox (``pending``) or
     published, and a new pass republishes the former and skips accounts that have a job.
-    A broker lost more times than there are broker URLs (plus one) fails the run clearly.
+    ``run_pass(may_resume)``: False on the last attempt, which fails the run clearly.
     """
-    attempts = len(settings.amqp_urls) + 1
     for attempt in range(1, attempts + 1):
         try:
-            await _distribute(
-                settings, pool, as_of, batch, shard, summary, may_resume=attempt < attempts
-            )
+            await run_pass(attempt < attempts)
             return
         except Exception as exc:
             lost = _lost_broker(exc)

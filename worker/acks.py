@@ -65,5 +65,5 @@ class AckFrontier:
 
     @property
     def waiting(self) -> int:
-        """Deliveries not yet acked or settled (for tests and drain logs)."""
+        """Deliveries not yet acked or settled (what tests look at)."""
         return len(self._outstanding)

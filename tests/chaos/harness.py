@@ -225,6 +225,28 @@ class Pipeline:
                 last_reconcile = time.monotonic()
             await asyncio.sleep(0.5)
 
+    async def finish(
+        self,
+        result: Result,
+        started: float,
+        *,
+        timeout: float = 120.0,
+        reconcile_every: float = 3.0,
+        workers_survive: bool = False,
+    ) -> None:
+        """Settle the run, stop the workers and count the money into ``result``.
+
+        ``workers_survive``: the fault was not aimed at the workers, so none may have died.
+        """
+        try:
+            await self.settle(result.accounts, timeout=timeout, reconcile_every=reconcile_every)
+            if workers_survive:
+                assert all(w.poll() is None for w in self.workers), "a worker died"
+        finally:
+            self.stop_workers()
+        result.settle_s = round(time.monotonic() - started, 1)
+        await self.count_money(result)
+
     async def count_money(self, result: Result) -> Result:
         """The invariants, as numbers; the test asserts on them."""
         intents = await asyncio.to_thread(testkit.ledger, self.gateway_url)

@@ -70,12 +70,7 @@ async def test_workers_sigkilled_repeatedly_charge_everyone_exactly_once(
             p.kill_worker(rnd.choice(p.workers))
             result.faults += 1
             p.start_worker("--concurrency", "16")
-        try:
-            await p.settle(n)
-        finally:
-            p.stop_workers()
-        result.settle_s = round(time.monotonic() - start, 1)
-        await p.count_money(result)
+        await p.finish(result, start)
     assert_invariants(result)
 
 
@@ -106,15 +101,10 @@ async def test_a_gateway_fault_storm_still_charges_everyone_exactly_once(
         distribute_ok(p)
         start = time.monotonic()
         p.start_worker("--concurrency", "32")
-        try:
-            await p.settle(n, timeout=150)
-        finally:
-            p.stop_workers()
-        result.settle_s = round(time.monotonic() - start, 1)
+        await p.finish(result, start, timeout=150)
         result.faults = sum(
             log.read_text().count("job.retry_scheduled") for log in tmp_path.glob("worker-*.log")
         )
-        await p.count_money(result)
     assert result.faults > 0, "no fault was injected"
     assert_invariants(result)
 
@@ -141,12 +131,7 @@ async def test_a_purged_work_queue_is_repaired_by_the_reconciler(
             result.faults = int(getattr(purged, "message_count", 0) or 0)
         finally:
             await conn.close()
-        try:
-            await p.settle(n, reconcile_every=2)
-        finally:
-            p.stop_workers()
-        result.settle_s = round(time.monotonic() - start, 1)
-        await p.count_money(result)
+        await p.finish(result, start, reconcile_every=2)
     assert result.faults > 0, "nothing was purged"
     assert_invariants(result)
 
@@ -234,13 +219,7 @@ async def test_postgres_killed_and_restarted_mid_run_workers_recover_alone(
         result.faults = 1
         await asyncio.sleep(rnd.uniform(1.0, 3.0))
         throwaway_pg.start()
-        try:
-            await p.settle(n, timeout=180)
-            assert all(w.poll() is None for w in p.workers), "a worker died"
-        finally:
-            p.stop_workers()
-        result.settle_s = round(time.monotonic() - start, 1)
-        await p.count_money(result)
+        await p.finish(result, start, timeout=180, workers_survive=True)
     assert_invariants(result)
 
 
@@ -267,13 +246,7 @@ async def test_the_broker_killed_while_publishing_and_consuming_loses_nothing(
         if code != 0:
             result.info = "distributor failed clearly; next run completed"
             distribute_ok(p)  # the next cron run finishes the period
-        try:
-            await p.settle(n, timeout=240)
-            assert all(w.poll() is None for w in p.workers), "a worker died"
-        finally:
-            p.stop_workers()
-        result.settle_s = round(time.monotonic() - start, 1)
-        await p.count_money(result)
+        await p.finish(result, start, timeout=240, workers_survive=True)
     assert_invariants(result)
 
 
@@ -301,13 +274,7 @@ async def test_the_network_between_workers_and_broker_cut_and_restored(
             await asyncio.sleep(rnd.uniform(1.0, 4.0))
             proxy.restore()
         result.faults = proxy.cuts
-        try:
-            await p.settle(n, timeout=120)
-            assert all(w.poll() is None for w in p.workers), "a worker died"
-        finally:
-            p.stop_workers()
-        result.settle_s = round(time.monotonic() - start, 1)
-        await p.count_money(result)
+        await p.finish(result, start, timeout=120, workers_survive=True)
     assert_invariants(result)
 
 
@@ -339,13 +306,7 @@ async def test_the_quorum_leader_killed_in_a_three_node_cluster_loses_nothing(
             await asyncio.to_thread(leader.start)
         # With three brokers the distributor fails over to a live one and finishes its run.
         assert distributor.wait(timeout=180) == 0, "the distributor did not fail over"
-        try:
-            await p.settle(n, timeout=300)
-            assert all(w.poll() is None for w in p.workers), "a worker died"
-        finally:
-            p.stop_workers()
-        result.settle_s = round(time.monotonic() - start, 1)
-        await p.count_money(result)
+        await p.finish(result, start, timeout=300, workers_survive=True)
         # The failover resumed the same run: one run, not a failed one plus a second.
         runs = await p._db("SELECT string_agg(state, ',') FROM billing_runs")
     assert_invariants(result)
