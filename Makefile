@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 
 .DEFAULT_GOAL := help
-.PHONY: help install services demo test test-unit chaos bench lint typecheck fmt migrate clean
+.PHONY: help install services demo test test-unit ci chaos bench lint typecheck deps fmt migrate clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,10 @@ bench: install services ## throughput, latency, RSS vs the bare floor (BENCH_N, 
 test-unit: install ## only the tests that need no services
 	$(BIN)/pytest -q -m unit
 
+ci: install services ## what CI runs after installing: lint, typecheck, dependencies, then the tests
+	$(MAKE) lint typecheck deps
+	$(MAKE) test
+
 lint: install ## ruff and the import contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -45,6 +49,9 @@ lint: install ## ruff and the import contracts
 
 typecheck: install ## mypy --strict on the packages
 	$(BIN)/mypy
+
+deps: install ## declared dependencies match the imports (deptry)
+	$(BIN)/deptry .
 
 fmt: install ## format and autofix
 	$(BIN)/ruff format .

@@ -104,7 +104,7 @@ def billq_env(database: str, prefix: str, **extra: str) -> dict[str, str]:
 
 
 def billq_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "shared.cli", *args]
+    return [sys.executable, "-m", "billq", *args]
 
 
 # --- databases ------------------------------------------------------------------------

@@ -1,13 +1,18 @@
-"""``billq distribute``: the cron entry point."""
+"""``billq distribute`` and ``billq reconcile``: the cron entry points.
+
+``python -m distributor`` runs ``distribute`` through ``main``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from shared.config import Settings
+from shared.entrypoint import Parser, add_connection_arguments, positive_int, run
 
 
 def _as_of(text: str) -> dt.datetime:
@@ -26,16 +31,6 @@ def _shard(text: str) -> tuple[int, int]:
         return parse_shard(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _handle(args: argparse.Namespace, settings: Settings) -> int:
@@ -98,12 +93,22 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=_handle_reconcile)
 
-    p = sub.add_parser(
-        "distribute",
-        help="publish one charge job per due account (run from cron)",
-        description="Find accounts due at --as-of, create one job per account and billing "
-        "period, publish them with confirms. Safe to run concurrently and repeatedly.",
+    _distribute_arguments(
+        sub.add_parser(
+            "distribute",
+            help="publish one charge job per due account (run from cron)",
+            description=DISTRIBUTE_DESCRIPTION,
+        )
     )
+
+
+DISTRIBUTE_DESCRIPTION = (
+    "Find accounts due at --as-of, create one job per account and billing period, publish "
+    "them with confirms. Safe to run concurrently and repeatedly."
+)
+
+
+def _distribute_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--as-of", type=_as_of, help="ISO 8601 instant or date (default: now, UTC)")
     p.add_argument(
         "--at",
@@ -111,7 +116,15 @@ def register(sub: Any) -> None:
         help="schedule a run for this time; the next distribute at or after it performs it",
     )
     p.add_argument("--dry-run", action="store_true", help="count due accounts, change nothing")
-    p.add_argument("--batch-size", type=_positive, help="accounts per batch (BILLQ_BATCH_SIZE)")
+    p.add_argument("--batch-size", type=positive_int, help="accounts per batch (BILLQ_BATCH_SIZE)")
     p.add_argument("--shard", type=_shard, help="K/N: scan only accounts with id %% N == K")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=_handle)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m distributor``: ``billq distribute`` on its own."""
+    parser = Parser(prog="distributor", description=DISTRIBUTE_DESCRIPTION)
+    add_connection_arguments(parser)
+    _distribute_arguments(parser)
+    return run(parser, argv)

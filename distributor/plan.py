@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import cast
 
 from shared.billing.periods import Interval, idempotency_key, period_for
 
@@ -65,6 +65,3 @@ def parse_shard(text: str) -> Shard:
     if not (n >= 1 and 0 <= k < n):
         raise ValueError(f"--shard: need 0 <= K < N, got {text!r}")
     return (k, n)
-
-
-OutcomeState = Literal["published", "locked", "dry_run"]

@@ -17,8 +17,8 @@ import asyncpg
 import structlog
 from aio_pika.abc import AbstractConnection
 
+from distributor.outbox import Outbox
 from shared.amqp.inspect import queue_depths
-from shared.amqp.outbox import Outbox
 from shared.config import Settings
 from shared.db import jobs_repo, reconcile_repo
 from shared.errors import BillqError

@@ -18,16 +18,16 @@ from typing import Any
 import asyncpg
 import structlog
 
+from distributor.outbox import Outbox
 from distributor.plan import DueAccount, Shard, plan_job
 from distributor.reconcile import ReconcileSummary, reconcile
 from shared.amqp import topology
-from shared.amqp.connection import BrokerUnavailable, broker_lost, connect_any
-from shared.amqp.outbox import Outbox
-from shared.amqp.publisher import Publisher, PublishFailed
+from shared.amqp.connection import broker_lost, connect_any
+from shared.amqp.publisher import Publisher
 from shared.config import Settings
 from shared.db import runs_repo
 from shared.db.pool import connect, create_pool
-from shared.errors import BillqError
+from shared.errors import BillqError, BrokerUnavailable, PublishFailed
 from shared.gateway.factory import make_gateway
 
 log = structlog.get_logger("billq.distributor")

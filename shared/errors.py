@@ -6,14 +6,21 @@ Every failure is classified where it happens, so the worker routes by class::
     ├── TransientError          retry later: the same work may succeed
     │   ├── GatewayUnavailable      5xx, timeout, connection error, rate limit
     │   ├── OutcomeUnknown          the gateway may or may not have charged
-    │   └── DatabaseUnavailable     connection lost, serialization failure, deadlock
+    │   ├── DatabaseUnavailable     connection lost, serialization failure, deadlock
+    │   ├── BrokerUnavailable       no RabbitMQ broker in BILLQ_AMQP_URL answered
+    │   └── PublishFailed           RabbitMQ did not confirm a publish in time
     ├── FatalError              retrying cannot help: dead-letter with the reason
     │   ├── InvalidMessage          undecodable body or schema violation
     │   ├── UnknownJob              message names a job or account that does not exist
     │   ├── AccountNotBillable      cancelled / suspended account
     │   ├── BadSignature            message signing enabled, signature missing or wrong
-    │   └── GatewayRejected         permanent gateway error (invalid request, auth)
+    │   ├── GatewayRejected         permanent gateway error (invalid request, auth)
+    │   └── Unroutable              RabbitMQ returned a publish as unroutable
+    ├── ActionRefused           an operator action not allowed in the job's state (exit 1)
+    ├── ImportRejected          an import file has bad rows; nothing imported (exit 1)
     └── ConfigError             bad setting or CLI argument: one clear line, exit 2
+
+``shared.entrypoint`` maps the tree to exit codes: ConfigError → 2, any other BillqError → 1.
 
 A card decline is not an exception: it is a business outcome (``Declined``) returned
 by the gateway port.
@@ -49,6 +56,14 @@ class DatabaseUnavailable(TransientError):
     """Postgres is unreachable or refused the transaction for a retryable reason."""
 
 
+class BrokerUnavailable(TransientError):
+    """No RabbitMQ broker in BILLQ_AMQP_URL answered."""
+
+
+class PublishFailed(TransientError):
+    """RabbitMQ did not confirm the publish in time."""
+
+
 class FatalError(BillqError):
     """A permanent failure; retrying cannot help."""
 
@@ -76,6 +91,18 @@ class BadSignature(FatalError):
 
 class GatewayRejected(FatalError):
     """The gateway refused the request permanently (invalid request or authentication)."""
+
+
+class Unroutable(FatalError):
+    """RabbitMQ returned the message as unroutable (topology missing?)."""
+
+
+class ActionRefused(BillqError):
+    """The requested action is not allowed in the job's current state."""
+
+
+class ImportRejected(BillqError):
+    """The import file has bad rows; nothing was imported."""
 
 
 class ConfigError(BillqError):

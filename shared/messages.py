@@ -35,6 +35,23 @@ class ChargeMessage(BaseModel):
         return orjson.dumps(self.model_dump(mode="json"))
 
 
+def encode_charge(
+    job_id: int, account_id: int, period_start: dt.date, idempotency_key: str, run_id: int | None
+) -> bytes:
+    """``ChargeMessage(...).to_bytes()`` without building the model: the distributor's hot
+    path encodes rows that already satisfy the contract (a test checks both agree)."""
+    return orjson.dumps(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "job_id": job_id,
+            "account_id": account_id,
+            "period_start": period_start,
+            "idempotency_key": idempotency_key,
+            "run_id": run_id,
+        }
+    )
+
+
 def parse_message(body: bytes, *, max_bytes: int) -> ChargeMessage:
     """Decode and validate a body; size is checked before any parsing.
 

@@ -156,14 +156,14 @@ async def publish_raw(settings: Settings, body: bytes, **props: Any) -> None:
 
 
 def billq_cmd() -> list[str]:
-    return [sys.executable, "-m", "shared.cli"]
+    return [sys.executable, "-m", "billq"]
 
 
 def billq(
     *args: str, env: Mapping[str, str], timeout: float = 60, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "billq", *args],
         env=dict(env),
         capture_output=True,
         text=True,
@@ -179,7 +179,7 @@ def billq(
 def spawn(*args: str, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
     out = log.open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "billq", *args],
         env=dict(env),
         stdout=out,
         stderr=out,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from shared.cli.main import main
+from worker.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main(["worker", *sys.argv[1:]]))
+    raise SystemExit(main(sys.argv[1:]))

@@ -21,9 +21,9 @@ import structlog
 
 from shared import signing
 from shared.billing import dunning
+from shared.billing.jobs import TERMINAL
 from shared.config import Settings
-from shared.db.errors import classify
-from shared.db.jobs_repo import TERMINAL, ClaimedJob, ClaimRequest, JobsRepo
+from shared.db.jobs_repo import ClaimedJob, ClaimRequest, JobsRepo
 from shared.errors import (
     AccountNotBillable,
     BadSignature,
@@ -53,11 +53,6 @@ def _handoff(headers: Mapping[str, Any]) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _transient(exc: BaseException) -> TransientError | None:
-    err = classify(exc)
-    return err if isinstance(err, TransientError) else None
-
-
 class Handler:
     """Collaborators are injected so tests can swap the gateway."""
 
@@ -73,9 +68,6 @@ class Handler:
         self._gateway = gateway
         self._observe_gateway = observe_gateway
         self._signing_keys = settings.signing_key_list
-
-    async def handle(self, body: bytes, headers: Mapping[str, Any], redelivered: bool) -> Outcome:
-        return (await self.handle_batch([Delivery(body, headers, redelivered)]))[0]
 
     async def handle_batch(self, batch: Sequence[Delivery]) -> list[Outcome]:
         started = time.perf_counter()
@@ -95,10 +87,7 @@ class Handler:
                 for i in messages:
                     if outcomes[i] is None:
                         outcomes[i] = Retry(
-                            self._settings.retry_delay(1),
-                            None,
-                            f"unexpected {type(exc).__name__}",
-                            False,
+                            self._settings.retry_delay(1), None, f"unexpected {type(exc).__name__}"
                         )
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
         done: list[Outcome] = []
@@ -155,16 +144,11 @@ class Handler:
         ]
         try:
             claimed = await self._jobs.claim_many(requests)
-        except Exception as exc:
-            err = _transient(exc)
-            if err is None:
-                raise
+        except TransientError as err:
             # Whether the claim landed is unknown: the copies wait out the lease.
             log.warning("batch.claim_failed", error=str(err), size=len(order))
             for pos, i in enumerate(order):
-                outcomes[i] = Retry(
-                    self._settings.retry_delay(1), requests[pos].handoff, str(err), False
-                )
+                outcomes[i] = Retry(self._settings.retry_delay(1), requests[pos].handoff, str(err))
             return
         jobs = {order[pos]: job for pos, job in claimed.items()}
         unclaimed = [i for i in order if i not in jobs]
@@ -208,9 +192,7 @@ class Handler:
             else:
                 # Held by a live worker: come back later rather than drop a needed copy.
                 log.info("job.busy_elsewhere", job_id=msg.job_id, state=snap.state)
-                outcomes[i] = Retry(
-                    self._settings.retry_delay(1), None, "job busy elsewhere", False
-                )
+                outcomes[i] = Retry(self._settings.retry_delay(1), None, "job busy elsewhere")
 
     async def _charge(self, job: ClaimedJob) -> ChargeOutcome | Outcome:
         """The gateway's answer, or the outcome already decided for this job."""
@@ -268,14 +250,11 @@ class Handler:
             return
         try:
             landed = await self._jobs.record_successes([(job, cid) for _, job, cid in charged])
-        except Exception as exc:
-            err = _transient(exc)
-            if err is None:
-                raise
+        except TransientError as err:
             # The gateway remembers each key: the copies replay its answer and record it.
             log.warning("batch.record_failed", error=str(err), size=len(charged))
             for i, job, _ in charged:
-                outcomes[i] = Retry(self._settings.retry_delay(1), job.attempts, str(err), False)
+                outcomes[i] = Retry(self._settings.retry_delay(1), job.attempts, str(err))
             return
         for i, job, charge_id in charged:
             if job.job_id in landed:
@@ -302,11 +281,8 @@ class Handler:
         )
         try:
             landed = await self._jobs.record_decline(job, reason, result.decline_code, decision)
-        except Exception as exc:
-            err = _transient(exc)
-            if err is None:
-                raise
-            return Retry(self._settings.retry_delay(1), job.attempts, str(err), False)
+        except TransientError as err:
+            return Retry(self._settings.retry_delay(1), job.attempts, str(err))
         log.info(
             "job.declined",
             job_id=job.job_id,
@@ -328,10 +304,8 @@ class Handler:
             if not await self._jobs.record_retry(job, str(exc)[:1000]):
                 log.warning("job.fenced", job_id=job.job_id, attempt=job.attempts)
                 return Ack("fenced")
-        except Exception as db_exc:
-            if _transient(db_exc) is None:
-                raise
-            # Job stays 'processing' at this fence; the copy's hand-off token claims it.
+        except TransientError:
+            pass  # job stays 'processing' at this fence; the copy's hand-off token claims it
         log.info(
             "job.retry_scheduled",
             job_id=job.job_id,
@@ -346,11 +320,8 @@ class Handler:
         reason = f"{prefix}{exc}"
         try:
             await self._jobs.record_dead(job.job_id, job.attempts, reason)
-        except Exception as db_exc:
-            err = _transient(db_exc)
-            if err is None:
-                raise
-            return Retry(self._settings.retry_delay(1), job.attempts, str(err), False)
+        except TransientError as err:
+            return Retry(self._settings.retry_delay(1), job.attempts, str(err))
         log.warning(
             "job.dead",
             job_id=job.job_id,

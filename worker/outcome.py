@@ -26,7 +26,6 @@ class Retry:
     delay_s: float
     handoff: int | None
     reason: str
-    counts_as_attempt: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,6 @@ import structlog
 
 from shared.config import Settings
 from shared.db import runs_repo, workers_repo
-from shared.db.errors import classify
 from shared.db.jobs_repo import JobsRepo
 from shared.db.pool import create_pool
 from shared.errors import TransientError
@@ -74,9 +73,7 @@ class Heartbeat:
                 self._metrics.last_heartbeat.set(time.time())
                 # Runs complete by themselves: whoever heartbeats notices the last job ending.
                 await runs_repo.settle_open_runs(self._pool)
-            except Exception as exc:
-                if not isinstance(classify(exc), TransientError):
-                    raise
+            except TransientError as exc:
                 self.db_ok = False
                 log.warning("worker.heartbeat_failed", error=type(exc).__name__)
             self._check_limits()
@@ -115,11 +112,9 @@ async def _open_pool(
             pool = await create_pool(settings, min_size=1, max_size=min(20, settings.concurrency))
             await workers_repo.heartbeat(pool, worker_id, socket.gethostname(), os.getpid(), 0, 0)
             return pool
-        except Exception as exc:
+        except TransientError as exc:
             if pool is not None:
                 await pool.close()
-            if not isinstance(classify(exc), TransientError):
-                raise classify(exc) from None
             log.warning("worker.waiting_for_database", error=type(exc).__name__, retry_s=delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)

@@ -15,11 +15,7 @@ from urllib.parse import urlsplit
 import aio_pika
 from aio_pika.abc import AbstractConnection
 
-from shared.errors import ConfigError, TransientError
-
-
-class BrokerUnavailable(TransientError):
-    """No RabbitMQ broker in BILLQ_AMQP_URL answered."""
+from shared.errors import BrokerUnavailable, ConfigError
 
 
 def safe_url(url: str) -> str:

@@ -17,17 +17,9 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aio_pika.exceptions import ChannelInvalidStateError, DeliveryError, PublishError
 from pamqp.commands import Basic
 
-from shared.errors import FatalError, TransientError
+from shared.errors import PublishFailed, Unroutable
 
 BasicProperties = Basic.Properties
-
-
-class PublishFailed(TransientError):
-    """RabbitMQ did not confirm the publish in time."""
-
-
-class Unroutable(FatalError):
-    """RabbitMQ returned the message as unroutable (topology missing?)."""
 
 
 class Publisher:

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
 
 import asyncpg
 
 from shared.errors import BillqError, ConfigError, DatabaseUnavailable
 
+# InterfaceError is left out on purpose: it is client misuse (a released connection, an
+# operation already in progress), which retrying cannot fix. A lost connection raises
+# ConnectionDoesNotExistError, a PostgresConnectionError.
 _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
     asyncpg.TooManyConnectionsError,
     asyncpg.CannotConnectNowError,
     asyncpg.ConnectionDoesNotExistError,
-    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.QueryCanceledError,
@@ -45,3 +51,26 @@ def classify(exc: BaseException, *, setting: str | None = None) -> BaseException
     if is_transient(exc):
         return DatabaseUnavailable(f"{where}database unavailable ({type(exc).__name__})")
     return exc
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def classified(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Repository methods raise the billq tree: callers catch ``TransientError``, not drivers'
+    classes. An unclassified driver error (a bug) passes through unchanged."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except BillqError:
+            raise
+        except Exception as exc:
+            err = classify(exc)
+            if err is exc:
+                raise
+            raise err from exc
+
+    return wrapper

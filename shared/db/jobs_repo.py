@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from shared.billing.dunning import DeclineDecision
+from shared.db.errors import classified
 
 # Seconds without a heartbeat after which a worker's locks may be taken over.
 STALE_WORKER_S = 30.0
@@ -191,8 +192,6 @@ UPDATE billing_jobs
    AND state NOT IN ('succeeded', 'failed', 'dead')
 """
 
-TERMINAL = frozenset({"succeeded", "failed", "dead"})
-
 
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
@@ -231,6 +230,7 @@ class JobSnapshot:
     attempts: int
 
 
+@classified
 async def record_successes(pool: asyncpg.Pool, items: Sequence[tuple[int, int, str]]) -> set[int]:
     """(job_id, attempts fence, gateway charge id) rows → job ids that landed."""
     if not items:
@@ -242,13 +242,15 @@ async def record_successes(pool: asyncpg.Pool, items: Sequence[tuple[int, int, s
 
 
 class JobsRepo:
-    """SQL for one job's life in the worker."""
+    """SQL for one job's life in the worker. Every method raises the billq error tree
+    (``DatabaseUnavailable`` for a retryable database failure), never a driver class."""
 
     def __init__(self, pool: asyncpg.Pool, *, worker_id: str, lease_s: float) -> None:
         self._pool = pool
         self._worker_id = worker_id
         self._lease_s = lease_s
 
+    @classified
     async def claim_many(self, requests: Sequence[ClaimRequest]) -> dict[int, ClaimedJob]:
         """Claim every claimable job in one statement; keyed by the request's position."""
         if not requests:
@@ -286,6 +288,7 @@ class JobsRepo:
             for row in rows
         }
 
+    @classified
     async def lookup_many(self, job_ids: Sequence[int]) -> dict[int, JobSnapshot]:
         rows = await self._pool.fetch(LOOKUP, list(job_ids))
         return {
@@ -295,11 +298,13 @@ class JobsRepo:
             for r in rows
         }
 
+    @classified
     async def record_successes(self, charged: Sequence[tuple[ClaimedJob, str]]) -> set[int]:
         """Commit a batch of charges; returns the job ids whose commit landed (the rest
         were fenced out by a newer holder)."""
         return await record_successes(self._pool, [(j.job_id, j.attempts, c) for j, c in charged])
 
+    @classified
     async def record_decline(
         self, job: ClaimedJob, reason: str, decline_code: str | None, decision: DeclineDecision
     ) -> bool:
@@ -317,10 +322,12 @@ class JobsRepo:
             )
         )
 
+    @classified
     async def record_retry(self, job: ClaimedJob, reason: str) -> bool:
         status = await self._pool.execute(RECORD_RETRY, job.job_id, job.attempts, reason)
         return status.endswith(" 1")
 
+    @classified
     async def record_dead(self, job_id: int, attempts: int | None, reason: str) -> bool:
         status = await self._pool.execute(RECORD_DEAD, job_id, attempts, reason[:1000])
         return status.endswith(" 1")

@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from shared.db.errors import classified
+
 # Shared by every distributor host: one distribution at a time.
 DISTRIBUTE_LOCK_ID = 0x62696C6C71_02
 
@@ -206,6 +208,7 @@ SELECT r.id FROM billing_runs r WHERE r.state = 'published'
 """
 
 
+@classified
 async def settle_open_runs(pool: asyncpg.Pool) -> None:
     """Complete every published run whose last job has ended (workers call this)."""
     for row in await pool.fetch(SETTLE_OPEN_RUNS):

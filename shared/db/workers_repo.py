@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from shared.db.errors import classified
+
 UPSERT = """
 INSERT INTO workers (id, hostname, pid, in_flight, handled)
 VALUES ($1, $2, $3, $4, $5)
@@ -22,6 +24,7 @@ SELECT w.id, w.hostname, w.pid, w.started_at, w.last_heartbeat, w.in_flight, w.h
 """
 
 
+@classified
 async def heartbeat(
     pool: asyncpg.Pool, worker_id: str, hostname: str, pid: int, in_flight: int, handled: int
 ) -> None:

@@ -82,7 +82,7 @@ class Pipeline:
 
     def billq(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "shared.cli", *args],
+            [sys.executable, "-m", "billq", *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -95,7 +95,7 @@ class Pipeline:
         self._n += 1
         log = (self.tmp / f"{args[0]}-{self._n}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", *args],
+            [sys.executable, "-m", "billq", *args],
             env=self.env,
             stdout=log,
             stderr=log,

@@ -24,7 +24,7 @@ BIN = Path(sys.executable).parent
 @functools.cache
 def help_text(*command: str) -> str:
     proc = subprocess.run(
-        [sys.executable, "-m", "shared.cli", *command, "--help"],
+        [sys.executable, "-m", "billq", *command, "--help"],
         capture_output=True,
         text=True,
         check=False,

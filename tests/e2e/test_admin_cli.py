@@ -10,7 +10,7 @@ import pytest
 import testkit
 from testkit import all_terminal, assert_charged_once, distribute, seed
 
-from shared.cli.ops_cmds import scale_hint
+from billq.ops import scale_hint
 from shared.config import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]

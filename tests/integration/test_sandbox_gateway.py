@@ -24,13 +24,14 @@ import pytest
 import testkit
 from aiohttp import web
 
-from shared.cli import sandbox_cmd
+from sandbox import cli as sandbox_cmd
+from sandbox.faults import Faults
+from sandbox.server import build_app
 from shared.errors import ConfigError, GatewayRejected, GatewayUnavailable, OutcomeUnknown
 from shared.gateway import test_cards
 from shared.gateway.inprocess import InProcessGateway
 from shared.gateway.port import Charged, ChargeRequest, Declined
 from shared.gateway.sandbox import SandboxGateway
-from shared.gateway.sandbox_server import build_app
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 @contextlib.asynccontextmanager
 async def sandbox(ledger: Path | str, **faults: Any) -> AsyncIterator[str]:
-    runner = web.AppRunner(build_app(ledger=str(ledger), **faults), access_log=None)
+    runner = web.AppRunner(build_app(ledger=str(ledger), faults=Faults(**faults)), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -401,7 +402,7 @@ async def test_a_latency_spike_delays_the_answer_and_the_charge_still_lands_once
 )
 def test_build_app_refuses_impossible_faults(faults: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
-        build_app(ledger=":memory:", **faults)
+        build_app(ledger=":memory:", faults=Faults(**faults))
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -665,7 +666,7 @@ def test_the_command_refuses_bad_values(
 
 _RUN_COMMAND = """
 import argparse, sys
-from shared.cli import sandbox_cmd
+from sandbox import cli as sandbox_cmd
 from shared.config import load_settings
 from shared.logging import configure_logging
 parser = argparse.ArgumentParser()

@@ -24,13 +24,14 @@ import stripe
 import testkit
 from aiohttp import web
 
+from sandbox.faults import Faults
+from sandbox.server import build_app
 from shared.config import load_settings
 from shared.errors import GatewayRejected, GatewayUnavailable, OutcomeUnknown
 from shared.gateway import test_cards
 from shared.gateway.factory import make_gateway
 from shared.gateway.port import Charged, ChargeRequest, Declined, PaymentGateway
 from shared.gateway.pruned_keys import LOOKUP_AFTER, charge_safely, key_may_be_pruned
-from shared.gateway.sandbox_server import build_app
 from shared.gateway.stripe_gateway import StripeGateway, map_stripe_error
 
 pytestmark = pytest.mark.integration
@@ -55,7 +56,7 @@ async def sandbox(
     ledger: Path, *, seen: list[Seen] | None = None, **faults: Any
 ) -> AsyncIterator[str]:
     """The sandbox gateway on a free port; ``seen`` collects the requests it answers."""
-    app = build_app(ledger=str(ledger), **faults)
+    app = build_app(ledger=str(ledger), faults=Faults(**faults))
     if seen is not None:
         app.middlewares.append(_recorder(seen))
     runner = web.AppRunner(app, access_log=None)

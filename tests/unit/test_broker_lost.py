@@ -7,7 +7,8 @@ import asyncio
 import aio_pika
 import pytest
 
-from shared.amqp.connection import BrokerUnavailable, broker_lost
+from shared.amqp.connection import broker_lost
+from shared.errors import BrokerUnavailable
 
 pytestmark = pytest.mark.unit
 

@@ -104,7 +104,7 @@ def test_retry_delay_repeats_the_last_tier() -> None:
 
 
 def test_the_outbox_fast_encoding_equals_the_models_encoding() -> None:
-    from shared.amqp.outbox import encode_message
+    from distributor.outbox import encode_message
 
     row = {
         "id": 7,

@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from billq import output
 from shared.billing.accounts import AccountRow, parse_row
-from shared.cli import output
 from shared.config import Settings
-from shared.errors import BillqError, ConfigError
+from shared.entrypoint import positive_int
+from shared.errors import ConfigError, ImportRejected
 
 LIST_COLUMNS = (
     "id",
@@ -29,10 +30,6 @@ LIST_COLUMNS = (
     "dunning_attempt",
     "dunning_next_at",
 )
-
-
-class ImportRejected(BillqError):
-    """The import file has bad rows; nothing was imported."""
 
 
 def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -193,16 +190,6 @@ def _update_pm(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def register(sub: Any) -> None:
     accounts = sub.add_parser("accounts", help="import, list and inspect accounts")
     verbs = accounts.add_subparsers(
@@ -222,20 +209,20 @@ def register(sub: Any) -> None:
     p = verbs.add_parser("list", help="list accounts")
     p.add_argument("--status", choices=["active", "past_due", "suspended", "cancelled"])
     p.add_argument("--due-before", type=_due_before, help="next_billing_at before this time")
-    p.add_argument("--limit", type=_positive, default=1000)
+    p.add_argument("--limit", type=positive_int, default=1000)
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
     p.set_defaults(handler=_list)
 
     p = verbs.add_parser("show", help="one account with its event history")
-    p.add_argument("id", type=_positive, metavar="ID")
+    p.add_argument("id", type=positive_int, metavar="ID")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_show)
 
     p = verbs.add_parser(
         "update-payment-method", help="replace the card; a past-due or suspended account is retried"
     )
-    p.add_argument("id", type=_positive, metavar="ID")
+    p.add_argument("id", type=positive_int, metavar="ID")
     p.add_argument("payment_method", metavar="PAYMENT_METHOD", help="gateway token, e.g. pm_...")
     p.set_defaults(handler=_update_pm)

@@ -3,8 +3,8 @@
 It behaves like Stripe where billq depends on it: form-encoded requests, Bearer ``sk_test_``
 keys, ``Idempotency-Key`` replay (same status and body, ``Idempotent-Replayed: true``),
 ``idempotency_error`` for a key reused with other parameters, Stripe-shaped errors, and the
-test payment methods of ``shared.gateway.test_cards``. Faults are injected from a seeded
-``random.Random``, rolled on every POST::
+test payment methods of ``shared.gateway.test_cards``. ``sandbox.faults.Faults`` are injected
+from a seeded ``random.Random``, rolled on every POST::
 
     fail_rate     500 api_error before anything runs; nothing stored, a retry may succeed
     timeout_rate  the charge is stored, then no answer; a retry with the key replays it
@@ -18,19 +18,23 @@ Endpoints::
     GET  /v1/payment_intents/search       query=metadata['KEY']:'VALUE', limit, page
     GET  /v1/payment_intents/{id}
     GET  /healthz
+
+Longer than most modules: one aiohttp app that emulates Stripe's request handling (form
+parsing, idempotency replay and fingerprinting, list cursors, search syntax) end to end; the
+ledger and the faults live beside it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import random
 import re
 import sqlite3
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -38,6 +42,8 @@ import orjson
 import structlog
 from aiohttp import web
 
+from sandbox.faults import Faults
+from sandbox.ledger import Ledger
 from shared.errors import ConfigError
 from shared.gateway import test_cards
 
@@ -53,25 +59,6 @@ _SEARCH = re.compile(
     r"""^\s*metadata\[(?P<q1>['"])(?P<field>[^'"]+)(?P=q1)\]\s*:\s*"""
     r"""(?P<q2>['"])(?P<value>(?:\\.|(?!(?P=q2)).)*)(?P=q2)\s*$"""
 )
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS payment_intents (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    billq_key TEXT,
-    body BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS idempotency_keys (
-    key TEXT PRIMARY KEY,
-    fingerprint TEXT NOT NULL,
-    status INTEGER NOT NULL,
-    body BLOB NOT NULL
-);
-"""
-_LOAD_INTENTS = "SELECT id, billq_key, body FROM payment_intents ORDER BY seq"
-_LOAD_KEYS = "SELECT key, fingerprint, status, body FROM idempotency_keys"
-_INSERT_INTENT = "INSERT INTO payment_intents (id, billq_key, body) VALUES (?, ?, ?)"
-_INSERT_KEY = "INSERT INTO idempotency_keys (key, fingerprint, status, body) VALUES (?, ?, ?, ?)"
 
 
 class _ApiError(Exception):
@@ -102,86 +89,27 @@ _BAD_KEY = _ApiError(
 ).body
 
 
-class _Ledger:
-    """Intents and idempotency records: served from memory, written through to SQLite."""
-
-    def __init__(self, path: str) -> None:
-        self._db = sqlite3.connect(path)
-        # WAL + NORMAL survives a crash of this process (not a power cut) and keeps each
-        # commit to microseconds: benchmarks hit this thousands of times a second.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self.intents: dict[str, bytes] = {}  # id → JSON, never changed once written
-        self.order: list[str] = []  # creation order; lists read it backwards
-        self.position: dict[str, int] = {}
-        self.by_billq_key: defaultdict[str, list[str]] = defaultdict(list)
-        self.keys: dict[str, tuple[str, int, bytes]] = {}  # key → (fingerprint, status, body)
-        for pi_id, billq_key, body in self._db.execute(_LOAD_INTENTS):
-            self._remember(pi_id, billq_key, bytes(body))
-        for key, fingerprint, status, body in self._db.execute(_LOAD_KEYS):
-            self.keys[key] = (fingerprint, status, bytes(body))
-
-    def _remember(self, pi_id: str, billq_key: str | None, body: bytes) -> None:
-        self.intents[pi_id] = body
-        self.position[pi_id] = len(self.order)
-        self.order.append(pi_id)
-        if billq_key is not None:
-            self.by_billq_key[billq_key].append(pi_id)
-
-    def add(
-        self,
-        pi_id: str,
-        billq_key: str | None,
-        intent: bytes,
-        key: str | None,
-        fingerprint: str,
-        status: int,
-        response: bytes,
-    ) -> None:
-        # One transaction: an intent is never stored without the key that replays it.
-        with self._db:
-            self._db.execute(_INSERT_INTENT, (pi_id, billq_key, intent))
-            if key is not None:
-                self._db.execute(_INSERT_KEY, (key, fingerprint, status, response))
-        self._remember(pi_id, billq_key, intent)
-        if key is not None:
-            self.keys[key] = (fingerprint, status, response)
-
-    def close(self) -> None:
-        self._db.close()
-
-
 class _Sandbox:
-    def __init__(
-        self,
-        ledger: str,
-        fail_rate: float,
-        timeout_rate: float,
-        latency_ms: float,
-        seed: int | None,
-        spike_rate: float = 0,
-        spike_ms: float = 0,
-    ) -> None:
+    def __init__(self, ledger: str, faults: Faults) -> None:
         self._path = ledger
-        self._fail_rate = fail_rate
-        self._timeout_rate = timeout_rate
-        self._latency_s = latency_ms / 1000
-        self._spike_rate = spike_rate
-        self._spike_s = spike_ms / 1000
-        self._rng = random.Random(seed)
-        self._ledger: _Ledger | None = None
+        self._fail_rate = faults.fail_rate
+        self._timeout_rate = faults.timeout_rate
+        self._latency_s = faults.latency_ms / 1000
+        self._spike_rate = faults.spike_rate
+        self._spike_s = faults.spike_ms / 1000
+        self._rng = random.Random(faults.seed)
+        self._ledger: Ledger | None = None
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key → (lock, holders + waiters)
         self._closing = asyncio.Event()
 
     @property
-    def ledger(self) -> _Ledger:
+    def ledger(self) -> Ledger:
         assert self._ledger is not None, "ledger is opened by the app's cleanup context"
         return self._ledger
 
     async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
         try:
-            self._ledger = _Ledger(self._path)
+            self._ledger = Ledger(self._path)
         except sqlite3.Error as exc:
             raise ConfigError(f"sandbox ledger {self._path}: {exc}") from None
         yield
@@ -510,30 +438,13 @@ def _respond(
     return web.Response(body=body, status=status, headers=headers, content_type="application/json")
 
 
-def build_app(
-    *,
-    ledger: str,
-    fail_rate: float = 0,
-    timeout_rate: float = 0,
-    latency_ms: float = 0,
-    seed: int | None = None,
-    spike_rate: float = 0,
-    spike_ms: float = 0,
-) -> web.Application:
+def build_app(*, ledger: str, faults: Faults | None = None) -> web.Application:
     """The sandbox as an aiohttp app; the SQLite ledger opens when the app starts.
 
     Raises:
-        ConfigError: a rate outside [0, 1] or negative latency (and, at start-up, a ledger
-            that cannot be opened).
+        ConfigError: at start-up, a ledger that cannot be opened.
     """
-    rates = (("fail_rate", fail_rate), ("timeout_rate", timeout_rate), ("spike_rate", spike_rate))
-    for name, rate in rates:
-        if not 0 <= rate <= 1:
-            raise ConfigError(f"{name} must be within [0, 1], got {rate}")
-    for name, ms in (("latency_ms", latency_ms), ("spike_ms", spike_ms)):
-        if ms < 0:
-            raise ConfigError(f"{name} must be >= 0, got {ms}")
-    sandbox = _Sandbox(ledger, fail_rate, timeout_rate, latency_ms, seed, spike_rate, spike_ms)
+    sandbox = _Sandbox(ledger, faults or Faults())
     app = web.Application()
     app.cleanup_ctx.append(sandbox.lifetime)
     app.on_shutdown.append(sandbox.on_shutdown)
@@ -546,18 +457,7 @@ def build_app(
     return app
 
 
-def serve(
-    host: str,
-    port: int,
-    *,
-    ledger: str,
-    fail_rate: float = 0,
-    timeout_rate: float = 0,
-    latency_ms: float = 0,
-    seed: int | None = None,
-    spike_rate: float = 0,
-    spike_ms: float = 0,
-) -> None:
+def serve(host: str, port: int, *, ledger: str, faults: Faults) -> None:
     """Run the sandbox until SIGTERM or SIGINT (blocking).
 
     Raises:
@@ -565,15 +465,7 @@ def serve(
     """
     from shared import lifecycle
 
-    app = build_app(
-        ledger=ledger,
-        fail_rate=fail_rate,
-        timeout_rate=timeout_rate,
-        latency_ms=latency_ms,
-        seed=seed,
-        spike_rate=spike_rate,
-        spike_ms=spike_ms,
-    )
+    app = build_app(ledger=ledger, faults=faults)
 
     async def main(stop: asyncio.Event) -> int:
         # No access log: one line per request would cost more than the request itself.
@@ -592,12 +484,7 @@ def serve(
                 "sandbox.started",
                 url=f"http://{host}:{bound[1]}",
                 ledger=ledger,
-                fail_rate=fail_rate,
-                timeout_rate=timeout_rate,
-                latency_ms=latency_ms,
-                spike_rate=spike_rate,
-                spike_ms=spike_ms,
-                seed=seed,
+                **dataclasses.asdict(faults),
             )
             await stop.wait()
         finally:

@@ -1,4 +1,4 @@
-"""Operator commands that live in ``shared``: migrate, topology, schema, seed, status."""
+"""Operator commands: migrate, topology, schema, seed, status."""
 
 from __future__ import annotations
 
@@ -9,20 +9,9 @@ import json
 import sys
 from typing import Any
 
+from shared.billing.jobs import JOB_STATES, OPEN_STATES
 from shared.config import Settings
-
-JOB_STATES = ("pending", "published", "processing", "retrying", "succeeded", "failed", "dead")
-OPEN_STATES = ("pending", "published", "processing", "retrying")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+from shared.entrypoint import positive_int
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -64,8 +53,8 @@ def _schema(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _seed(args: argparse.Namespace, settings: Settings) -> int:
+    from sandbox import seed
     from shared.billing.periods import parse_as_of
-    from shared.db import seed
     from shared.db.pool import connect
 
     as_of = parse_as_of(args.as_of) if args.as_of else dt.datetime.now(dt.UTC)
@@ -179,14 +168,14 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=_schema)
 
     p = sub.add_parser("seed", help="insert realistic demo accounts, all due now")
-    p.add_argument("--accounts", type=_positive, required=True, help="how many")
+    p.add_argument("--accounts", type=positive_int, required=True, help="how many")
     p.add_argument("--as-of", help="make them due at this ISO 8601 time (default: now)")
     p.add_argument("--decline-rate", type=float, default=0.05, help="share of declining cards")
     p.add_argument("--seed", type=int, default=7, help="random seed")
     p.set_defaults(handler=_seed)
 
     p = sub.add_parser("status", help="progress of a billing run (latest by default)")
-    p.add_argument("run", nargs="?", type=_positive, metavar="RUN", help="billing run id")
+    p.add_argument("run", nargs="?", type=positive_int, metavar="RUN", help="billing run id")
     p.add_argument("--json", action="store_true", help='{"run_id","state","total","counts"}')
     p.add_argument("--watch", action="store_true", help="follow until the run completes")
     p.add_argument("--timeout", type=float, help="with --watch: give up after SECONDS")

@@ -16,15 +16,11 @@ from typing import Any
 import asyncpg
 from aio_pika.abc import AbstractConnection
 
-from shared.cli import output
+from billq import output
+from shared.billing.jobs import JOB_STATES
 from shared.config import Settings
-from shared.errors import BillqError, ConfigError
-
-JOB_STATES = ("pending", "published", "processing", "retrying", "succeeded", "failed", "dead")
-
-
-class ActionRefused(BillqError):
-    """The requested action is not allowed in the job's current state."""
+from shared.entrypoint import positive_int
+from shared.errors import ActionRefused, ConfigError
 
 
 async def _with(
@@ -178,7 +174,7 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _jobs_retry(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.amqp.outbox import Outbox
+    from distributor.outbox import Outbox
     from shared.amqp.publisher import Publisher
     from shared.db import ops_repo
 
@@ -291,16 +287,6 @@ def _scale_hint(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _deadline(text: str) -> dt.datetime:
     from shared.billing.periods import parse_as_of
 
@@ -318,7 +304,7 @@ def register(sub: Any) -> None:
     dlq = sub.add_parser("dlq", help="dead letters: list, show, replay, purge")
     verbs = dlq.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=type(dlq))
     p = verbs.add_parser("list", help="dead letters with their reasons (left in the queue)")
-    p.add_argument("--limit", type=_positive, default=100)
+    p.add_argument("--limit", type=positive_int, default=100)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_dlq_list)
     p = verbs.add_parser("show", help="one dead letter with headers and body")
@@ -336,17 +322,17 @@ def register(sub: Any) -> None:
 
     jobs = sub.add_parser("jobs", help="list jobs; `jobs retry ID`, `jobs cancel ID`")
     jobs.add_argument("--state", choices=JOB_STATES)
-    jobs.add_argument("--run", type=_positive)
-    jobs.add_argument("--account", type=_positive)
-    jobs.add_argument("--limit", type=_positive, default=100)
+    jobs.add_argument("--run", type=positive_int)
+    jobs.add_argument("--account", type=positive_int)
+    jobs.add_argument("--limit", type=positive_int, default=100)
     jobs.add_argument("--json", action="store_true")
     jobs.set_defaults(handler=_jobs)
     verbs = jobs.add_subparsers(dest="verb", metavar="VERB", parser_class=type(jobs))
     p = verbs.add_parser("retry", help="republish a dead or stuck job")
-    p.add_argument("id", type=_positive, metavar="ID")
+    p.add_argument("id", type=positive_int, metavar="ID")
     p.set_defaults(handler=_jobs_retry)
     p = verbs.add_parser("cancel", help="stop a job that is not in flight (it becomes dead)")
-    p.add_argument("id", type=_positive, metavar="ID")
+    p.add_argument("id", type=positive_int, metavar="ID")
     p.set_defaults(handler=_jobs_cancel)
 
     p = sub.add_parser("workers", help="live and stale workers from their heartbeats")
@@ -355,6 +341,6 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("scale-hint", help="workers needed to finish open jobs by a deadline")
     p.add_argument("--deadline", type=_deadline, required=True, help="ISO 8601")
-    p.add_argument("--window", type=_positive, default=60, help="seconds of drain rate to use")
+    p.add_argument("--window", type=positive_int, default=60, help="seconds of drain rate to use")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_scale_hint)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import Any
 
 from shared.config import Settings
+from shared.entrypoint import Parser, run
 
 
 def _rate(text: str) -> float:
@@ -39,30 +41,39 @@ def _port(text: str) -> int:
 
 
 def _handle(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.gateway.sandbox_server import serve
+    from sandbox.faults import Faults
+    from sandbox.server import serve
 
-    serve(
-        args.host,
-        args.port,
-        ledger=args.ledger,
+    faults = Faults(
         fail_rate=args.fail_rate,
         timeout_rate=args.timeout_rate,
         latency_ms=args.latency_ms,
-        seed=args.seed,
         spike_rate=args.spike_rate,
         spike_ms=args.spike_ms,
+        seed=args.seed,
     )
+    serve(args.host, args.port, ledger=args.ledger, faults=faults)
     return 0
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "sandbox-gateway",
-        help="run the sandbox payment gateway (Stripe PaymentIntents subset, test cards)",
-        description="Serve a subset of Stripe's PaymentIntents API with idempotency-key "
-        "replay and Stripe's test cards, keeping its ledger in SQLite. Faults are injectable "
-        "for retry tests. Runs until SIGTERM/SIGINT.",
+    _arguments(
+        sub.add_parser(
+            "sandbox-gateway",
+            help="run the sandbox payment gateway (Stripe PaymentIntents subset, test cards)",
+            description=DESCRIPTION,
+        )
     )
+
+
+DESCRIPTION = (
+    "Serve a subset of Stripe's PaymentIntents API with idempotency-key replay and Stripe's "
+    "test cards, keeping its ledger in SQLite. Faults are injectable for retry tests. Runs "
+    "until SIGTERM/SIGINT."
+)
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=_port, default=12111, help="port to listen on")
     p.add_argument(
@@ -91,3 +102,10 @@ def register(sub: Any) -> None:
     p.add_argument("--spike-ms", type=_milliseconds, default=0.0, help="length of a latency spike")
     p.add_argument("--seed", type=int, help="seed for the fault rolls (default: random)")
     p.set_defaults(handler=_handle)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sandbox``: ``billq sandbox-gateway`` on its own."""
+    parser = Parser(prog="sandbox", description=DESCRIPTION)
+    _arguments(parser)
+    return run(parser, argv)

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import asyncpg
-import orjson
 
 from shared.amqp import names
 from shared.amqp.publisher import Publisher
 from shared.config import Settings
 from shared.db import runs_repo
-from shared.messages import HANDOFF_HEADER, MESSAGE_TYPE, SCHEMA_VERSION
+from shared.messages import HANDOFF_HEADER, MESSAGE_TYPE, encode_charge
 from shared.signing import SIGNATURE_HEADER, sign
 
 
 def encode_message(row: asyncpg.Record) -> bytes:
-    return orjson.dumps(
-        {
-            "schema_version": SCHEMA_VERSION,
-            "job_id": row["id"],
-            "account_id": row["account_id"],
-            "period_start": row["period_start"],
-            "idempotency_key": row["idempotency_key"],
-            "run_id": row["run_id"],
-        }
+    """A billing_jobs row as its ChargeMessage body."""
+    return encode_charge(
+        row["id"], row["account_id"], row["period_start"], row["idempotency_key"], row["run_id"]
     )
 
 
@@ -50,8 +43,6 @@ class Outbox:
     def _item(
         self, row: asyncpg.Record, handoff: int | None
     ) -> tuple[bytes, str, dict[str, object] | None]:
-        # The hot path: rows come from billing_jobs, so they already satisfy the contract;
-        # encode them directly (tests check this equals ChargeMessage's own encoding).
         body = encode_message(row)
         headers: dict[str, object] = {}
         if handoff is not None:

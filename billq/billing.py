@@ -8,8 +8,9 @@ import datetime as dt
 import re
 from typing import Any
 
-from shared.cli import output
+from billq import output
 from shared.config import Settings
+from shared.entrypoint import positive_int
 from shared.errors import ConfigError
 
 RUN_COLUMNS = (
@@ -172,16 +173,6 @@ def _invoices_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _invoice_number(text: str) -> str:
     if not re.fullmatch(r"\d{4}-\d{6}", text):
         raise argparse.ArgumentTypeError(
@@ -192,12 +183,12 @@ def _invoice_number(text: str) -> str:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("runs", help="list billing runs with their progress")
-    p.add_argument("--limit", type=_positive, default=20)
+    p.add_argument("--limit", type=positive_int, default=20)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_runs)
 
     p = sub.add_parser("report", help="finance summary of a run: billed, declines, dead jobs")
-    p.add_argument("run", type=_positive, metavar="RUN")
+    p.add_argument("run", type=positive_int, metavar="RUN")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
@@ -208,9 +199,9 @@ def register(sub: Any) -> None:
         dest="verb", metavar="VERB", required=True, parser_class=type(invoices)
     )
     p = verbs.add_parser("list", help="invoices, newest number last")
-    p.add_argument("--account", type=_positive, help="only this account")
+    p.add_argument("--account", type=positive_int, help="only this account")
     p.add_argument("--period", type=_period, help="periods starting in this month (YYYY-MM)")
-    p.add_argument("--limit", type=_positive, default=1000)
+    p.add_argument("--limit", type=positive_int, default=1000)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_invoices_list)
     p = verbs.add_parser("show", help="one invoice")

@@ -1,0 +1,1 @@
+"""billq: the command that composes the distributor, the worker and the sandbox."""

@@ -1,0 +1,34 @@
+"""The faults a sandbox injects: one value, validated once."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from shared.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """Rolled on every POST from a ``random.Random(seed)``, so a seed gives one sequence.
+
+    Raises:
+        ConfigError: a rate outside [0, 1], or a negative or infinite latency.
+    """
+
+    fail_rate: float = 0.0  # 500 api_error before anything runs; nothing stored
+    timeout_rate: float = 0.0  # the charge is stored, then no answer
+    latency_ms: float = 0.0  # added before every POST answer
+    spike_rate: float = 0.0  # share of POSTs delayed by a further spike_ms
+    spike_ms: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("fail_rate", "timeout_rate", "spike_rate"):
+            rate = getattr(self, name)
+            if not 0 <= rate <= 1:  # also refuses nan
+                raise ConfigError(f"{name} must be within [0, 1], got {rate}")
+        for name in ("latency_ms", "spike_ms"):
+            ms = getattr(self, name)
+            if not (ms >= 0 and math.isfinite(ms)):
+                raise ConfigError(f"{name} must be >= 0, got {ms}")
