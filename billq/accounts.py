@@ -114,13 +114,19 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _due_before(text: str) -> dt.datetime:
-    from shared.billing.periods import parse_as_of
+def _instant(flag: str) -> Any:
+    def parse(text: str) -> dt.datetime:
+        from shared.billing.periods import parse_as_of
 
-    try:
-        return parse_as_of(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("--as-of", "--due-before")) from None
+        try:
+            return parse_as_of(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace("--as-of", flag)) from None
+
+    return parse
+
+
+_due_before = _instant("--due-before")
 
 
 async def _with_pool(settings: Settings, fn: Any) -> Any:
@@ -190,6 +196,20 @@ def _update_pm(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.db import accounts_repo
+
+    at = args.at or dt.datetime.now(dt.UTC)
+    row = asyncio.run(_with_pool(settings, lambda pool: accounts_repo.cancel(pool, args.id, at)))
+    if row is None:
+        raise ConfigError(f"ID: no account {args.id}")
+    print(
+        f"account {args.id}: cancelled effective {at.isoformat()}; status {row['before']} → "
+        f"{row['after']}; no period starting at or after it is billed"
+    )
+    return 0
+
+
 def register(sub: Any) -> None:
     accounts = sub.add_parser("accounts", help="import, list and inspect accounts")
     verbs = accounts.add_subparsers(
@@ -219,6 +239,18 @@ def register(sub: Any) -> None:
     p.add_argument("id", type=positive_int, metavar="ID")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_show)
+
+    p = verbs.add_parser(
+        "cancel",
+        help="cancel an account: no period that starts at or after --at is billed",
+        description="Cancel now, or at --at (ISO 8601). Open jobs for periods that start "
+        "after the cancellation end without charging; a period already paid stays paid.",
+    )
+    p.add_argument("id", type=positive_int, metavar="ID")
+    p.add_argument(
+        "--at", type=_instant("--at"), help="when the cancellation takes effect (default: now)"
+    )
+    p.set_defaults(handler=_cancel)
 
     p = verbs.add_parser(
         "update-payment-method", help="replace the card; a past-due or suspended account is retried"

@@ -14,7 +14,7 @@ from shared.entrypoint import Parser, add_connection_arguments, run
 
 
 def build_parser() -> Parser:
-    from billq import accounts, admin, billing, ops
+    from billq import accounts, admin, audit, billing, ops
     from distributor import cli as distributor_cli
     from sandbox import cli as sandbox_cli
     from worker import cli as worker_cli
@@ -32,6 +32,7 @@ def build_parser() -> Parser:
         accounts.register,
         billing.register,
         ops.register,
+        audit.register,
         sandbox_cli.register,
     ):
         register(sub)

@@ -113,22 +113,51 @@ def _dlq_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return "cli"
+
+
 def _dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from shared import operations
     from shared.amqp import dlq
-    from shared.db import ops_repo
+    from shared.errors import InvalidMessage
+    from shared.messages import parse_message
 
     if not args.all and not args.ids:
         raise ConfigError("dlq replay: give dead-letter IDs or --all")
 
+    def named_job(letter: dlq.DeadLetter) -> operations.LetterJob | None:
+        if letter.job_id is None:
+            return None
+        try:
+            msg = parse_message(letter.body, max_bytes=settings.max_message_bytes)
+        except InvalidMessage:
+            return operations.LetterJob(letter.id, letter.job_id, None, None)
+        return operations.LetterJob(letter.id, msg.job_id, msg.account_id, msg.idempotency_key)
+
     async def main(pool: asyncpg.Pool, conn: AbstractConnection) -> dict[str, Any]:
         wanted = None if args.all else set(args.ids)
-        # Revive the jobs first: a replayed message must find its job claimable.
+        # Revive the jobs first: a replayed message must find its job claimable. Whether the
+        # period may still be charged is decided at the claim (already paid → nothing moves).
         letters = await dlq.read(conn, settings, 100_000)
         chosen = [x for x in letters if wanted is None or x.id in wanted]
-        job_ids = [x.job_id for x in chosen if x.job_id is not None]
-        revived = await ops_repo.revive(pool, job_ids)
+        named = [j for j in map(named_job, chosen) if j is not None]
+        revived, skipped = await operations.revive_for_replay(pool, named)
         replayed = await dlq.replay(conn, settings, {x.id for x in chosen})
-        return {"replayed": [x.id for x in replayed], "jobs_revived": [r["id"] for r in revived]}
+        result = {
+            "replayed": [x.id for x in replayed],
+            "jobs_revived": revived,
+            "jobs_not_revived": skipped,
+        }
+        await operations.record_action(
+            pool, _actor(), "dlq.replay", ",".join(sorted(x.id for x in chosen)), str(result)
+        )
+        return result
 
     result = asyncio.run(_with(settings, main))
     if args.json:
@@ -138,6 +167,8 @@ def _dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
             f"dlq replay: {len(result['replayed'])} message(s) republished, "
             f"{len(result['jobs_revived'])} job(s) revived"
         )
+        for letter, why in sorted(result["jobs_not_revived"].items()):
+            print(f"  {letter}: job not revived: {why}")
     missing = set(args.ids or ()) - set(result["replayed"])
     if missing:
         raise ActionRefused(f"no dead letter with id {', '.join(sorted(missing))}")
@@ -173,29 +204,24 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _jobs_retry(args: argparse.Namespace, settings: Settings) -> int:
+def _republish(settings: Settings, pool: asyncpg.Pool, conn: AbstractConnection) -> Any:
     from distributor.outbox import Outbox
     from shared.amqp.publisher import Publisher
-    from shared.db import ops_repo
+
+    return Outbox(pool, Publisher(conn, timeout=settings.publish_timeout), settings)
+
+
+def _jobs_retry(args: argparse.Namespace, settings: Settings) -> int:
+    from shared import operations
 
     async def main(pool: asyncpg.Pool, conn: AbstractConnection) -> str:
-        job = await ops_repo.get(pool, args.id)
-        if job is None:
-            raise ConfigError(f"ID: no job {args.id}")
-        state = job["state"]
-        if state in ("succeeded", "failed", "processing"):
-            why = {
-                "succeeded": "it is already charged",
-                "failed": "it was declined: dunning retries it, or update the payment method",
-                "processing": "a worker holds it now",
-            }[state]
-            raise ActionRefused(f"job {args.id} is {state}; not retried: {why}")
-        rows = await ops_repo.revive(pool, [args.id]) if state == "dead" else [job]
-        outbox = Outbox(pool, Publisher(conn, timeout=settings.publish_timeout), settings)
+        state, rows = await operations.prepare_retry(pool, args.id)
+        outbox = _republish(settings, pool, conn)
         for row in rows:
             handoff = row["attempts"] if state == "retrying" else None
             await outbox.publish_one(row, handoff=handoff)
-        return str(state)
+        await operations.record_action(pool, _actor(), "jobs.retry", str(args.id), state)
+        return state
 
     state = asyncio.run(_with(settings, main))
     print(f"job {args.id}: was {state}; republished")
@@ -203,19 +229,31 @@ def _jobs_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _jobs_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.db import ops_repo
+    from shared import operations
+    from shared.gateway.factory import make_gateway
 
-    async def main(pool: asyncpg.Pool, _c: Any) -> tuple[bool, str | None]:
-        job = await ops_repo.get(pool, args.id)
-        if job is None:
-            raise ConfigError(f"ID: no job {args.id}")
-        return await ops_repo.cancel(pool, args.id), job["state"]
+    async def main(pool: asyncpg.Pool, conn: AbstractConnection) -> str:
+        gateway = make_gateway(settings)
+        try:
+            result = await operations.cancel(pool, gateway, args.id, _actor())
+        except ActionRefused as exc:
+            await operations.record_action(pool, _actor(), "jobs.cancel", str(args.id), str(exc))
+            raise
+        finally:
+            await gateway.aclose()
+        await operations.record_action(pool, _actor(), "jobs.cancel", str(args.id), result)
+        if result.startswith("unresolved:"):
+            from shared.db import ops_repo
 
-    done, state = asyncio.run(_with(settings, main, broker=False))
-    if not done:
-        raise ActionRefused(
-            f"job {args.id} is {state}; only pending, published or retrying jobs can be cancelled"
-        )
+            job = await ops_repo.get(pool, args.id)
+            await _republish(settings, pool, conn).publish_one(job, handoff=int(result[11:]))
+            raise ActionRefused(
+                f"job {args.id}: the gateway could not confirm whether an earlier call charged; "
+                "the job stays retrying (not cancelled) — try again when the gateway answers"
+            )
+        return result
+
+    asyncio.run(_with(settings, main))
     print(f"job {args.id}: cancelled (dead)")
     return 0
 

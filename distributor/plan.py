@@ -18,6 +18,8 @@ class DueAccount:
     amount_cents: int
     currency: str
     dunning_attempt: int = 0
+    payment_method: str = ""
+    gateway_customer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,10 @@ class PlannedJob:
     amount_cents: int
     currency: str
     dunning_attempt: int = 0
+    # Frozen with the job: every call under its key sends the same card and customer, and a
+    # card update applies to the next attempt (a new job, a new key).
+    payment_method: str = ""
+    gateway_customer: str | None = None
 
 
 def plan_job(account: DueAccount) -> PlannedJob:
@@ -45,6 +51,8 @@ def plan_job(account: DueAccount) -> PlannedJob:
         amount_cents=account.amount_cents,
         currency=account.currency,
         dunning_attempt=account.dunning_attempt,
+        payment_method=account.payment_method,
+        gateway_customer=account.gateway_customer,
     )
 
 

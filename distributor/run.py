@@ -25,7 +25,7 @@ from shared.amqp import topology
 from shared.amqp.connection import broker_lost, connect_any
 from shared.amqp.publisher import Publisher
 from shared.config import Settings
-from shared.db import runs_repo
+from shared.db import accounts_repo, runs_repo
 from shared.db.pool import connect, create_pool
 from shared.errors import BillqError, BrokerUnavailable, PublishFailed
 from shared.gateway.factory import make_gateway
@@ -172,6 +172,7 @@ async def _distribute(
             finally:
                 await gateway.aclose()
             summary.reconciled = repaired.republished + repaired.completed_from_gateway
+            await accounts_repo.apply_due_cancellations(pool)
             summary.republished = await _repair_outbox(pool, outbox, batch)
             for run_id, run_as_of in await runs_repo.start_due_scheduled(pool):
                 scheduled = Summary(run_id=run_id, as_of=run_as_of.isoformat())
@@ -278,6 +279,8 @@ async def _plan_and_insert(
                 r["amount_cents"],
                 r["currency"],
                 r["dunning_attempt"],
+                r["payment_method"],
+                r["gateway_customer"],
             )
         )
         for r in rows
@@ -290,6 +293,8 @@ async def _plan_and_insert(
         [p.amount_cents for p in planned],
         [p.currency for p in planned],
         [p.dunning_attempt for p in planned],
+        [p.payment_method for p in planned],
+        [p.gateway_customer for p in planned],
     ]
     return await runs_repo.insert_jobs(pool, summary.run_id, cols)
 

@@ -308,7 +308,7 @@ def distribute(env: dict[str, str], *extra: str) -> dict[str, Any]:
 
 async def all_terminal(db: asyncpg.Connection) -> bool:
     open_jobs = await db.fetchval(
-        "SELECT count(*) FROM billing_jobs WHERE state NOT IN ('succeeded','failed','dead')"
+        "SELECT count(*) FROM billing_jobs WHERE state NOT IN ('succeeded','failed','dead','already_paid')"
     )
     return bool(open_jobs == 0)
 

@@ -30,10 +30,17 @@ from shared.errors import (
     BillqError,
     FatalError,
     InvalidMessage,
+    OutcomeUnknown,
     TransientError,
     UnknownJob,
 )
-from shared.gateway.port import Charged, ChargeOutcome, ChargeRequest, PaymentGateway
+from shared.gateway.port import (
+    Charged,
+    ChargeOutcome,
+    ChargeRequest,
+    PaymentGateway,
+    charge_metadata,
+)
 from shared.gateway.pruned_keys import charge_safely
 from shared.messages import HANDOFF_HEADER, ChargeMessage, parse_message
 from worker.outcome import Ack, Dead, Outcome, Retry
@@ -196,12 +203,13 @@ class Handler:
 
     async def _charge(self, job: ClaimedJob) -> ChargeOutcome | Outcome:
         """The gateway's answer, or the outcome already decided for this job."""
-        if job.account_status is None:
-            return await self._dead(job, UnknownJob(f"account {job.account_id} does not exist"))
-        if job.account_status in ("cancelled", "suspended"):
-            return await self._dead(
-                job, AccountNotBillable(f"account {job.account_id} is {job.account_status}")
+        refused = job.gate()
+        if refused == "period_busy":
+            return await self._retry(
+                job, TransientError(f"period busy: job {job.busy_with} holds a live claim")
             )
+        if refused is not None:
+            return await self._end_without_charge(job, refused)
         assert job.payment_method is not None
         request = ChargeRequest(
             idempotency_key=job.idempotency_key,
@@ -210,7 +218,9 @@ class Handler:
             currency=job.currency,
             payment_method=job.payment_method,
             customer=job.gateway_customer,
-            metadata={"billq_job_id": str(job.job_id)},
+            # Derived from the job's identity only, never from row ids: a restored database
+            # sends the very same parameters under the same key.
+            metadata=charge_metadata(job.period_start, job.dunning_attempt),
         )
         called = time.perf_counter()
         try:
@@ -224,24 +234,58 @@ class Handler:
             )
         except TransientError as exc:
             if job.attempts - job.attempt_base >= self._settings.max_attempts:
-                # Out of attempts, but the gateway may hold the charge (a timeout stores it):
-                # ask before declaring the job dead, never leave money unrecorded.
-                found = await self._lookup(job)
-                if found is not None:
-                    return found
+                return await self._give_up(job, exc)
             return await self._retry(job, exc)
         except FatalError as exc:
+            if job.may_have_called_gateway:
+                return await self._give_up(job, exc)
             return await self._dead(job, exc)
         finally:
             if self._observe_gateway:
                 self._observe_gateway(time.perf_counter() - called)
 
-    async def _lookup(self, job: ClaimedJob) -> ChargeOutcome | None:
+    async def _end_without_charge(self, job: ClaimedJob, refused: str) -> ChargeOutcome | Outcome:
+        """The gate said no. An earlier claim may have charged under this key, so the gateway
+        is asked first: money it took is recorded, never hidden behind a terminal state."""
+        if job.may_have_called_gateway:
+            try:
+                found = await self._gateway.find_by_idempotency_key(job.idempotency_key)
+            except BillqError as exc:
+                return await self._unresolved(job, f"{refused}, unresolved at the gateway", exc)
+            if isinstance(found, Charged):
+                return found
+        if refused == "already_paid":
+            reason = f"already paid: the period's charge is {job.paid_by}; nothing charged"
+            try:
+                landed = await self._jobs.record_already_paid(job, reason)
+            except TransientError as err:
+                return Retry(self._settings.retry_delay(1), job.attempts, str(err))
+            log.info("job.already_paid", job_id=job.job_id, paid_by=job.paid_by)
+            return Ack("already_paid" if landed else "fenced")
+        if refused == "account_missing":
+            return await self._dead(job, UnknownJob(f"account {job.account_id} does not exist"))
+        why = "cancelled before the period" if job.cancelled_before else job.account_status
+        return await self._dead(job, AccountNotBillable(f"account {job.account_id} is {why}"))
+
+    async def _give_up(self, job: ClaimedJob, exc: BillqError) -> ChargeOutcome | Outcome:
+        """Out of attempts, or refused after an earlier call: the job may end only once the
+        gateway confirms what its key holds (a timeout stores the charge)."""
         try:
-            return await self._gateway.find_by_idempotency_key(job.idempotency_key)
-        except BillqError as exc:
-            log.warning("job.lookup_failed", job_id=job.job_id, error=str(exc))
-            return None
+            found = await self._gateway.find_by_idempotency_key(job.idempotency_key)
+        except BillqError as lookup_exc:
+            return await self._unresolved(job, str(exc), lookup_exc)
+        if found is not None:
+            return found
+        spent = job.attempts - job.attempt_base
+        return await self._dead(job, exc, f"gave up after {spent} attempts: ")
+
+    async def _unresolved(self, job: ClaimedJob, what: str, exc: BillqError) -> Outcome:
+        # Never dead with money possibly outstanding: stay 'retrying' (visible in `billq jobs`)
+        # and ask again at the slowest tier until the gateway answers.
+        log.warning("job.outcome_unresolved", job_id=job.job_id, reason=what, error=str(exc))
+        return await self._retry(
+            job, OutcomeUnknown(f"{what}: {exc}"), delay=self._settings.retry_delays[-1]
+        )
 
     async def _record_charged(
         self, charged: list[tuple[int, ClaimedJob, str]], outcomes: list[Outcome | None]
@@ -257,7 +301,16 @@ class Handler:
                 outcomes[i] = Retry(self._settings.retry_delay(1), job.attempts, str(err))
             return
         for i, job, charge_id in charged:
-            if job.job_id in landed:
+            if landed.get(job.job_id) is False:
+                log.error(
+                    "job.double_charge",
+                    job_id=job.job_id,
+                    account_id=job.account_id,
+                    charge_id=charge_id,
+                    period_start=job.period_start.isoformat(),
+                )
+                outcomes[i] = Ack("double_charge")
+            elif job.job_id in landed:
                 log.debug(
                     "job.charged",
                     job_id=job.job_id,
@@ -295,11 +348,11 @@ class Handler:
         )
         return Ack("declined" if landed else "fenced")
 
-    async def _retry(self, job: ClaimedJob, exc: BillqError) -> Outcome:
-        spent = job.attempts - job.attempt_base
-        if spent >= self._settings.max_attempts:
-            return await self._dead(job, exc, f"gave up after {spent} attempts: ")
-        delay = self._settings.retry_delay(spent)
+    async def _retry(
+        self, job: ClaimedJob, exc: BillqError, *, delay: float | None = None
+    ) -> Outcome:
+        if delay is None:
+            delay = self._settings.retry_delay(job.attempts - job.attempt_base)
         try:
             if not await self._jobs.record_retry(job, str(exc)[:1000]):
                 log.warning("job.fenced", job_id=job.job_id, attempt=job.attempts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-AckKind = Literal["succeeded", "declined", "duplicate", "fenced"]
+AckKind = Literal["succeeded", "declined", "duplicate", "fenced", "already_paid", "double_charge"]
 
 
 @dataclass(frozen=True, slots=True)

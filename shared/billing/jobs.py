@@ -8,6 +8,15 @@ pending ─► published ─► processing ─► succeeded
 
 from __future__ import annotations
 
-JOB_STATES = ("pending", "published", "processing", "retrying", "succeeded", "failed", "dead")
+JOB_STATES = (
+    "pending",
+    "published",
+    "processing",
+    "retrying",
+    "succeeded",
+    "failed",
+    "dead",
+    "already_paid",
+)
 OPEN_STATES = ("pending", "published", "processing", "retrying")
-TERMINAL = frozenset({"succeeded", "failed", "dead"})
+TERMINAL = frozenset({"succeeded", "failed", "dead", "already_paid"})

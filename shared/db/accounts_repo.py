@@ -120,3 +120,39 @@ async def update_payment_method(
         UPDATE_PAYMENT_METHOD, account_id, payment_method
     )
     return row
+
+
+# Effective at $2: no period that starts at or after it is billed (the claim's gate checks
+# cancelled_at too). Already effective → status 'cancelled' now; later → the account stays
+# billable for the periods that start before it.
+CANCEL = """
+WITH before AS (SELECT id, status FROM accounts WHERE id = $1 FOR UPDATE),
+upd AS (
+    UPDATE accounts a
+       SET cancelled_at = $2, updated_at = now(),
+           status = CASE WHEN $2 <= now() THEN 'cancelled' ELSE a.status END,
+           dunning_next_at = CASE WHEN $2 <= now() THEN NULL ELSE a.dunning_next_at END
+      FROM before b WHERE a.id = b.id
+    RETURNING a.id, a.status
+), event AS (
+    INSERT INTO account_events (account_id, kind, from_status, to_status, reason)
+    SELECT b.id, 'cancelled', b.status, u.status, 'cancelled by operator, effective ' || $2::text
+      FROM before b JOIN upd u ON u.id = b.id
+)
+SELECT b.status AS before, u.status AS after FROM before b JOIN upd u ON u.id = b.id
+"""
+
+# A cancellation whose time has come.
+APPLY_DUE_CANCELLATIONS = """
+UPDATE accounts SET status = 'cancelled', updated_at = now(), dunning_next_at = NULL
+ WHERE cancelled_at <= now() AND status <> 'cancelled'
+"""
+
+
+async def cancel(pool: asyncpg.Pool, account_id: int, at: dt.datetime) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await pool.fetchrow(CANCEL, account_id, at)
+    return row
+
+
+async def apply_due_cancellations(pool: asyncpg.Pool) -> None:
+    await pool.execute(APPLY_DUE_CANCELLATIONS)

@@ -19,8 +19,15 @@ from shared.db.errors import classified
 # Seconds without a heartbeat after which a worker's locks may be taken over.
 STALE_WORKER_S = 30.0
 
+# Claims of one account serialise on its row, so the gate below sees every claim committed
+# before it: two jobs for one period (a replay beside a dunning retry) are never both charging.
+LOCK_ACCOUNTS = """
+SELECT id FROM accounts WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE
+"""
+
 # One statement claims a whole batch; each input row carries its ordinal so the caller
 # maps results back to deliveries (two copies of one job in a batch: only one claims).
+# It also returns THE GATE: whether money may move for the job (see ``ClaimedJob.gate``).
 CLAIM = """
 WITH m AS (
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bool[], $5::int[],
@@ -46,10 +53,22 @@ WITH m AS (
                                        AND w.last_heartbeat > now() - make_interval(secs => $9)))))
     RETURNING m.ord, j.id, j.account_id, j.period_start, j.period_end, j.idempotency_key,
               j.amount_cents, j.currency, j.attempts, j.dunning_attempt, j.attempt_base,
-              j.started_at
+              j.started_at, j.payment_method AS frozen_payment_method,
+              j.gateway_customer AS frozen_customer
 )
-SELECT c.*, a.status AS account_status, a.payment_method, a.gateway_customer,
-       a.first_declined_at
+SELECT c.*, a.status AS account_status,
+       coalesce(c.frozen_payment_method, a.payment_method) AS payment_method,
+       CASE WHEN c.frozen_payment_method IS NULL THEN a.gateway_customer
+            ELSE c.frozen_customer END AS gateway_customer,
+       a.first_declined_at,
+       (a.cancelled_at IS NOT NULL
+        AND (c.period_start::timestamp AT TIME ZONE 'UTC') >= a.cancelled_at) AS cancelled_before,
+       (SELECT ch.gateway_charge_id FROM charges ch
+         WHERE ch.account_id = c.account_id AND ch.period_start = c.period_start) AS paid_by,
+       (SELECT o.id FROM billing_jobs o
+         WHERE o.account_id = c.account_id AND o.period_start = c.period_start
+           AND o.id <> c.id AND o.state = 'processing' AND o.locked_until > now()
+         LIMIT 1) AS busy_with
   FROM claimed c LEFT JOIN accounts a ON a.id = c.account_id
 """
 
@@ -70,8 +89,26 @@ WITH input AS (
            locked_by = NULL, locked_until = NULL, last_error = NULL
       FROM input i
      WHERE j.id = i.job_id AND j.attempts = i.attempts AND j.state = 'processing'
+       AND NOT EXISTS (SELECT 1 FROM charges c
+                        WHERE c.account_id = j.account_id AND c.period_start = j.period_start
+                          AND c.idempotency_key <> j.idempotency_key)
     RETURNING j.id, j.account_id, j.period_start, j.period_end, j.amount_cents, j.currency,
               j.idempotency_key, i.charge_id
+), twice AS (
+    -- The gateway took money for a period another charge already paid (only a charge made
+    -- before the gate existed, or outside billq, can do this): never overwrite the first
+    -- charge's records; leave the job saying exactly what to refund (`billq audit` lists it).
+    UPDATE billing_jobs j
+       SET state = 'already_paid', finished_at = now(), updated_at = now(),
+           locked_by = NULL, locked_until = NULL,
+           last_error = 'double charge at the gateway: ' || i.charge_id
+                        || ' took money for a period already paid; refund it'
+      FROM input i
+     WHERE j.id = i.job_id AND j.attempts = i.attempts AND j.state = 'processing'
+       AND EXISTS (SELECT 1 FROM charges c
+                    WHERE c.account_id = j.account_id AND c.period_start = j.period_start
+                      AND c.idempotency_key <> j.idempotency_key)
+    RETURNING j.id
 ), charge AS (
     INSERT INTO charges (job_id, account_id, period_start, amount_cents, currency,
                          idempotency_key, gateway_charge_id)
@@ -127,7 +164,9 @@ WITH input AS (
        AND EXISTS (SELECT 1 FROM account x WHERE x.id = b.id)
     RETURNING id
 )
-SELECT id FROM done
+SELECT id, true AS charged FROM done
+UNION ALL
+SELECT id, false FROM twice
 """
 
 # $4 next dunning attempt (NULL: stop), $5 its time, $6 account status, $7 invoice status.
@@ -182,6 +221,14 @@ UPDATE billing_jobs
  WHERE id = $1 AND attempts = $2 AND state = 'processing'
 """
 
+# The gate found the period paid by another job: this one ends without charging.
+RECORD_ALREADY_PAID = """
+UPDATE billing_jobs
+   SET state = 'already_paid', finished_at = now(), updated_at = now(),
+       locked_by = NULL, locked_until = NULL, last_error = $3
+ WHERE id = $1 AND attempts = $2 AND state = 'processing'
+"""
+
 # attempts NULL: dead before any claim (e.g. the account vanished) — no fence to check.
 RECORD_DEAD = """
 UPDATE billing_jobs
@@ -219,6 +266,32 @@ class ClaimedJob:
     first_declined_at: dt.datetime | None = None
     attempt_base: int = 0  # attempts already spent before an operator's replay
     started_at: dt.datetime | None = None  # first claim: the first gateway call's time
+    cancelled_before: bool = False  # the account was cancelled before this period started
+    paid_by: str | None = None  # gateway charge id of the period's recorded charge
+    busy_with: int | None = None  # another job of this period that holds a live claim
+
+    @property
+    def may_have_called_gateway(self) -> bool:
+        """An earlier claim of this job may have sent its key: its outcome must be resolved
+        with the gateway before the job may end without a charge."""
+        return self.attempts > 1
+
+    def gate(self) -> str | None:
+        """THE GATE: None when money may move for this job, else why not.
+
+        Every path that could charge (first delivery, retry, redelivery, dead-letter replay,
+        operator retry, dunning, reconciler) reaches the gateway only through a claim, and
+        the claim statement computes these facts under the account's row lock.
+        """
+        if self.account_status is None:
+            return "account_missing"
+        if self.paid_by is not None:
+            return "already_paid"
+        if self.account_status not in ("active", "past_due") or self.cancelled_before:
+            return "not_billable"
+        if self.busy_with is not None:
+            return "period_busy"
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,14 +304,18 @@ class JobSnapshot:
 
 
 @classified
-async def record_successes(pool: asyncpg.Pool, items: Sequence[tuple[int, int, str]]) -> set[int]:
-    """(job_id, attempts fence, gateway charge id) rows → job ids that landed."""
+async def record_successes(
+    pool: asyncpg.Pool, items: Sequence[tuple[int, int, str]]
+) -> dict[int, bool]:
+    """(job_id, attempts fence, gateway charge id) rows → {job id: recorded as the period's
+    charge (True) or as a double charge to refund (False)} for the rows that landed; the
+    rest were fenced out by a newer holder."""
     if not items:
-        return set()
+        return {}
     rows = await pool.fetch(
         RECORD_SUCCESSES, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items]
     )
-    return {r["id"] for r in rows}
+    return {r["id"]: r["charged"] for r in rows}
 
 
 class JobsRepo:
@@ -255,18 +332,20 @@ class JobsRepo:
         """Claim every claimable job in one statement; keyed by the request's position."""
         if not requests:
             return {}
-        rows = await self._pool.fetch(
-            CLAIM,
-            [r.job_id for r in requests],
-            [r.account_id for r in requests],
-            [r.idempotency_key for r in requests],
-            [r.redelivered for r in requests],
-            [r.handoff for r in requests],
-            list(range(len(requests))),
-            self._worker_id,
-            self._lease_s,
-            STALE_WORKER_S,
-        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(LOCK_ACCOUNTS, sorted({r.account_id for r in requests}))
+            rows = await conn.fetch(
+                CLAIM,
+                [r.job_id for r in requests],
+                [r.account_id for r in requests],
+                [r.idempotency_key for r in requests],
+                [r.redelivered for r in requests],
+                [r.handoff for r in requests],
+                list(range(len(requests))),
+                self._worker_id,
+                self._lease_s,
+                STALE_WORKER_S,
+            )
         return {
             row["ord"]: ClaimedJob(
                 job_id=row["id"],
@@ -284,6 +363,9 @@ class JobsRepo:
                 first_declined_at=row["first_declined_at"],
                 attempt_base=row["attempt_base"],
                 started_at=row["started_at"],
+                cancelled_before=bool(row["cancelled_before"]),
+                paid_by=row["paid_by"],
+                busy_with=row["busy_with"],
             )
             for row in rows
         }
@@ -299,9 +381,8 @@ class JobsRepo:
         }
 
     @classified
-    async def record_successes(self, charged: Sequence[tuple[ClaimedJob, str]]) -> set[int]:
-        """Commit a batch of charges; returns the job ids whose commit landed (the rest
-        were fenced out by a newer holder)."""
+    async def record_successes(self, charged: Sequence[tuple[ClaimedJob, str]]) -> dict[int, bool]:
+        """Commit a batch of charges (see the module function ``record_successes``)."""
         return await record_successes(self._pool, [(j.job_id, j.attempts, c) for j, c in charged])
 
     @classified
@@ -325,6 +406,13 @@ class JobsRepo:
     @classified
     async def record_retry(self, job: ClaimedJob, reason: str) -> bool:
         status = await self._pool.execute(RECORD_RETRY, job.job_id, job.attempts, reason)
+        return status.endswith(" 1")
+
+    @classified
+    async def record_already_paid(self, job: ClaimedJob, reason: str) -> bool:
+        status = await self._pool.execute(
+            RECORD_ALREADY_PAID, job.job_id, job.attempts, reason[:1000]
+        )
         return status.endswith(" 1")
 
     @classified

@@ -16,28 +16,83 @@ SELECT id, run_id, account_id, period_start, idempotency_key, state, attempts, l
 """
 
 GET = """
-SELECT id, run_id, account_id, period_start, idempotency_key, state, attempts
+SELECT id, run_id, account_id, period_start, idempotency_key, state, attempts, cancelled_at
   FROM billing_jobs WHERE id = $1
 """
 
-# Fresh attempt budget (attempt_base), same fencing token sequence (attempts).
+GET_MANY = """
+SELECT id, run_id, account_id, period_start, idempotency_key, state, attempts, cancelled_at
+  FROM billing_jobs WHERE id = ANY($1::bigint[])
+"""
+
+# Fresh attempt budget (attempt_base), same fencing token sequence (attempts). Never a job
+# an operator cancelled. Whether the period may still be charged is the claim's gate.
 REVIVE = """
 UPDATE billing_jobs
    SET state = 'published', attempt_base = attempts, replays = replays + 1,
        finished_at = NULL, updated_at = now(),
        last_error = left('replayed by operator; was: ' || coalesce(last_error, '?'), 1000)
- WHERE id = ANY($1::bigint[]) AND state = 'dead'
+ WHERE id = ANY($1::bigint[]) AND state = 'dead' AND cancelled_at IS NULL
 RETURNING id, account_id, period_start, idempotency_key, run_id, attempts
 """
 
-# Never a job in flight: its worker's commit is guarded by state = 'processing', and a
-# charge already made at the gateway must still be recorded.
-CANCEL = """
+# A dead letter revives its job only if its body names that very job (account and key).
+REVIVE_MATCHING = """
+WITH letter AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS l(job_id, account_id, key)
+)
+UPDATE billing_jobs j
+   SET state = 'published', attempt_base = attempts, replays = replays + 1,
+       finished_at = NULL, updated_at = now(),
+       last_error = left('replayed by operator; was: ' || coalesce(last_error, '?'), 1000)
+  FROM (SELECT DISTINCT * FROM letter) l
+ WHERE j.id = l.job_id AND j.account_id = l.account_id AND j.idempotency_key = l.key
+   AND j.state = 'dead' AND j.cancelled_at IS NULL
+RETURNING j.id, j.account_id, j.period_start, j.idempotency_key, j.run_id, j.attempts
+"""
+
+# A run whose jobs are retried is open again; it settles by itself when they end.
+REOPEN_RUNS = """
+UPDATE billing_runs SET state = 'published', finished_at = NULL
+ WHERE id IN (SELECT run_id FROM billing_jobs WHERE id = ANY($1::bigint[]))
+   AND state IN ('completed', 'completed_with_failures')
+"""
+
+# Never claimed: no gateway call can have happened, so it may end at once.
+CANCEL_UNCLAIMED = """
 UPDATE billing_jobs
    SET state = 'dead', finished_at = now(), updated_at = now(),
-       last_error = 'cancelled by operator'
- WHERE id = $1 AND state IN ('pending', 'published', 'retrying')
+       last_error = 'cancelled by operator', cancelled_at = now(), cancelled_by = $2
+ WHERE id = $1 AND state IN ('pending', 'published', 'retrying') AND attempts = 0
 RETURNING id
+"""
+
+# Claimed before: take it (fenced) while the gateway is asked what its key holds.
+TAKE_FOR_CANCEL = """
+UPDATE billing_jobs
+   SET state = 'processing', attempts = attempts + 1, updated_at = now(),
+       locked_by = 'operator:' || $2, locked_until = now() + interval '60 seconds'
+ WHERE id = $1 AND state IN ('pending', 'published', 'retrying')
+RETURNING attempts
+"""
+
+CANCEL_TAKEN = """
+UPDATE billing_jobs
+   SET state = 'dead', finished_at = now(), updated_at = now(), locked_by = NULL,
+       locked_until = NULL, last_error = 'cancelled by operator (no charge at the gateway)',
+       cancelled_at = now(), cancelled_by = $3
+ WHERE id = $1 AND attempts = $2 AND state = 'processing'
+"""
+
+RELEASE = """
+UPDATE billing_jobs SET state = 'retrying', locked_by = NULL, locked_until = NULL,
+       updated_at = now(), last_error = $3
+ WHERE id = $1 AND attempts = $2 AND state = 'processing'
+RETURNING id, account_id, period_start, idempotency_key, run_id, attempts
+"""
+
+RECORD_ACTION = """
+INSERT INTO operator_actions (actor, action, target, outcome) VALUES ($1, $2, $3, $4)
 """
 
 OPEN_COUNT = """
@@ -62,12 +117,44 @@ async def get(pool: asyncpg.Pool, job_id: int) -> asyncpg.Record | None:
     return row
 
 
+async def get_many(pool: asyncpg.Pool, job_ids: list[int]) -> list[asyncpg.Record]:
+    return list(await pool.fetch(GET_MANY, job_ids))
+
+
 async def revive(pool: asyncpg.Pool, job_ids: list[int]) -> list[asyncpg.Record]:
     return list(await pool.fetch(REVIVE, job_ids))
 
 
-async def cancel(pool: asyncpg.Pool, job_id: int) -> bool:
-    return await pool.fetchval(CANCEL, job_id) is not None
+async def revive_matching(
+    pool: asyncpg.Pool, job_ids: list[int], account_ids: list[int | None], keys: list[str | None]
+) -> list[asyncpg.Record]:
+    return list(await pool.fetch(REVIVE_MATCHING, job_ids, account_ids, keys))
+
+
+async def reopen_runs(pool: asyncpg.Pool, job_ids: list[int]) -> None:
+    if job_ids:
+        await pool.execute(REOPEN_RUNS, job_ids)
+
+
+async def cancel_unclaimed(pool: asyncpg.Pool, job_id: int, actor: str) -> bool:
+    return await pool.fetchval(CANCEL_UNCLAIMED, job_id, actor) is not None
+
+
+async def take_for_cancel(pool: asyncpg.Pool, job_id: int, actor: str) -> int | None:
+    value = await pool.fetchval(TAKE_FOR_CANCEL, job_id, actor)
+    return int(value) if value is not None else None
+
+
+async def cancel_taken(pool: asyncpg.Pool, job_id: int, token: int, actor: str) -> bool:
+    status = await pool.execute(CANCEL_TAKEN, job_id, token, actor)
+    return status.endswith(" 1")
+
+
+async def release(
+    pool: asyncpg.Pool, job_id: int, token: int, reason: str
+) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await pool.fetchrow(RELEASE, job_id, token, reason)
+    return row
 
 
 async def open_count(pool: asyncpg.Pool) -> int:

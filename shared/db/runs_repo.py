@@ -18,10 +18,11 @@ DISTRIBUTE_LOCK_ID = 0x62696C6C71_02
 # account gets at most one period per run, and memory stays flat however many are due.
 DUE_SCAN = """
 SELECT id, next_billing_at, billing_interval, billing_anchor_day, amount_cents, currency,
-       dunning_attempt
+       dunning_attempt, payment_method, gateway_customer
   FROM accounts
  WHERE status IN ('active', 'past_due') AND next_billing_at <= $1
    AND (dunning_next_at IS NULL OR dunning_next_at <= $1)
+   AND (cancelled_at IS NULL OR next_billing_at < cancelled_at)
    AND ($2::int IS NULL OR id % $2 = $3)
 """
 
@@ -29,14 +30,16 @@ COUNT_DUE = """
 SELECT count(*) FROM accounts
  WHERE status IN ('active', 'past_due') AND next_billing_at <= $1
    AND (dunning_next_at IS NULL OR dunning_next_at <= $1)
+   AND (cancelled_at IS NULL OR next_billing_at < cancelled_at)
    AND ($2::int IS NULL OR id % $2 = $3)
 """
 
 INSERT_JOBS = """
 INSERT INTO billing_jobs (run_id, account_id, period_start, period_end, idempotency_key,
-                          amount_cents, currency, dunning_attempt)
+                          amount_cents, currency, dunning_attempt, payment_method,
+                          gateway_customer)
 SELECT $1, * FROM unnest($2::bigint[], $3::date[], $4::date[], $5::text[], $6::int[], $7::text[],
-                         $8::smallint[])
+                         $8::smallint[], $9::text[], $10::text[])
 ON CONFLICT DO NOTHING
 RETURNING id, account_id, period_start, idempotency_key, run_id
 """

@@ -7,11 +7,21 @@ with it measure billq's own cost (broker, database, handler), not a gateway's.
 from __future__ import annotations
 
 import itertools
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from shared.errors import GatewayRejected
 from shared.gateway import test_cards
-from shared.gateway.port import Charged, ChargeOutcome, ChargeRequest, Declined
+from shared.gateway.port import (
+    Charged,
+    ChargeOutcome,
+    ChargeRequest,
+    Declined,
+    GatewayCharge,
+    gateway_charge,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +35,7 @@ class InProcessCharge:
     currency: str
     customer: str | None
     metadata: dict[str, str] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
 
 
 class InProcessGateway:
@@ -84,6 +95,24 @@ class InProcessGateway:
     async def find_by_idempotency_key(self, idempotency_key: str) -> ChargeOutcome | None:
         stored = self._by_key.get(idempotency_key)
         return None if stored is None else stored[1]
+
+    async def list_charges(self, since: datetime | None) -> AsyncIterator[GatewayCharge]:
+        """What this process charged (kept only with ``keep_charges``), newest first."""
+        for c in reversed(self.charges):
+            charge = gateway_charge(
+                c.charge_id,
+                int(c.created),
+                c.amount_cents,
+                c.currency,
+                {
+                    **c.metadata,
+                    "billq_idempotency_key": c.idempotency_key,
+                    "billq_account_id": str(c.account_id),
+                },
+            )
+            if since is not None and charge.created < since:
+                return
+            yield charge
 
     async def aclose(self) -> None:
         return None

@@ -8,7 +8,9 @@ or ``shared.errors.FatalError`` (``GatewayRejected``).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Protocol, runtime_checkable
 
 
@@ -23,6 +25,14 @@ class ChargeRequest:
     payment_method: str
     customer: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+def charge_metadata(period_start: date, attempt: int) -> dict[str, str]:
+    """The metadata billq attaches to a charge besides its key and account (which the adapters
+    add): derived from the account, period and attempt only, so every call under one key —
+    after a card update, a retry or a database restore — sends identical parameters, and the
+    audit can group the gateway's charges by (account, period)."""
+    return {"billq_period": period_start.isoformat(), "billq_attempt": str(attempt)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +55,19 @@ class Declined:
 ChargeOutcome = Charged | Declined
 
 
+@dataclass(frozen=True, slots=True)
+class GatewayCharge:
+    """A succeeded charge as the gateway lists it, with the billq metadata it carries."""
+
+    charge_id: str
+    created: datetime
+    amount: int
+    currency: str
+    idempotency_key: str | None  # None: not made by billq
+    account_id: int | None
+    period_start: str | None  # ISO date, from billq_period (absent on charges before it)
+
+
 @runtime_checkable
 class PaymentGateway(Protocol):
     """What billq needs from a payment gateway."""
@@ -63,6 +86,31 @@ class PaymentGateway(Protocol):
         """Look a charge up by the billq key in its metadata; None if the gateway has none."""
         ...
 
+    def list_charges(self, since: datetime | None) -> AsyncIterator[GatewayCharge]:
+        """Every succeeded charge created at or after ``since`` (all when None), newest first.
+
+        Raises:
+            GatewayUnavailable: the listing could not be answered now.
+            GatewayRejected: the listing was refused (authentication).
+        """
+        ...
+
     async def aclose(self) -> None:
         """Release connections."""
         ...
+
+
+def gateway_charge(
+    charge_id: str, created: int, amount: int, currency: str, metadata: dict[str, str]
+) -> GatewayCharge:
+    """A listed intent's fields as a ``GatewayCharge`` (the adapters share the metadata rules)."""
+    account = metadata.get("billq_account_id")
+    return GatewayCharge(
+        charge_id=charge_id,
+        created=datetime.fromtimestamp(created).astimezone(),
+        amount=amount,
+        currency=currency.upper(),
+        idempotency_key=metadata.get("billq_idempotency_key"),
+        account_id=int(account) if account and account.isdigit() else None,
+        period_start=metadata.get("billq_period"),
+    )

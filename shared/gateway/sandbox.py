@@ -21,6 +21,8 @@ aiohttp's pool on the same machine.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any, NoReturn
 
 import aiohttp
@@ -28,7 +30,14 @@ import httpx
 import orjson
 
 from shared.errors import GatewayRejected, GatewayUnavailable, OutcomeUnknown
-from shared.gateway.port import Charged, ChargeOutcome, ChargeRequest, Declined
+from shared.gateway.port import (
+    Charged,
+    ChargeOutcome,
+    ChargeRequest,
+    Declined,
+    GatewayCharge,
+    gateway_charge,
+)
 
 INTENTS = "/v1/payment_intents"
 BILLQ_KEY = "billq_idempotency_key"
@@ -96,6 +105,43 @@ class SandboxGateway:
                 "retry with the same idempotency key"
             ) from exc
         return self._outcome(response, request.payment_method)
+
+    async def list_charges(self, since: datetime | None) -> AsyncIterator[GatewayCharge]:
+        """Succeeded intents, newest first, paging with ``starting_after``.
+
+        Raises:
+            GatewayUnavailable: a page could not be read now.
+            GatewayRejected: the listing was refused.
+        """
+        params = {"limit": "100"}
+        while True:
+            try:
+                response = await self._client.get(INTENTS, params=params)
+            except httpx.UnsupportedProtocol as exc:
+                raise GatewayRejected(f"gateway URL unusable: {exc}") from exc
+            except httpx.TransportError as exc:
+                raise GatewayUnavailable(f"gateway listing failed: {type(exc).__name__}") from exc
+            if response.status_code != 200:
+                self._raise_for(response, "")
+            page = _json(response)
+            if page is None:
+                raise GatewayUnavailable("gateway listing answered 200 with an unreadable body")
+            intents: list[dict[str, Any]] = page.get("data") or []
+            for intent in intents:
+                charge = gateway_charge(
+                    intent["id"],
+                    int(intent.get("created") or 0),
+                    int(intent.get("amount") or 0),
+                    str(intent.get("currency") or ""),
+                    dict(intent.get("metadata") or {}),
+                )
+                if since is not None and charge.created < since:
+                    return  # newest first: the rest are older still
+                if intent.get("status") == "succeeded":
+                    yield charge
+            if not page.get("has_more") or not intents:
+                return
+            params = {"limit": "100", "starting_after": intents[-1]["id"]}
 
     async def find_by_idempotency_key(self, idempotency_key: str) -> ChargeOutcome | None:
         """The charge carrying this billq key in its metadata, or None.

@@ -27,8 +27,9 @@ attempt counting. No exception message carries the payment method or the API key
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import stripe
@@ -40,10 +41,17 @@ from shared.errors import (
     OutcomeUnknown,
     TransientError,
 )
-from shared.gateway.port import Charged, ChargeOutcome, ChargeRequest, Declined
+from shared.gateway.port import (
+    Charged,
+    ChargeOutcome,
+    ChargeRequest,
+    Declined,
+    GatewayCharge,
+    gateway_charge,
+)
 
 if TYPE_CHECKING:
-    from stripe.params import PaymentIntentCreateParams
+    from stripe.params import PaymentIntentCreateParams, PaymentIntentListParams
 
 STRIPE_API = "https://api.stripe.com"
 BILLQ_KEY = "billq_idempotency_key"
@@ -166,6 +174,46 @@ class StripeGateway:
                     charge_id=intent.id,
                 )
         return None
+
+    async def list_charges(self, since: datetime | None) -> AsyncIterator[GatewayCharge]:
+        """Succeeded intents, newest first (``created[gte]`` narrows the listing at Stripe).
+
+        Raises:
+            GatewayUnavailable: a page could not be read now.
+            GatewayRejected: the listing was refused.
+        """
+        params: PaymentIntentListParams = {"limit": 100}
+        if since is not None:
+            params["created"] = {"gte": int(since.timestamp())}
+        while True:
+            try:
+                page = await self._client.v1.payment_intents.list_async(params=params)
+            except stripe.StripeError as exc:
+                mapped = map_stripe_error(exc, secrets=(self._api_key,))
+                if isinstance(mapped, TransientError):
+                    raise GatewayUnavailable(f"gateway listing failed: {mapped}") from exc
+                if isinstance(mapped, Declined):
+                    raise GatewayRejected("gateway answered a listing with a card error") from exc
+                raise mapped from exc
+            intents = list(page.data)
+            for intent in intents:
+                charge = gateway_charge(
+                    intent.id,
+                    int(intent.created or 0),
+                    int(intent.amount or 0),
+                    str(intent.currency or ""),
+                    {
+                        str(k): str(v)
+                        for k, v in cast("Mapping[str, Any]", intent.metadata or {}).items()
+                    },
+                )
+                if since is not None and charge.created < since:
+                    return
+                if intent.status == "succeeded":
+                    yield charge
+            if not page.has_more or not intents:
+                return
+            params["starting_after"] = intents[-1].id
 
     async def aclose(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]  # unannotated in stripe

@@ -1,0 +1,95 @@
+"""``billq audit``: compare what the gateway took with what billq recorded; repair by recording.
+
+The gateway is the only place that knows what money moved, so the audit lists its succeeded
+charges (by billq's metadata: account, period, key) and compares them with ``charges`` per
+(account, period). ``repair`` records what was taken through the normal record path (charge
+row, paid invoice, job succeeded, account advanced). It never charges.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import asyncpg
+import structlog
+
+from shared.billing.audit import Findings, Taken, compare
+from shared.billing.periods import Interval, next_period_start
+from shared.db import audit_repo, jobs_repo
+from shared.gateway.port import PaymentGateway
+
+log = structlog.get_logger("billq.audit")
+
+
+@dataclass
+class AuditReport:
+    findings: Findings
+    repaired: list[dict[str, Any]] = field(default_factory=list)
+    not_repaired: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self, *, repair: bool) -> dict[str, Any]:
+        out = self.findings.as_dict()
+        if repair:
+            out["repaired"] = self.repaired
+            out["not_repaired"] = self.not_repaired
+        return out
+
+
+async def audit(
+    pool: asyncpg.Pool, gateway: PaymentGateway, *, since: dt.datetime | None, repair: bool
+) -> AuditReport:
+    """Raises what the gateway's listing raises (``GatewayUnavailable``, ``GatewayRejected``)."""
+    taken = [
+        Taken(
+            charge_id=c.charge_id,
+            account_id=c.account_id,
+            period_start=c.period_start,
+            idempotency_key=c.idempotency_key,
+            amount=c.amount,
+            currency=c.currency,
+        )
+        async for c in gateway.list_charges(since)
+        if c.account_id is not None and c.period_start is not None
+    ]
+    report = AuditReport(compare(taken, await audit_repo.recorded(pool, since)))
+    if repair:
+        for item in report.findings.taken_not_recorded:
+            why = await _record(pool, item)
+            (report.not_repaired if why else report.repaired).append(
+                {**item, "reason": why} if why else item
+            )
+    log.info(
+        "audit.done",
+        checked=report.findings.checked,
+        taken_not_recorded=len(report.findings.taken_not_recorded),
+        recorded_not_taken=len(report.findings.recorded_not_taken),
+        double_taken=len(report.findings.double_taken),
+        repaired=len(report.repaired),
+    )
+    return report
+
+
+async def _record(pool: asyncpg.Pool, item: dict[str, Any]) -> str | None:
+    """Record one taken charge; the reason when it cannot be."""
+    key = item["idempotency_key"]
+    if not key:
+        return "the charge carries no billq idempotency key"
+    held = await audit_repo.take_by_key(pool, key)
+    if held is None:
+        shape = await audit_repo.account_period(pool, item["account_id"])
+        if shape is None:
+            return f"account {item['account_id']} does not exist"
+        start = dt.date.fromisoformat(item["period_start"])
+        end = next_period_start(start, cast(Interval, shape[0]), shape[1])
+        held = await audit_repo.adopt(
+            pool, item["account_id"], start, end, key, item["amount"], item["currency"]
+        )
+        if held is None:
+            return f"job for {key} is in flight or already succeeded; run the audit again"
+    landed = await jobs_repo.record_successes(pool, [(held[0], held[1], item["charge_id"])])
+    if not landed.get(held[0]):
+        return "another charge was recorded for the period meanwhile (see double_taken)"
+    log.warning("audit.recorded", job_id=held[0], charge_id=item["charge_id"], key=key)
+    return None

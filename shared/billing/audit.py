@@ -1,0 +1,98 @@
+"""What the gateway took against what billq recorded, per (account, period) — pure.
+
+The audit's three findings, each a list of plain dicts (the ``billq audit --json`` shape):
+
+- ``taken_not_recorded``: the gateway holds a succeeded charge for a period with no charge row;
+- ``recorded_not_taken``: a charge row whose gateway charge the gateway does not list;
+- ``double_taken``: more than one succeeded gateway charge for one period.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    charge_id: str
+    account_id: int
+    period_start: str  # ISO date
+    idempotency_key: str | None
+    amount: int
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    charge_id: str
+    account_id: int
+    period_start: str
+    idempotency_key: str
+    job_id: int
+
+
+@dataclass
+class Findings:
+    checked: int = 0
+    taken_not_recorded: list[dict[str, Any]] = field(default_factory=list)
+    recorded_not_taken: list[dict[str, Any]] = field(default_factory=list)
+    double_taken: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.taken_not_recorded or self.recorded_not_taken or self.double_taken)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "checked": self.checked,
+            "taken_not_recorded": self.taken_not_recorded,
+            "recorded_not_taken": self.recorded_not_taken,
+            "double_taken": self.double_taken,
+        }
+
+
+def compare(taken: Iterable[Taken], recorded: Iterable[Recorded]) -> Findings:
+    """Group both sides by (account, period) and name every disagreement."""
+    by_period: defaultdict[tuple[int, str], list[Taken]] = defaultdict(list)
+    for t in taken:
+        by_period[(t.account_id, t.period_start)].append(t)
+    rows = {(r.account_id, r.period_start): r for r in recorded}
+    taken_ids = {t.charge_id for ts in by_period.values() for t in ts}
+    out = Findings(checked=len(set(by_period) | set(rows)))
+    for (account, period), charges in sorted(by_period.items()):
+        row = rows.get((account, period))
+        if len(charges) > 1:
+            out.double_taken.append(
+                {
+                    "account_id": account,
+                    "period_start": period,
+                    "charge_ids": sorted(c.charge_id for c in charges),
+                    "recorded_charge_id": row.charge_id if row else None,
+                }
+            )
+        if row is None:
+            first = min(charges, key=lambda c: c.charge_id)
+            out.taken_not_recorded.append(
+                {
+                    "account_id": account,
+                    "period_start": period,
+                    "charge_id": first.charge_id,
+                    "idempotency_key": first.idempotency_key,
+                    "amount": first.amount,
+                    "currency": first.currency,
+                }
+            )
+    for (account, period), row in sorted(rows.items()):
+        if row.charge_id not in taken_ids:
+            out.recorded_not_taken.append(
+                {
+                    "account_id": account,
+                    "period_start": period,
+                    "charge_id": row.charge_id,
+                    "job_id": row.job_id,
+                }
+            )
+    return out

@@ -1,0 +1,146 @@
+"""Operators' actions on jobs — retry, cancel, revive for a dead-letter replay — with the money
+rules in one place, so the CLI and the dashboard cannot differ.
+
+None of these charges anything: they only make a job claimable again (or end it), and a claim is
+where the gate decides whether money may move (``ClaimedJob.gate``). What they add is the rule
+that no terminal state hides money: a job that may have called the gateway is resolved with it
+(``find_by_idempotency_key``) before an operator may end it, and money it took is recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+
+from shared.db import jobs_repo, ops_repo
+from shared.errors import ActionRefused, BillqError, ConfigError
+from shared.gateway.port import Charged, PaymentGateway
+
+log = structlog.get_logger("billq.operations")
+
+# Why a state refuses `jobs retry` (dead revives, retrying republishes).
+NOT_RETRIED = {
+    "succeeded": "it is already charged",
+    "already_paid": "its period is already paid by another job",
+    "failed": "it was declined: dunning retries it, or update the payment method",
+    "processing": "a worker holds it now",
+    "pending": "the next distribute publishes it",
+    "published": "its message is queued",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LetterJob:
+    """What a dead letter says about its job (from its body)."""
+
+    letter_id: str
+    job_id: int
+    account_id: int | None
+    idempotency_key: str | None
+
+
+async def record_action(
+    pool: asyncpg.Pool, actor: str, action: str, target: str, outcome: str
+) -> None:
+    await pool.execute(ops_repo.RECORD_ACTION, actor, action, target, outcome[:1000])
+
+
+async def revive_for_replay(
+    pool: asyncpg.Pool, letters: Sequence[LetterJob]
+) -> tuple[list[int], dict[str, str]]:
+    """Revive the dead jobs these letters name, so the replayed messages find them claimable.
+
+    A letter revives its job only when its body matches the job (account and key) and the
+    operator did not cancel the job. Returns (revived job ids, {letter id: why not revived}).
+    """
+    revived = await ops_repo.revive_matching(
+        pool,
+        [x.job_id for x in letters],
+        [x.account_id for x in letters],
+        [x.idempotency_key for x in letters],
+    )
+    skipped: dict[str, str] = {}
+    ids = {r["id"] for r in revived}
+    rest = [x for x in letters if x.job_id not in ids]
+    if rest:
+        jobs = {r["id"]: r for r in await ops_repo.get_many(pool, [x.job_id for x in rest])}
+        for x in rest:
+            job = jobs.get(x.job_id)
+            if job is None:
+                skipped[x.letter_id] = f"job {x.job_id} does not exist"
+            elif (job["account_id"], job["idempotency_key"]) != (x.account_id, x.idempotency_key):
+                skipped[x.letter_id] = f"the letter's body does not match job {x.job_id}"
+            elif job["cancelled_at"] is not None:
+                skipped[x.letter_id] = f"job {x.job_id} was cancelled by an operator"
+            else:
+                skipped[x.letter_id] = f"job {x.job_id} is {job['state']}"
+    await ops_repo.reopen_runs(pool, [r["id"] for r in revived])
+    return sorted(ids), skipped
+
+
+async def prepare_retry(pool: asyncpg.Pool, job_id: int) -> tuple[str, list[asyncpg.Record]]:
+    """``jobs retry``: (state before, rows to republish). A dead job is revived with a fresh
+    attempt budget; a retrying one is republished with its hand-off token.
+
+    Raises:
+        ConfigError: no such job.
+        ActionRefused: the job's state does not allow a retry.
+    """
+    job = await ops_repo.get(pool, job_id)
+    if job is None:
+        raise ConfigError(f"ID: no job {job_id}")
+    state = str(job["state"])
+    if state in NOT_RETRIED:
+        raise ActionRefused(f"job {job_id} is {state}; not retried: {NOT_RETRIED[state]}")
+    if state == "dead" and job["cancelled_at"] is not None:
+        raise ActionRefused(f"job {job_id} was cancelled by an operator; not retried")
+    if state == "dead":
+        rows = await ops_repo.revive(pool, [job_id])
+        await ops_repo.reopen_runs(pool, [job_id])
+        return state, rows
+    return state, [job]
+
+
+async def cancel(pool: asyncpg.Pool, gateway: PaymentGateway, job_id: int, actor: str) -> str:
+    """``jobs cancel``: end a job that is not in flight, never hiding money.
+
+    A job no worker ever claimed ends at once. One that may have called the gateway is first
+    taken (fenced, so no worker claims it meanwhile) and its key looked up: a charge found is
+    recorded (the job succeeded; the cancel is refused), no charge → cancelled.
+
+    Returns:
+        "cancelled", or "unresolved:<token>" when the gateway could not answer: the job was
+        released to ``retrying`` with that hand-off token and must be republished.
+
+    Raises:
+        ConfigError: no such job.
+        ActionRefused: in flight, already finished, or found charged at the gateway.
+    """
+    job = await ops_repo.get(pool, job_id)
+    if job is None:
+        raise ConfigError(f"ID: no job {job_id}")
+    if await ops_repo.cancel_unclaimed(pool, job_id, actor):
+        return "cancelled"
+    token = await ops_repo.take_for_cancel(pool, job_id, actor)
+    if token is None:
+        state = (await ops_repo.get(pool, job_id) or job)["state"]
+        raise ActionRefused(
+            f"job {job_id} is {state}; only pending, published or retrying jobs can be cancelled"
+        )
+    try:
+        found = await gateway.find_by_idempotency_key(job["idempotency_key"])
+    except BillqError as exc:
+        await ops_repo.release(pool, job_id, token, "cancel refused: gateway unresolved")
+        log.warning("job.cancel_unresolved", job_id=job_id, error=str(exc))
+        return f"unresolved:{token}"
+    if isinstance(found, Charged):
+        await jobs_repo.record_successes(pool, [(job_id, token, found.charge_id)])
+        raise ActionRefused(
+            f"job {job_id} was already charged at the gateway ({found.charge_id}); "
+            "the charge is recorded and the job not cancelled"
+        )
+    await ops_repo.cancel_taken(pool, job_id, token, actor)
+    return "cancelled"
