@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Any
 
-from shared.billing.jobs import JOB_STATES, OPEN_STATES
+from shared.billing.jobs import JOB_STATES, OPEN_STATES, TERMINAL
 from shared.config import Settings
 from shared.entrypoint import positive_int
 
@@ -143,7 +143,7 @@ async def _watch(settings: Settings, run_id: int | None, timeout: float | None) 
     ) as progress:
         task = progress.add_task("billing", total=status["total"], run=status["run_id"])
         while True:
-            done = sum(status["counts"][s] for s in ("succeeded", "failed", "dead"))
+            done = sum(status["counts"][s] for s in TERMINAL)
             progress.update(task, completed=done, total=status["total"])
             if status["state"] not in ("running", "published"):
                 break

@@ -13,8 +13,14 @@ from shared.errors import ConfigError
 
 
 def _since(text: str) -> dt.datetime:
+    """An ISO 8601 instant or date, or a look-back such as ``48h`` or ``7d``."""
     from shared.billing.periods import parse_as_of
 
+    if len(text) > 1 and text[:-1].isdigit() and text[-1] in "hd":
+        hours = int(text[:-1]) * (24 if text[-1] == "d" else 1)
+        if hours > 24 * 3660:
+            raise argparse.ArgumentTypeError(f"--since: look-back too long: {text!r}")
+        return dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
     try:
         return parse_as_of(text)
     except ValueError as exc:
@@ -72,7 +78,11 @@ def register(sub: Any) -> None:
         "gateway took (charge, invoice, job, account); it never charges. Run it from cron "
         "beside reconcile.",
     )
-    p.add_argument("--since", type=_since, help="only charges created at or after this time")
+    p.add_argument(
+        "--since",
+        type=_since,
+        help="only charges created at or after this time (ISO 8601, or a look-back: 48h, 7d)",
+    )
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
     p.add_argument("--repair", action="store_true", help="record taken_not_recorded charges")
     p.set_defaults(handler=_audit)

@@ -71,6 +71,7 @@ def build_report(run: Any, counts: dict[str, int], parts: dict[str, Any]) -> dic
         "billed": output.rows_to_dicts(parts["billed"]),
         "declines": output.rows_to_dicts(parts["declines"]),
         "dead": output.rows_to_dicts(parts["dead"]),
+        "blocked": output.rows_to_dicts(parts["blocked"]),
     }
 
 
@@ -110,6 +111,10 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
                 {"section": "dead", "key": d["job_id"], "count": 1, "reason": d["reason"]}
                 for d in report["dead"]
             ]
+            + [
+                {"section": "blocked", "key": b["account_id"], "count": 1, "reason": b["reason"]}
+                for b in report["blocked"]
+            ]
         )
         output.print_csv(rows, ("section", "key", "count", "amount_cents", "reason"))
     else:
@@ -126,6 +131,9 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
         print("dead jobs:" + ("" if report["dead"] else " none"))
         for d in report["dead"]:
             print(f"  job {d['job_id']} account {d['account_id']}: {d['reason']}")
+        print("blocked accounts (due, no job):" + ("" if report["blocked"] else " none"))
+        for b in report["blocked"]:
+            print(f"  account {b['account_id']} period {b['period_start']}: {b['reason']}")
     return 0
 
 

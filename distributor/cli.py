@@ -52,6 +52,7 @@ def _handle(args: argparse.Namespace, settings: Settings) -> int:
             dry_run=args.dry_run,
             batch_size=args.batch_size,
             shard=args.shard,
+            explicit_as_of=args.as_of is not None,
         )
         if settings.pushgateway_url and summary.run_id is not None:
             from distributor.push import push_run

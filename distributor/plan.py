@@ -56,6 +56,36 @@ def plan_job(account: DueAccount) -> PlannedJob:
     )
 
 
+def paced(
+    period_start: dt.date,
+    last_period_start: dt.date | None,
+    last_period_at: dt.datetime | None,
+    now: dt.datetime,
+    min_gap_s: float,
+) -> bool:
+    """Catch-up pacing: a new period for an account billed a new period less than
+    ``min_gap_s`` of wall clock ago waits, however often distribute runs. The same period
+    again (a redelivery, a dunning retry) is never paced."""
+    if last_period_start is None or last_period_at is None or min_gap_s <= 0:
+        return False
+    if period_start <= last_period_start:
+        return False
+    return (now - last_period_at).total_seconds() < min_gap_s
+
+
+def blocked_reason(job_id: int, state: str, last_error: str | None) -> str:
+    """Why a due account got no job: its period's job has ended, and what to do about it."""
+    what = {
+        "dead": f"job {job_id} for this period is dead ({last_error or 'no reason'}); "
+        f"`billq jobs retry {job_id}` after fixing the cause",
+        "failed": f"job {job_id} for this period was declined; dunning or a card update retries it",
+        "succeeded": f"job {job_id} charged this period but the account did not advance; "
+        "run `billq audit`",
+        "already_paid": f"job {job_id}: the period is already paid; run `billq audit`",
+    }
+    return what.get(state, f"job {job_id} is {state}")
+
+
 Shard = tuple[int, int]  # (k, n): this distributor takes ids with id % n == k
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import structlog
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
-from distributor.run import Summary
+from distributor.summary import Summary
 
 log = structlog.get_logger("billq.distributor")
 

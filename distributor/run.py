@@ -12,18 +12,19 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import asyncpg
 import structlog
 
 from distributor.outbox import Outbox
-from distributor.plan import DueAccount, Shard, plan_job
+from distributor.plan import DueAccount, Shard, blocked_reason, paced, plan_job
 from distributor.reconcile import ReconcileSummary, reconcile
+from distributor.summary import Summary
 from shared.amqp import topology
 from shared.amqp.connection import broker_lost, connect_any
 from shared.amqp.publisher import Publisher
+from shared.billing.jobs import TERMINAL
 from shared.config import Settings
 from shared.db import accounts_repo, runs_repo
 from shared.db.pool import connect, create_pool
@@ -33,38 +34,6 @@ from shared.gateway.factory import make_gateway
 log = structlog.get_logger("billq.distributor")
 
 
-@dataclass
-class Summary:
-    run_id: int | None
-    as_of: str
-    due: int = 0
-    new_jobs: int = 0
-    republished: int = 0
-    published: int = 0
-    duration_s: float = 0.0
-    dry_run: bool = False
-    locked: bool = False
-    reconciled: int = 0
-    scheduled_runs: list[int] = field(default_factory=list)
-    state: str = "published"
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def line(self) -> str:
-        if self.locked:
-            return "distribute: another distributor run holds the lock; nothing to do"
-        if self.state == "scheduled":
-            return f"distribute: scheduled run {self.run_id} at {self.as_of}"
-        if self.dry_run:
-            return f"distribute (dry run): as_of={self.as_of} due={self.due}"
-        return (
-            f"distribute: run={self.run_id} as_of={self.as_of} due={self.due} "
-            f"new_jobs={self.new_jobs} republished={self.republished} "
-            f"published={self.published} in {self.duration_s:.2f}s"
-        )
-
-
 async def distribute(
     settings: Settings,
     *,
@@ -72,8 +41,13 @@ async def distribute(
     dry_run: bool = False,
     batch_size: int | None = None,
     shard: Shard | None = None,
+    explicit_as_of: bool = True,
 ) -> Summary:
-    """Run one distribution. Raises ``BillqError`` subclasses on failure."""
+    """Run one distribution. Raises ``BillqError`` subclasses on failure.
+
+    ``explicit_as_of`` False (cron gave no --as-of): a shard joins the run its sibling shards
+    of this tick opened and bills at that run's as-of.
+    """
     started = time.perf_counter()
     batch = batch_size or settings.batch_size
     summary = Summary(run_id=None, as_of=as_of.isoformat(), dry_run=dry_run)
@@ -93,7 +67,14 @@ async def distribute(
                 len(settings.amqp_urls) + 1,
                 summary,
                 lambda may_resume: _distribute(
-                    settings, pool, as_of, batch, shard, summary, may_resume=may_resume
+                    settings,
+                    pool,
+                    as_of,
+                    batch,
+                    shard,
+                    summary,
+                    may_resume=may_resume,
+                    explicit_as_of=explicit_as_of,
                 ),
             )
         finally:
@@ -156,6 +137,7 @@ async def _distribute(
     summary: Summary,
     *,
     may_resume: bool = False,
+    explicit_as_of: bool = True,
 ) -> None:
     conn = await connect_any(settings.amqp_urls)
     try:
@@ -174,6 +156,7 @@ async def _distribute(
             summary.reconciled = repaired.republished + repaired.completed_from_gateway
             await accounts_repo.apply_due_cancellations(pool)
             summary.republished = await _repair_outbox(pool, outbox, batch)
+            summary.settled_runs = await runs_repo.settle_orphaned_runs(pool)
             for run_id, run_as_of in await runs_repo.start_due_scheduled(pool):
                 scheduled = Summary(run_id=run_id, as_of=run_as_of.isoformat())
                 await _perform_run(pool, outbox, run_as_of, batch, None, scheduled)
@@ -183,8 +166,20 @@ async def _distribute(
         elif shard is None:
             summary.run_id = await runs_repo.create_run(pool, as_of)
         else:
-            summary.run_id = await runs_repo.join_or_create_run(pool, as_of, shard[1])
-        await _perform_run(pool, outbox, as_of, batch, shard, summary, may_resume=may_resume)
+            summary.run_id, as_of = await runs_repo.join_or_create_run(
+                pool, as_of, shard[1], explicit_as_of=explicit_as_of
+            )
+            summary.as_of = as_of.isoformat()
+        await _perform_run(
+            pool,
+            outbox,
+            as_of,
+            batch,
+            shard,
+            summary,
+            may_resume=may_resume,
+            min_gap=settings.catchup_min_gap,
+        )
     finally:
         await conn.close()
 
@@ -198,11 +193,12 @@ async def _perform_run(
     summary: Summary,
     *,
     may_resume: bool = False,
+    min_gap: float = 0.0,
 ) -> None:
     assert summary.run_id is not None
     log.info("run.started", run_id=summary.run_id, as_of=summary.as_of)
     try:
-        await _scan(pool, outbox, as_of, batch, shard, summary)
+        await _scan(pool, outbox, as_of, batch, shard, summary, min_gap)
     except BaseException as exc:
         if may_resume and _lost_broker(exc):
             raise  # the run stays open: the next pass, on another broker, finishes it
@@ -242,6 +238,7 @@ async def _scan(
     batch: int,
     shard: Shard | None,
     summary: Summary,
+    min_gap: float,
 ) -> None:
     assert summary.run_id is not None
     # Two stages overlap: while one batch waits for its confirms, the next is planned and
@@ -250,7 +247,7 @@ async def _scan(
     try:
         async with pool.acquire() as scan_conn:
             async for rows in runs_repo.scan_due(scan_conn, as_of, batch, shard):
-                inserted = await _plan_and_insert(pool, rows, summary)
+                inserted = await _plan_and_insert(pool, rows, summary, min_gap)
                 if publishing is not None:
                     summary.new_jobs += await publishing
                 publishing = asyncio.create_task(outbox.publish(inserted))
@@ -265,12 +262,14 @@ async def _scan(
 
 
 async def _plan_and_insert(
-    pool: asyncpg.Pool, rows: list[asyncpg.Record], summary: Summary
+    pool: asyncpg.Pool, rows: list[asyncpg.Record], summary: Summary, min_gap: float
 ) -> list[asyncpg.Record]:
     assert summary.run_id is not None
     summary.due += len(rows)
-    planned = [
-        plan_job(
+    now = dt.datetime.now(dt.UTC)
+    planned = []
+    for r in rows:
+        job = plan_job(
             DueAccount(
                 r["id"],
                 r["next_billing_at"],
@@ -283,8 +282,10 @@ async def _plan_and_insert(
                 r["gateway_customer"],
             )
         )
-        for r in rows
-    ]
+        if paced(job.period_start, r["last_period_start"], r["last_period_at"], now, min_gap):
+            summary.paced += 1
+            continue
+        planned.append(job)
     cols: list[list[Any]] = [
         [p.account_id for p in planned],
         [p.period_start for p in planned],
@@ -296,7 +297,29 @@ async def _plan_and_insert(
         [p.payment_method for p in planned],
         [p.gateway_customer for p in planned],
     ]
-    return await runs_repo.insert_jobs(pool, summary.run_id, cols)
+    inserted = await runs_repo.insert_jobs(pool, summary.run_id, cols)
+    future = sum(1 for p in planned if p.period_start > now.date())
+    summary.future_periods += future
+    blocked: list[dict[str, Any]] = []
+    if len(inserted) < len(planned):
+        new = {r["idempotency_key"] for r in inserted}
+        others = [p.idempotency_key for p in planned if p.idempotency_key not in new]
+        for row in await runs_repo.existing_jobs(pool, others):
+            if row["state"] in TERMINAL:
+                blocked.append(
+                    {
+                        "account_id": row["account_id"],
+                        "period_start": row["period_start"],
+                        "job_id": row["id"],
+                        "reason": blocked_reason(row["id"], row["state"], row["last_error"]),
+                    }
+                )
+    if blocked or future:
+        await runs_repo.record_blocked(pool, summary.run_id, blocked, future)
+        summary.blocked.extend(
+            {**b, "period_start": b["period_start"].isoformat()} for b in blocked
+        )
+    return inserted
 
 
 async def schedule(settings: Settings, at: dt.datetime) -> Summary:

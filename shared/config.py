@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     batch_size: int = Field(1000, ge=1, le=100000, description="Distributor batch size.")
     publish_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a confirm.")
     max_message_bytes: int = Field(16384, ge=256, description="Larger bodies are dead-lettered.")
+    catchup_min_gap: float = Field(
+        86400.0,
+        ge=0,
+        le=366 * 86400,
+        description="Seconds of wall clock between two new periods billed to one account "
+        "(catch-up pacing: an account behind by months is billed one period per gap).",
+    )
     stuck_after: float = Field(
         600.0, gt=0, description="Seconds after which a published job counts as stuck."
     )

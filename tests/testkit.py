@@ -61,6 +61,7 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
         BILLQ_GATEWAY_TIMEOUT=str(settings.gateway_timeout),
         BILLQ_JOB_LEASE=str(settings.job_lease),
         BILLQ_SHUTDOWN_GRACE=str(settings.shutdown_grace),
+        BILLQ_CATCHUP_MIN_GAP=str(settings.catchup_min_gap),
         BILLQ_LOG_FORMAT="json",
         PYTHONUNBUFFERED="1",
     )

@@ -21,9 +21,10 @@ import structlog
 
 from shared import signing
 from shared.billing import dunning
+from shared.billing.claims import ClaimedJob, ClaimRequest
 from shared.billing.jobs import TERMINAL
 from shared.config import Settings
-from shared.db.jobs_repo import ClaimedJob, ClaimRequest, JobsRepo
+from shared.db.jobs_repo import JobsRepo
 from shared.errors import (
     AccountNotBillable,
     BadSignature,

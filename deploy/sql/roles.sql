@@ -38,6 +38,11 @@ GRANT UPDATE (next_billing_at, status, dunning_attempt, dunning_next_at, first_d
               updated_at) ON accounts TO billq_distributor;
 GRANT USAGE ON SEQUENCE charges_id_seq, invoices_id_seq, account_events_id_seq
     TO billq_distributor;
+-- Blocked accounts of a run; operators' actions with who did them; accounts cancel.
+GRANT SELECT, INSERT, UPDATE ON run_blocked TO billq_distributor;
+GRANT SELECT, INSERT ON operator_actions TO billq_distributor;
+GRANT USAGE ON SEQUENCE operator_actions_id_seq TO billq_distributor;
+GRANT UPDATE (cancelled_at) ON accounts TO billq_distributor;
 
 -- Worker.
 GRANT SELECT ON accounts, billing_runs, schema_migrations TO billq_worker;

@@ -10,6 +10,8 @@ SELECT r.id, r.as_of, r.state, r.started_at, r.finished_at, r.due, r.published,
        count(j.id) FILTER (WHERE j.state = 'succeeded') AS succeeded,
        count(j.id) FILTER (WHERE j.state = 'failed') AS declined,
        count(j.id) FILTER (WHERE j.state = 'dead') AS dead,
+       count(j.id) FILTER (WHERE j.state = 'already_paid') AS already_paid,
+       r.blocked,
        count(j.id) FILTER (WHERE j.state IN ('pending', 'published', 'processing', 'retrying'))
            AS in_flight
   FROM billing_runs r LEFT JOIN billing_jobs j ON j.run_id = r.id
@@ -31,6 +33,11 @@ SELECT coalesce(decline_code, last_error, 'unknown') AS reason, count(*) AS jobs
 DEAD = """
 SELECT id AS job_id, account_id, last_error AS reason
   FROM billing_jobs WHERE run_id = $1 AND state = 'dead' ORDER BY id
+"""
+
+BLOCKED = """
+SELECT account_id, period_start, job_id, reason
+  FROM run_blocked WHERE run_id = $1 ORDER BY account_id
 """
 
 INVOICES = """
@@ -60,6 +67,7 @@ async def report(pool: asyncpg.Pool, run_id: int) -> dict[str, list[asyncpg.Reco
         "billed": list(await pool.fetch(BILLED, run_id)),
         "declines": list(await pool.fetch(DECLINES, run_id)),
         "dead": list(await pool.fetch(DEAD, run_id)),
+        "blocked": list(await pool.fetch(BLOCKED, run_id)),
     }
 
 

@@ -7,12 +7,11 @@ whose job was taken over changes nothing.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import asyncpg
 
+from shared.billing.claims import ClaimedJob, ClaimRequest, JobSnapshot
 from shared.billing.dunning import DeclineDecision
 from shared.db.errors import classified
 
@@ -236,71 +235,8 @@ UPDATE billing_jobs
            locked_by = NULL, locked_until = NULL,
        last_error = $3
  WHERE id = $1 AND ($2::int IS NULL OR attempts = $2)
-   AND state NOT IN ('succeeded', 'failed', 'dead')
+   AND state NOT IN ('succeeded', 'failed', 'dead', 'already_paid')
 """
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimRequest:
-    job_id: int
-    account_id: int
-    idempotency_key: str
-    redelivered: bool
-    handoff: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedJob:
-    job_id: int
-    account_id: int
-    period_start: dt.date
-    period_end: dt.date
-    idempotency_key: str
-    amount_cents: int
-    currency: str
-    attempts: int  # the fencing token
-    account_status: str | None  # None: the account no longer exists
-    payment_method: str | None
-    gateway_customer: str | None
-    dunning_attempt: int = 0
-    first_declined_at: dt.datetime | None = None
-    attempt_base: int = 0  # attempts already spent before an operator's replay
-    started_at: dt.datetime | None = None  # first claim: the first gateway call's time
-    cancelled_before: bool = False  # the account was cancelled before this period started
-    paid_by: str | None = None  # gateway charge id of the period's recorded charge
-    busy_with: int | None = None  # another job of this period that holds a live claim
-
-    @property
-    def may_have_called_gateway(self) -> bool:
-        """An earlier claim of this job may have sent its key: its outcome must be resolved
-        with the gateway before the job may end without a charge."""
-        return self.attempts > 1
-
-    def gate(self) -> str | None:
-        """THE GATE: None when money may move for this job, else why not.
-
-        Every path that could charge (first delivery, retry, redelivery, dead-letter replay,
-        operator retry, dunning, reconciler) reaches the gateway only through a claim, and
-        the claim statement computes these facts under the account's row lock.
-        """
-        if self.account_status is None:
-            return "account_missing"
-        if self.paid_by is not None:
-            return "already_paid"
-        if self.account_status not in ("active", "past_due") or self.cancelled_before:
-            return "not_billable"
-        if self.busy_with is not None:
-            return "period_busy"
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class JobSnapshot:
-    job_id: int
-    account_id: int
-    idempotency_key: str
-    state: str
-    attempts: int
 
 
 @classified

@@ -17,9 +17,15 @@ DISTRIBUTE_LOCK_ID = 0x62696C6C71_02
 # workers charge meanwhile (their next_billing_at moves on) are not seen again, so each
 # account gets at most one period per run, and memory stays flat however many are due.
 DUE_SCAN = """
-SELECT id, next_billing_at, billing_interval, billing_anchor_day, amount_cents, currency,
-       dunning_attempt, payment_method, gateway_customer
-  FROM accounts
+SELECT a.id, a.next_billing_at, a.billing_interval, a.billing_anchor_day, a.amount_cents,
+       a.currency, a.dunning_attempt, a.payment_method, a.gateway_customer,
+       last.period_start AS last_period_start, last.created_at AS last_period_at
+  FROM accounts a
+  LEFT JOIN LATERAL (
+      -- The newest period this account got a first job for (catch-up pacing).
+      SELECT j.period_start, j.created_at FROM billing_jobs j
+       WHERE j.account_id = a.id AND j.dunning_attempt = 0
+       ORDER BY j.period_start DESC LIMIT 1) last ON true
  WHERE status IN ('active', 'past_due') AND next_billing_at <= $1
    AND (dunning_next_at IS NULL OR dunning_next_at <= $1)
    AND (cancelled_at IS NULL OR next_billing_at < cancelled_at)
@@ -42,6 +48,33 @@ SELECT $1, * FROM unnest($2::bigint[], $3::date[], $4::date[], $5::text[], $6::i
                          $8::smallint[], $9::text[], $10::text[])
 ON CONFLICT DO NOTHING
 RETURNING id, account_id, period_start, idempotency_key, run_id
+"""
+
+# Due accounts whose planned job already exists and has ended: why they got nothing.
+EXISTING_JOBS = """
+SELECT id, account_id, period_start, state, last_error
+  FROM billing_jobs WHERE idempotency_key = ANY($1::text[])
+"""
+
+INSERT_BLOCKED = """
+INSERT INTO run_blocked (run_id, account_id, period_start, job_id, reason)
+SELECT $1, * FROM unnest($2::bigint[], $3::date[], $4::bigint[], $5::text[])
+ON CONFLICT (run_id, account_id) DO UPDATE SET reason = EXCLUDED.reason
+"""
+
+COUNT_BLOCKED = """
+UPDATE billing_runs SET blocked = blocked + $2, future_periods = future_periods + $3 WHERE id = $1
+"""
+
+# A run left 'running' by a distributor that died (the caller holds the distribution lock,
+# so no live unsharded distributor owns one; a sharded run is given its join window).
+ORPHANED_RUNS = """
+UPDATE billing_runs
+   SET state = 'published',
+       error = coalesce(error, 'its distributor ended without finishing; settled by a later run')
+ WHERE state = 'running'
+   AND (shards = 1 OR started_at < now() - make_interval(secs => $1))
+RETURNING id
 """
 
 # Orphans only: skip jobs of a sharded run whose other shards may still be publishing.
@@ -86,26 +119,40 @@ async def try_lock(conn: asyncpg.Connection, shard: tuple[int, int] | None = Non
     return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_id))
 
 
+# Shards of one cron tick: the open run with the same shard count started within the join
+# window; with an explicit --as-of, only the run of that as-of.
 JOIN_SHARDED_RUN = """
-SELECT id FROM billing_runs
- WHERE as_of = $1 AND shards = $2 AND shards_done < shards AND state = 'running'
+SELECT id, as_of FROM billing_runs
+ WHERE shards = $2 AND shards_done < shards AND state = 'running'
+   AND ($1::timestamptz IS NULL OR as_of = $1)
+   AND started_at > now() - make_interval(secs => $3)
  ORDER BY id DESC LIMIT 1
 """
 
+SHARD_JOIN_WINDOW_S = 600.0
 
-async def join_or_create_run(pool: asyncpg.Pool, as_of: dt.datetime, shards: int) -> int:
-    """The open run of this as-of that the other shards feed, or a new one."""
+
+async def join_or_create_run(
+    pool: asyncpg.Pool, as_of: dt.datetime, shards: int, *, explicit_as_of: bool = True
+) -> tuple[int, dt.datetime]:
+    """(run id, its as-of): the open run the other shards of this tick feed, or a new one.
+
+    A shard started by cron without ``--as-of`` joins the tick's run and bills at that run's
+    as-of, so shards started seconds apart form one run that completes."""
     async with pool.acquire() as conn, conn.transaction():
         # Serialise find-or-create across shards starting at the same moment.
         await conn.execute("SELECT pg_advisory_xact_lock($1)", DISTRIBUTE_LOCK_ID - 1)
-        run_id = await conn.fetchval(JOIN_SHARDED_RUN, as_of, shards)
-        if run_id is None:
-            run_id = await conn.fetchval(
-                "INSERT INTO billing_runs (as_of, shards) VALUES ($1, $2) RETURNING id",
-                as_of,
-                shards,
-            )
-        return int(run_id)
+        row = await conn.fetchrow(
+            JOIN_SHARDED_RUN, as_of if explicit_as_of else None, shards, SHARD_JOIN_WINDOW_S
+        )
+        if row is not None:
+            return int(row["id"]), row["as_of"]
+        run_id = await conn.fetchval(
+            "INSERT INTO billing_runs (as_of, shards) VALUES ($1, $2) RETURNING id",
+            as_of,
+            shards,
+        )
+        return int(run_id), as_of
 
 
 async def scan_due(
@@ -131,6 +178,34 @@ async def insert_jobs(
     pool: asyncpg.Pool, run_id: int, cols: Sequence[list[Any]]
 ) -> list[asyncpg.Record]:
     return list(await pool.fetch(INSERT_JOBS, run_id, *cols))
+
+
+async def existing_jobs(pool: asyncpg.Pool, keys: list[str]) -> list[asyncpg.Record]:
+    return list(await pool.fetch(EXISTING_JOBS, keys))
+
+
+async def record_blocked(
+    pool: asyncpg.Pool, run_id: int, blocked: Sequence[dict[str, Any]], future_periods: int
+) -> None:
+    if blocked:
+        await pool.execute(
+            INSERT_BLOCKED,
+            run_id,
+            [b["account_id"] for b in blocked],
+            [b["period_start"] for b in blocked],
+            [b["job_id"] for b in blocked],
+            [b["reason"] for b in blocked],
+        )
+    if blocked or future_periods:
+        await pool.execute(COUNT_BLOCKED, run_id, len(blocked), future_periods)
+
+
+async def settle_orphaned_runs(pool: asyncpg.Pool) -> list[int]:
+    """Runs whose distributor died mid-run are published, then settle like any other."""
+    ids = [int(r["id"]) for r in await pool.fetch(ORPHANED_RUNS, SHARD_JOIN_WINDOW_S)]
+    for run_id in ids:
+        await pool.execute(SETTLE_RUN, run_id)
+    return ids
 
 
 async def pending_batch(
@@ -180,7 +255,7 @@ UPDATE billing_runs r
 
 RECENT_RATE = """
 SELECT count(*) FILTER (WHERE finished_at > now() - interval '10 seconds') / 10.0
-  FROM billing_jobs WHERE run_id = $1 AND state IN ('succeeded', 'failed', 'dead')
+  FROM billing_jobs WHERE run_id = $1 AND state IN ('succeeded', 'failed', 'dead', 'already_paid')
 """
 
 

@@ -176,7 +176,7 @@ class Pipeline:
     async def open_jobs(self) -> int:
         return int(
             await self._db(
-                "SELECT count(*) FROM billing_jobs WHERE state NOT IN ('succeeded','failed','dead')"
+                "SELECT count(*) FROM billing_jobs WHERE state NOT IN ('succeeded','failed','dead','already_paid')"
             )
         )
 
@@ -270,7 +270,7 @@ class Pipeline:
         accounts = range(1, result.accounts + 1)
         result.charged_once = sum(1 for a in accounts if per_account[a] == 1 and charges[a] == 1)
         result.double_charges = sum(1 for a in accounts if per_account[a] > 1 or charges[a] > 1)
-        terminal = {"succeeded", "failed", "dead"}
+        terminal = {"succeeded", "failed", "dead", "already_paid"}
         jobbed = {j["account_id"] for j in jobs if j["state"] in terminal}
         result.lost = sum(1 for a in accounts if a not in jobbed or per_account[a] == 0)
         if advanced != result.accounts or behind:

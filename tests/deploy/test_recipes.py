@@ -141,7 +141,7 @@ def test_crontab_lines_have_five_fields_and_real_commands() -> None:
         for f in fields[:5]:
             assert re.fullmatch(r"[\d*/,-]+", f), line
         commands += invocations_in_text(line)
-    assert sorted(c[0] for c in commands) == ["distribute", "reconcile"]
+    assert sorted(c[0] for c in commands) == ["audit", "distribute", "reconcile"]
     for args in commands:
         assert_billq_command(args)
 
