@@ -156,7 +156,7 @@ async def _distribute(
             summary.reconciled = repaired.republished + repaired.completed_from_gateway
             await accounts_repo.apply_due_cancellations(pool)
             summary.republished = await _repair_outbox(pool, outbox, batch)
-            summary.settled_runs = await runs_repo.settle_orphaned_runs(pool)
+            summary.settled_runs = await runs_repo.settle_orphaned_runs(pool, summary.run_id)
             for run_id, run_as_of in await runs_repo.start_due_scheduled(pool):
                 scheduled = Summary(run_id=run_id, as_of=run_as_of.isoformat())
                 await _perform_run(pool, outbox, run_as_of, batch, None, scheduled)

@@ -72,7 +72,7 @@ ORPHANED_RUNS = """
 UPDATE billing_runs
    SET state = 'published',
        error = coalesce(error, 'its distributor ended without finishing; settled by a later run')
- WHERE state = 'running'
+ WHERE state = 'running' AND id IS DISTINCT FROM $2
    AND (shards = 1 OR started_at < now() - make_interval(secs => $1))
 RETURNING id
 """
@@ -200,9 +200,10 @@ async def record_blocked(
         await pool.execute(COUNT_BLOCKED, run_id, len(blocked), future_periods)
 
 
-async def settle_orphaned_runs(pool: asyncpg.Pool) -> list[int]:
-    """Runs whose distributor died mid-run are published, then settle like any other."""
-    ids = [int(r["id"]) for r in await pool.fetch(ORPHANED_RUNS, SHARD_JOIN_WINDOW_S)]
+async def settle_orphaned_runs(pool: asyncpg.Pool, resuming: int | None = None) -> list[int]:
+    """Runs whose distributor died mid-run are published, then settle like any other;
+    ``resuming`` is the caller's own run, which a failover pass is about to finish."""
+    ids = [int(r["id"]) for r in await pool.fetch(ORPHANED_RUNS, SHARD_JOIN_WINDOW_S, resuming)]
     for run_id in ids:
         await pool.execute(SETTLE_RUN, run_id)
     return ids
