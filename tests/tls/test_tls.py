@@ -8,6 +8,7 @@ text. Module-scoped services: the broker boots once (~6 s) for all tests here.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tls]:
     try:
         pg.start()
         rabbit.start()
-        yield Tls(
+        setup = Tls(
             ca,
             other,
             rabbit,
@@ -67,6 +68,9 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tls]:
             # Postgres maps the certificate's common name to the user (clientcert=verify-full).
             pg_client=ca.issue("postgres", client=True),
         )
+        # Migrated once, over TLS: each test may then run alone.
+        testkit.billq("migrate", env={**os.environ, "BILLQ_DATABASE_URL": setup.db_url()})
+        yield setup
     finally:
         stop_all(rabbit, pg)
 
@@ -78,8 +82,6 @@ async def test_the_whole_pipeline_runs_over_tls_with_client_certificates(
     result = Result("TLS: amqps + verify-full, client certificates", 0, n)
     with testkit.sandbox_gateway(tmp_path, "--latency-ms", "5") as gw:
         p = Pipeline(settings, tls.db_url(), tls.amqp_url(), gw, tmp_path)
-        migrated = p.billq("migrate")
-        assert migrated.returncode == 0, migrated.stderr
         await p.seed(n)
         worker = p.start_worker("--concurrency", "8")
         out = p.billq("distribute", "--as-of", testkit.AS_OF)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from services import ThrowawayPostgres, ThrowawayRabbit, _pg_bin, wait_port
+from services import ThrowawayPostgres, ThrowawayRabbit
 from tlscerts import CertificateAuthority, Pair
 
 
@@ -70,7 +70,3 @@ class TlsPostgres(ThrowawayPostgres):
         if client is not None:
             query += f"&sslcert={client.cert}&sslkey={client.key}"
         return f"postgresql://postgres@{host}:{self.port}/{db}?{query}"
-
-    def createdb(self) -> None:
-        self._run(_pg_bin("createdb"), "-h", str(self.root), "-p", str(self.port), "billq")
-        wait_port(self.port)
