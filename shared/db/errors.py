@@ -26,6 +26,9 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.QueryCanceledError,
     asyncpg.exceptions.ConnectionFailureError,
+    # Several hosts with target_session_attrs=read-write, none a primary yet: a standby is
+    # being promoted.
+    asyncpg.exceptions.TargetServerAttributeNotMatched,
     ConnectionError,
     OSError,
     asyncio.TimeoutError,
