@@ -32,7 +32,7 @@ async def test_a_scheduled_run_interrupted_by_a_lost_broker_resumes_instead_of_f
     real_scan, calls = run_module._scan, []
 
     async def scan_losing_the_broker_once(*args: Any) -> None:
-        calls.append(args[-1].run_id)
+        calls.append(next(a.run_id for a in args if isinstance(a, run_module.Summary)))
         if len(calls) == 1:  # the scheduled run's first scan: the broker goes away
             raise aio_pika.exceptions.AMQPConnectionError("Server connection reset")
         await real_scan(*args)

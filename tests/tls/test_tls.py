@@ -196,12 +196,16 @@ def test_a_tls_refusal_is_one_clear_line_and_a_non_zero_exit(
     settings: Settings, tls: Tls, case: str
 ) -> None:
     change, command, code, says = _refusals(tls)[case]
+    if case == "amqp no client certificate":
+        # TLS 1.3: the client's handshake is done before the broker checks its certificate;
+        # the broker's alert may arrive as a closed socket (a broker that does not answer).
+        code, says = -1, "BILLQ_AMQP_URL"
     env = testkit.env_for(settings)
     env.update({"BILLQ_AMQP_URL": tls.amqp_url(), "BILLQ_DATABASE_URL": tls.db_url()} | change)
     out = testkit.billq(*command, env=env, timeout=60, check=False)
     # Structured log events (a worker logs its start) aside, the error is one line.
     lines = [line for line in out.stderr.strip().splitlines() if not line.startswith("{")]
-    assert out.returncode == code, (out.returncode, out.stderr)
+    assert out.returncode in ((1, 2) if code == -1 else (code,)), (out.returncode, out.stderr)
     assert len(lines) == 1, out.stderr
     assert says in lines[0], lines[0]
     assert "guest:guest" not in out.stderr  # the URL's password never shows
