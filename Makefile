@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 
 .DEFAULT_GOAL := help
-.PHONY: help install services demo test test-unit ci chaos bench lint typecheck deps fmt migrate clean
+.PHONY: help install services demo test test-unit ci chaos bench soak lint typecheck deps fmt migrate clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ chaos: install services ## every chaos scenario (kills brokers, databases, worke
 bench: install services ## throughput, latency, RSS vs the bare floor (BENCH_N, BENCH_ARGS=--large)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) -m bench $(BENCH_ARGS)
+
+soak: install services ## a 1,000,000-account run watched for leaks (SOAK_N, SOAK_ARGS) -> docs/scaling.md
+	$(PY) -m bench.soak --n $(or $(SOAK_N),1000000) $(SOAK_ARGS)
 
 test-unit: install ## only the tests that need no services
 	$(BIN)/pytest -q -m unit

@@ -63,6 +63,9 @@ async def distribute(
                 summary.due = await runs_repo.count_due(pool, as_of, shard)
                 summary.state = "dry_run"
                 return summary
+            # Scheduled runs a pass has taken (state running): a pass that loses its broker
+            # leaves them for the next pass to resume, as it does the main run.
+            taken: list[tuple[int, dt.datetime]] = []
             await _with_broker_failover(
                 len(settings.amqp_urls) + 1,
                 summary,
@@ -73,6 +76,7 @@ async def distribute(
                     batch,
                     shard,
                     summary,
+                    taken,
                     may_resume=may_resume,
                     explicit_as_of=explicit_as_of,
                 ),
@@ -135,6 +139,7 @@ async def _distribute(
     batch: int,
     shard: Shard | None,
     summary: Summary,
+    taken: list[tuple[int, dt.datetime]],
     *,
     may_resume: bool = False,
     explicit_as_of: bool = True,
@@ -157,9 +162,14 @@ async def _distribute(
             await accounts_repo.apply_due_cancellations(pool)
             summary.republished = await _repair_outbox(pool, outbox, batch)
             summary.settled_runs = await runs_repo.settle_orphaned_runs(pool, summary.run_id)
-            for run_id, run_as_of in await runs_repo.start_due_scheduled(pool):
+            taken += await runs_repo.start_due_scheduled(pool)
+            for run_id, run_as_of in taken:
+                if run_id in summary.scheduled_runs:
+                    continue  # performed by an earlier pass
                 scheduled = Summary(run_id=run_id, as_of=run_as_of.isoformat())
-                await _perform_run(pool, outbox, run_as_of, batch, None, scheduled)
+                await _perform_run(
+                    pool, outbox, run_as_of, batch, None, scheduled, may_resume=may_resume
+                )
                 summary.scheduled_runs.append(run_id)
         if summary.run_id is not None:
             log.info("run.resumed", run_id=summary.run_id)  # its first pass lost its broker

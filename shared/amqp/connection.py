@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -21,7 +22,32 @@ from shared.errors import BrokerUnavailable, ConfigError
 def safe_url(url: str) -> str:
     """host:port/vhost, without credentials, for logs and errors."""
     parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port or 5672}{parts.path or '/'}"
+    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+    return f"{parts.hostname}:{port}{parts.path or '/'}"
+
+
+# A handshake that ends in one of these may be a broker going away mid-handshake; every
+# other TLS failure (unknown CA, wrong host name, certificate required) is configuration.
+_TLS_TRANSIENT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
+def tls_refusal(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS failure behind a failed connection when retrying cannot fix it.
+
+    aiormq wraps the ``ssl`` error in ``AMQPConnectionError``: keep it as the cause or in
+    the arguments, so look in both.
+    """
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        err = todo.pop()
+        if not isinstance(err, BaseException) or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, ssl.SSLError) and not isinstance(err, _TLS_TRANSIENT):
+            return err
+        todo.extend([err.__cause__, err.__context__, *err.args])
+    return None
 
 
 def broker_lost(exc: BaseException) -> bool:
@@ -34,6 +60,14 @@ def broker_lost(exc: BaseException) -> bool:
         return not isinstance(exc, aio_pika.exceptions.ProbableAuthenticationError)
     # aio-pika reports work on a connection that died under it as RuntimeError("... closed").
     return isinstance(exc, RuntimeError) and str(exc).endswith("closed")
+
+
+def tls_reason(err: ssl.SSLError) -> str:
+    """``CERTIFICATE_VERIFY_FAILED (Hostname mismatch, …)``: OpenSSL's reason code and, for
+    a certificate check, what was wrong with the certificate."""
+    detail = getattr(err, "verify_message", None)
+    reason = err.reason or type(err).__name__
+    return f"{reason} ({detail})" if detail else str(reason)
 
 
 async def connect_any(urls: Sequence[str], *, timeout: float = 10.0) -> AbstractConnection:
@@ -50,6 +84,11 @@ async def connect_any(urls: Sequence[str], *, timeout: float = 10.0) -> Abstract
         except aio_pika.exceptions.ProbableAuthenticationError:
             raise ConfigError(f"BILLQ_AMQP_URL: {safe_url(url)} refused the credentials") from None
         except Exception as exc:
+            if (refusal := tls_refusal(exc)) is not None:
+                # Never retried, never another node: a certificate does not fix itself.
+                raise ConfigError(
+                    f"BILLQ_AMQP_URL: TLS with {safe_url(url)} failed: {tls_reason(refusal)}"
+                ) from None
             # Any failure to open the connection means "not this broker, not now" — a peer
             # that closes the socket at once even surfaces as StopAsyncIteration from aiormq.
             last = exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
@@ -25,6 +26,9 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.QueryCanceledError,
     asyncpg.exceptions.ConnectionFailureError,
+    # Several hosts with target_session_attrs=read-write, none a primary yet: a standby is
+    # being promoted.
+    asyncpg.exceptions.TargetServerAttributeNotMatched,
     ConnectionError,
     OSError,
     asyncio.TimeoutError,
@@ -40,12 +44,22 @@ def classify(exc: BaseException, *, setting: str | None = None) -> BaseException
     if isinstance(exc, BillqError):
         return exc
     where = f"{setting}: " if setting else ""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # Before the transient check (it is an OSError): a wrong CA or host name never heals.
+        reason = exc.verify_message or exc.reason
+        return ConfigError(f"{where}TLS certificate verification failed ({reason})")
+    if isinstance(exc, asyncpg.ClientConfigurationError):
+        return ConfigError(f"{where}{exc}")
+    if isinstance(exc, FileNotFoundError):
+        # Only opening a connection reads files: the ones the URL's TLS parameters name.
+        return ConfigError(f"{where}a file named by sslrootcert, sslcert or sslkey is missing")
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
         return ConfigError(f"{where}database does not exist (run `billq migrate`)")
     if isinstance(
         exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidPasswordError
     ):
-        return ConfigError(f"{where}authentication refused")
+        # The server's reason (pg_hba line, client certificate required) names no secret.
+        return ConfigError(f"{where}authentication refused ({exc})")
     if isinstance(exc, asyncpg.UndefinedTableError):
         return ConfigError(f"{where}schema missing (run `billq migrate`)")
     if is_transient(exc):

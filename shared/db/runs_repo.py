@@ -132,6 +132,7 @@ SELECT id, as_of FROM billing_runs
 SHARD_JOIN_WINDOW_S = 600.0
 
 
+@classified
 async def join_or_create_run(
     pool: asyncpg.Pool, as_of: dt.datetime, shards: int, *, explicit_as_of: bool = True
 ) -> tuple[int, dt.datetime]:
@@ -169,21 +170,25 @@ async def scan_due(
             yield list(rows)
 
 
+@classified
 async def count_due(pool: asyncpg.Pool, as_of: dt.datetime, shard: tuple[int, int] | None) -> int:
     n, k = (shard[1], shard[0]) if shard else (None, None)
     return int(await pool.fetchval(COUNT_DUE, as_of, n, k))
 
 
+@classified
 async def insert_jobs(
     pool: asyncpg.Pool, run_id: int, cols: Sequence[list[Any]]
 ) -> list[asyncpg.Record]:
     return list(await pool.fetch(INSERT_JOBS, run_id, *cols))
 
 
+@classified
 async def existing_jobs(pool: asyncpg.Pool, keys: list[str]) -> list[asyncpg.Record]:
     return list(await pool.fetch(EXISTING_JOBS, keys))
 
 
+@classified
 async def record_blocked(
     pool: asyncpg.Pool, run_id: int, blocked: Sequence[dict[str, Any]], future_periods: int
 ) -> None:
@@ -200,6 +205,7 @@ async def record_blocked(
         await pool.execute(COUNT_BLOCKED, run_id, len(blocked), future_periods)
 
 
+@classified
 async def settle_orphaned_runs(pool: asyncpg.Pool, resuming: int | None = None) -> list[int]:
     """Runs whose distributor died mid-run are published, then settle like any other;
     ``resuming`` is the caller's own run, which a failover pass is about to finish."""
@@ -209,20 +215,24 @@ async def settle_orphaned_runs(pool: asyncpg.Pool, resuming: int | None = None) 
     return ids
 
 
+@classified
 async def pending_batch(
     pool: asyncpg.Pool, after_id: int, limit: int, open_run_grace_s: float = 600.0
 ) -> list[asyncpg.Record]:
     return list(await pool.fetch(PENDING_BATCH, after_id, limit, open_run_grace_s))
 
 
+@classified
 async def mark_published(pool: asyncpg.Pool, job_ids: list[int]) -> None:
     await pool.execute(MARK_PUBLISHED, job_ids)
 
 
+@classified
 async def create_run(pool: asyncpg.Pool, as_of: dt.datetime) -> int:
     return int(await pool.fetchval(CREATE_RUN, as_of))
 
 
+@classified
 async def finish_run(
     pool: asyncpg.Pool, run_id: int, state: str, due: int, published: int, error: str | None
 ) -> None:
@@ -307,6 +317,7 @@ async def schedule_run(pool: asyncpg.Pool, at: dt.datetime) -> int:
     return int(await pool.fetchval(SCHEDULE_RUN, at))
 
 
+@classified
 async def start_due_scheduled(pool: asyncpg.Pool) -> list[tuple[int, dt.datetime]]:
     rows = await pool.fetch(START_DUE_SCHEDULED)
     return sorted((int(r["id"]), r["as_of"]) for r in rows)

@@ -63,14 +63,30 @@ def kill_epmd(port: int) -> None:
 
 
 class ThrowawayPostgres:
-    """initdb + pg_ctl as user postgres on a free port; ``crash`` kills -9 the lot."""
+    """initdb + pg_ctl as user postgres on a free port; ``crash`` kills -9 the lot.
 
-    def __init__(self) -> None:
+    ``standby_of``: instead of initdb, a streaming standby of that (running) primary,
+    cloned with ``pg_basebackup -R`` (standby.signal and primary_conninfo written for us).
+    """
+
+    def __init__(self, *, standby_of: ThrowawayPostgres | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="billq-pg-"))
         self.data = self.root / "data"
         self.port = free_port()
         shutil.chown(self.root, "postgres", "postgres")
-        self._run(_pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres")
+        if standby_of is None:
+            self._run(_pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres")
+        else:
+            self._run(
+                _pg_bin("pg_basebackup"),
+                *("-h", "127.0.0.1", "-p", str(standby_of.port), "-U", "postgres"),
+                *("-D", str(self.data), "-R", "-X", "stream", "-c", "fast"),
+            )
+        self.extra_options = ""
+
+    def promote(self) -> None:
+        """End recovery: this standby becomes a read-write primary (``pg_ctl promote -w``)."""
+        self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-w", "promote")
 
     def _run(self, *args: str) -> None:
         subprocess.run(
@@ -96,7 +112,7 @@ class ThrowawayPostgres:
             str(self.root / "log"),
             "-o",
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-            "-c fsync=on -c max_connections=200",
+            "-c fsync=on -c max_connections=200" + self.extra_options,
             "start",
         )
         wait_port(self.port)
