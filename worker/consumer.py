@@ -25,6 +25,7 @@ from shared.config import Settings
 from shared.errors import BillqError
 from shared.messages import HANDOFF_HEADER
 from worker.acks import AckFrontier
+from worker.breaker import Breaker
 from worker.handler import Delivery, Handler
 from worker.metrics import Metrics
 from worker.outcome import Ack, Dead, Outcome, Retry
@@ -44,8 +45,15 @@ class Consumer:
         stats: Stats,
         metrics: Metrics | None = None,
         after_message: Callable[[], None] | None = None,
+        breaker: Breaker | None = None,
     ) -> None:
         self._settings = settings
+        # While the gateway's breaker is open nothing new is claimed: deliveries wait here
+        # unacked (no attempt spent) and go back to the queue after BILLQ_BREAKER_HOLD_S.
+        self._breaker = breaker
+        self._held_since: float | None = None
+        if breaker is not None:
+            breaker.on_close(self._resume)
         self._handler = handler
         self._stats = stats
         self._metrics = metrics
@@ -95,6 +103,7 @@ class Consumer:
         # Deliveries still waiting from an earlier channel died with it (the broker requeued
         # them); acks are per channel, so each channel gets its own frontier.
         self._pending.clear()
+        self._held_since = None
         self._frontier = AckFrontier(channel)
         tag = await queue.consume(self._on_message)
         self.connected.set()
@@ -107,6 +116,8 @@ class Consumer:
             if not await self._is_consuming(channel, tag):
                 log.warning("worker.consumer_cancelled")
                 return
+            if self._held_too_long():
+                await self._return_held("breaker open longer than BILLQ_BREAKER_HOLD_S")
             try:
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
             except TimeoutError:
@@ -114,6 +125,8 @@ class Consumer:
         # Stop taking work; in-flight deliveries finish and are acked on this channel.
         with contextlib.suppress(Exception):  # the channel may already be gone
             await queue.cancel(tag)
+        if self._breaker is not None and not self._breaker.admits:
+            await self._return_held("stopping while the gateway breaker is open")
         self._flush(force=True)
         await self._drain()
 
@@ -141,6 +154,10 @@ class Consumer:
         assert self._frontier is not None and message.delivery_tag is not None
         self._frontier.delivered(message.delivery_tag)
         self._pending.append(message)
+        if self._breaker is not None and not self._breaker.admits:
+            if self._held_since is None:
+                self._held_since = time.monotonic()
+            return  # held until the breaker closes (``_resume``)
         if self._running >= self._batch_limit:
             return  # the next batch to finish flushes what waits
         if len(self._pending) >= self._settings.worker_batch_max:
@@ -155,6 +172,8 @@ class Consumer:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
+        if self._breaker is not None and not self._breaker.admits:
+            return
         size = self._settings.worker_batch_max
         while self._pending and (force or self._running < self._batch_limit):
             batch, self._pending = self._pending[:size], self._pending[size:]
@@ -164,6 +183,33 @@ class Consumer:
             task = asyncio.create_task(self._process(batch, self._frontier))
             self._tasks.add(task)
             task.add_done_callback(self._batch_done)
+
+    def _resume(self) -> None:
+        """The breaker closed: what it held starts now."""
+        self._held_since = None
+        if self._pending and self._frontier is not None:
+            self._flush()
+
+    def _held_too_long(self) -> bool:
+        return (
+            self._held_since is not None
+            and bool(self._pending)
+            and time.monotonic() - self._held_since >= self._settings.breaker_hold_s
+        )
+
+    async def _return_held(self, why: str) -> None:
+        """Give held deliveries back to the queue; nobody claimed them, so no job lost an
+        attempt (the broker's delivery count grows by one: its limit is a backstop)."""
+        held, self._pending = self._pending, []
+        self._held_since = None
+        if not held or self._frontier is None:
+            return
+        log.warning("worker.returning_held", deliveries=len(held), reason=why)
+        if self._metrics:
+            self._metrics.breaker_returned.inc(len(held))
+        for message in held:
+            await self._requeue(message)
+        await self._frontier.finished((), [_tag(m) for m in held])
 
     def _batch_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

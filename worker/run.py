@@ -23,6 +23,7 @@ from shared.db.jobs_repo import JobsRepo
 from shared.db.pool import create_pool
 from shared.errors import TransientError
 from shared.gateway.factory import make_gateway
+from worker.breaker import Breaker, guarded
 from worker.consumer import Consumer
 from worker.handler import Handler
 from worker.health import HealthServer
@@ -46,8 +47,10 @@ class Heartbeat:
         stats: Stats,
         metrics: Metrics,
         stop: asyncio.Event,
+        breaker: Breaker | None = None,
     ) -> None:
         self._settings = settings
+        self._breaker = breaker
         self._pool = pool
         self._worker_id = worker_id
         self._stats = stats
@@ -68,6 +71,7 @@ class Heartbeat:
                     pid,
                     self._stats.in_flight,
                     self._stats.handled,
+                    self._breaker.state if self._breaker else "closed",
                 )
                 self.db_ok = True
                 self._metrics.last_heartbeat.set(time.time())
@@ -128,14 +132,16 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> int:
     pool = await _open_pool(settings, worker_id, stop)
     if pool is None:
         return 0
-    gateway = make_gateway(settings)
     stats, metrics = Stats(), Metrics()
+    gateway = guarded(settings, make_gateway(settings), metrics)
     health: HealthServer | None = None
     try:
         jobs = JobsRepo(pool, worker_id=worker_id, lease_s=settings.job_lease)
         handler = Handler(settings, jobs, gateway, metrics.gateway_seconds.observe)
-        heartbeat = Heartbeat(settings, pool, worker_id, stats, metrics, stop)
-        consumer = Consumer(settings, handler, stats, metrics, heartbeat.check_message_limit)
+        heartbeat = Heartbeat(settings, pool, worker_id, stats, metrics, stop, gateway.breaker)
+        consumer = Consumer(
+            settings, handler, stats, metrics, heartbeat.check_message_limit, gateway.breaker
+        )
         heartbeat.db_ok = True
         if settings.metrics_port is not None:
 

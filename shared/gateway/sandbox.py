@@ -8,7 +8,8 @@ Every failure is classified here, at the edge, by what it says about the charge:
     5xx, 409, 429                    GatewayUnavailable  nothing ran; retry with the same key
     connect error / connect timeout  GatewayUnavailable  the request never left
     read/write timeout, dropped      OutcomeUnknown      it may have run; retry with the same key
-    400, 401, 403, 404, other        GatewayRejected     permanent (invalid request, auth)
+    401, 403, unusable URL           GatewayMisconfigured  the gateway refused billq itself
+    400, 404, other                  GatewayRejected     permanent (invalid request)
 
 No exception message carries the payment method or the API key.
 
@@ -29,7 +30,12 @@ import aiohttp
 import httpx
 import orjson
 
-from shared.errors import GatewayRejected, GatewayUnavailable, OutcomeUnknown
+from shared.errors import (
+    GatewayMisconfigured,
+    GatewayRejected,
+    GatewayUnavailable,
+    OutcomeUnknown,
+)
 from shared.gateway.port import (
     Charged,
     ChargeOutcome,
@@ -97,7 +103,7 @@ class SandboxGateway:
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise GatewayUnavailable(f"gateway unreachable: {type(exc).__name__}") from exc
         except httpx.UnsupportedProtocol as exc:
-            raise GatewayRejected(f"gateway URL unusable: {exc}") from exc
+            raise GatewayMisconfigured(f"gateway URL unusable: {exc}") from exc
         except httpx.TransportError as exc:
             # Sent, or partly sent, with no answer: the gateway may have charged.
             raise OutcomeUnknown(
@@ -118,7 +124,7 @@ class SandboxGateway:
             try:
                 response = await self._client.get(INTENTS, params=params)
             except httpx.UnsupportedProtocol as exc:
-                raise GatewayRejected(f"gateway URL unusable: {exc}") from exc
+                raise GatewayMisconfigured(f"gateway URL unusable: {exc}") from exc
             except httpx.TransportError as exc:
                 raise GatewayUnavailable(f"gateway listing failed: {type(exc).__name__}") from exc
             if response.status_code != 200:
@@ -157,7 +163,7 @@ class SandboxGateway:
                 params={"query": f"metadata['{BILLQ_KEY}']:'{escaped}'", "limit": "100"},
             )
         except httpx.UnsupportedProtocol as exc:
-            raise GatewayRejected(f"gateway URL unusable: {exc}") from exc
+            raise GatewayMisconfigured(f"gateway URL unusable: {exc}") from exc
         except httpx.TransportError as exc:
             # A search changes nothing: whatever went wrong, asking again is safe.
             raise GatewayUnavailable(f"gateway search failed: {type(exc).__name__}") from exc
@@ -220,6 +226,9 @@ class SandboxGateway:
         error = (_json(response) or {}).get("error") or {}
         kind = error.get("type") or "error"
         message = self._scrub(str(error.get("message") or "no message"), payment_method)
+        if status in (401, 403):
+            # Our key or its permissions, not the charge: the worker's breaker holds the work.
+            raise GatewayMisconfigured(f"gateway {status} {kind}: {message}")
         raise GatewayRejected(f"gateway {status} {kind}: {message}")
 
     def _scrub(self, message: str, payment_method: str) -> str:
