@@ -177,7 +177,5 @@ class BreakerGateway:
 
 def guarded(settings: Settings, gateway: PaymentGateway, metrics: Metrics | None) -> BreakerGateway:
     """The gateway behind a breaker whose probe is a read-only search on the same gateway."""
-    breaker = Breaker(
-        settings, lambda: gateway.find_by_idempotency_key(PROBE_KEY), metrics=metrics
-    )
+    breaker = Breaker(settings, lambda: gateway.find_by_idempotency_key(PROBE_KEY), metrics=metrics)
     return BreakerGateway(gateway, breaker)

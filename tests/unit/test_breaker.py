@@ -32,6 +32,7 @@ class ScriptedGateway:
         self.probe_error: Exception | None = GatewayUnavailable("gateway answered 503")
         self.charges = 0
         self.probes = 0
+        self.probed_thrice = asyncio.Event()
 
     async def charge(self, request: ChargeRequest) -> ChargeOutcome:
         self.charges += 1
@@ -41,6 +42,8 @@ class ScriptedGateway:
 
     async def find_by_idempotency_key(self, idempotency_key: str) -> ChargeOutcome | None:
         self.probes += 1
+        if self.probes >= 3:
+            self.probed_thrice.set()
         if self.probe_error is not None:
             raise self.probe_error
         return None
@@ -122,8 +125,8 @@ async def test_an_open_breaker_probes_until_the_gateway_answers_then_resumes() -
     gw.breaker.on_close(resumed.set)
     gateway.answer = GatewayUnavailable("gateway answered 503")
     await fail(gw, 8)
-    while gateway.probes < 3:  # still down: every probe fails, the breaker stays open
-        await asyncio.sleep(0.01)
+    # Still down: every probe fails, the breaker stays open.
+    await asyncio.wait_for(gateway.probed_thrice.wait(), 5)
     assert gw.breaker.state == OPEN and not resumed.is_set()
     gateway.probe_error = None
     gateway.answer = Charged("pi_2")
@@ -151,4 +154,3 @@ def test_backoff_grows_to_its_cap_with_jitter_and_resets() -> None:
     assert [steady.next() for _ in range(5)] == [1.0, 2.0, 4.0, 8.0, 8.0]
     steady.reset()
     assert steady.next() == 1.0
-
