@@ -252,14 +252,13 @@ def map_stripe_error(
     if isinstance(exc, stripe.RateLimitError):
         return GatewayUnavailable(f"gateway answered {exc.http_status} (rate limited)")
     status = exc.http_status
-    if status in (401, 403):
-        # Our key or its permissions, not the charge: the worker's breaker holds the work.
-        message = _scrub(exc.user_message or "no message", secrets)
-        return GatewayMisconfigured(f"gateway {status} {type(exc).__name__}: {message}")
     if isinstance(exc, _PERMANENT):
         error = exc.error
         kind = (error.type if error is not None else None) or type(exc).__name__
         message = _scrub(exc.user_message or "no message", secrets)
+        if status in (401, 403):
+            # Our key or its permissions, not the charge: the worker's breaker holds the work.
+            return GatewayMisconfigured(f"gateway {status} {kind}: {message}")
         return GatewayRejected(f"gateway {status} {kind}: {message}")
     # APIError, and whatever else the SDK may raise: judge by the status.
     if status is None or 200 <= status < 300:
