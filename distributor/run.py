@@ -24,6 +24,7 @@ from distributor.summary import Summary
 from shared.amqp import topology
 from shared.amqp.connection import broker_lost, connect_any
 from shared.amqp.publisher import Publisher
+from shared.backoff import Backoff
 from shared.billing.jobs import TERMINAL
 from shared.config import Settings
 from shared.db import accounts_repo, runs_repo
@@ -95,6 +96,7 @@ async def _with_broker_failover(
     published, and a new pass republishes the former and skips accounts that have a job.
     ``run_pass(may_resume)``: False on the last attempt, which fails the run clearly.
     """
+    backoff = Backoff(base=0.5, cap=2.0)
     for attempt in range(1, attempts + 1):
         try:
             await run_pass(attempt < attempts)
@@ -115,7 +117,7 @@ async def _with_broker_failover(
                 error=f"{type(exc).__name__}: {exc}",
             )
             summary.new_jobs = summary.republished = summary.due = 0
-            await asyncio.sleep(min(2.0, 0.5 * attempt))
+            await asyncio.sleep(backoff.next())
 
 
 def _lost_broker(exc: BaseException) -> bool:

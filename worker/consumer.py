@@ -21,8 +21,9 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from shared.amqp import dlq, names, topology
 from shared.amqp.connection import connect_with_retry
 from shared.amqp.publisher import Publisher
+from shared.backoff import Backoff
 from shared.config import Settings
-from shared.errors import BillqError
+from shared.errors import BillqError, ConfigError
 from shared.messages import HANDOFF_HEADER
 from worker.acks import AckFrontier
 from worker.breaker import Breaker
@@ -33,6 +34,8 @@ from worker.stats import Stats
 
 log = structlog.get_logger("billq.worker")
 
+# A session that consumed this long was healthy: the next reconnect starts from a short delay.
+HEALTHY_SESSION_S = 30.0
 # Retry copies expire in [1 - JITTER, 1] x their tier: spread without exceeding the tier.
 JITTER = 0.2
 
@@ -71,12 +74,18 @@ class Consumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; then finish in-flight work within the grace period."""
+        # One backoff for the whole loop: a connection that opens and dies at once (a
+        # channel error, a cancelled consumer) waits longer each time instead of storming.
+        backoff = Backoff()
         while not stop.is_set():
-            conn = await connect_with_retry(self._settings.amqp_urls, stop=stop)
+            conn = await connect_with_retry(self._settings.amqp_urls, stop=stop, backoff=backoff)
             if conn is None:
                 break
+            opened = time.monotonic()
             try:
                 await self._consume(conn, stop)
+            except ConfigError:
+                raise  # a topology mismatch: reconnecting cannot help
             except Exception as exc:
                 # Whatever the broker connection threw (aiormq surfaces some losses as
                 # StopAsyncIteration or RuntimeError): reconnect, do not die.
@@ -91,7 +100,12 @@ class Consumer:
                 self._stats.reconnects += 1
                 if self._metrics:
                     self._metrics.reconnects.inc()
-                log.info("broker.reconnecting")
+                if time.monotonic() - opened > HEALTHY_SESSION_S:
+                    backoff.reset()
+                delay = backoff.next()
+                log.info("broker.reconnecting", retry_s=round(delay, 3))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
         await self._drain()
 
     async def _consume(self, conn: AbstractConnection, stop: asyncio.Event) -> None:

@@ -17,6 +17,7 @@ import asyncpg
 import psutil
 import structlog
 
+from shared.backoff import Backoff
 from shared.config import Settings
 from shared.db import runs_repo, workers_repo
 from shared.db.jobs_repo import JobsRepo
@@ -109,7 +110,7 @@ async def _open_pool(
 ) -> asyncpg.Pool | None:
     """A pool and a first heartbeat; while Postgres is down (a restart, a failover) keep
     trying with capped backoff instead of exiting. None when stopped first."""
-    delay = 0.25
+    backoff = Backoff()
     while not stop.is_set():
         pool: asyncpg.Pool | None = None
         try:
@@ -119,10 +120,12 @@ async def _open_pool(
         except TransientError as exc:
             if pool is not None:
                 await pool.close()
-            log.warning("worker.waiting_for_database", error=type(exc).__name__, retry_s=delay)
+            delay = backoff.next()
+            log.warning(
+                "worker.waiting_for_database", error=type(exc).__name__, retry_s=round(delay, 3)
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
-            delay = min(5.0, delay * 2)
     return None
 
 
@@ -156,8 +159,10 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> int:
             await health.start(settings.metrics_host, settings.metrics_port)
         beat = asyncio.create_task(heartbeat.run())
         log.info("worker.started", concurrency=settings.concurrency)
-        await consumer.run(stop)
-        beat.cancel()
+        try:
+            await consumer.run(stop)
+        finally:
+            beat.cancel()
         try:
             await workers_repo.deregister(pool, worker_id)
         except Exception as exc:
