@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from shared.db.errors import classified
+from shared.db.errors import classified, retried_on_conflict
 
 # Shared by every distributor host: one distribution at a time.
 DISTRIBUTE_LOCK_ID = 0x62696C6C71_02
@@ -90,9 +90,21 @@ SELECT id, account_id, period_start, idempotency_key, run_id
  LIMIT $2
 """
 
+# Rows locked in id order, skipping rows a worker is claiming right now: the distributor
+# never waits for a worker's lock, so the two cannot deadlock (a worker's claim locks its
+# batch in whatever order its join produces). A skipped row is being moved on by a worker
+# (state 'processing' once it commits); if that claim rolls back, the row stays 'pending'
+# and the next run's outbox repair publishes it again (a duplicate the claim absorbs).
 MARK_PUBLISHED = """
-UPDATE billing_jobs SET state = 'published', published_at = now(), updated_at = now()
- WHERE id = ANY($1::bigint[]) AND state = 'pending'
+WITH target AS (
+    SELECT id FROM billing_jobs
+     WHERE id = ANY($1::bigint[]) AND state = 'pending'
+     ORDER BY id
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE billing_jobs j SET state = 'published', published_at = now(), updated_at = now()
+  FROM target t
+ WHERE j.id = t.id
 """
 
 CREATE_RUN = "INSERT INTO billing_runs (as_of) VALUES ($1) RETURNING id"
@@ -174,6 +186,8 @@ async def count_due(pool: asyncpg.Pool, as_of: dt.datetime, shard: tuple[int, in
     return int(await pool.fetchval(COUNT_DUE, as_of, n, k))
 
 
+@classified
+@retried_on_conflict
 async def insert_jobs(
     pool: asyncpg.Pool, run_id: int, cols: Sequence[list[Any]]
 ) -> list[asyncpg.Record]:
@@ -214,6 +228,8 @@ async def pending_batch(
     return list(await pool.fetch(PENDING_BATCH, after_id, limit, open_run_grace_s))
 
 
+@classified
+@retried_on_conflict
 async def mark_published(pool: asyncpg.Pool, job_ids: list[int]) -> None:
     await pool.execute(MARK_PUBLISHED, job_ids)
 
