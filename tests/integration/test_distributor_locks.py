@@ -79,3 +79,43 @@ async def test_a_deadlock_is_retried_and_one_that_persists_is_reported_in_one_li
         await flaky(100)
     assert calls == CONFLICT_TRIES == 5
     assert "DeadlockDetectedError" in str(caught.value) and "\n" not in str(caught.value)
+
+
+async def test_the_scan_gives_each_account_one_period_per_run_while_workers_advance_them(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    # Three periods behind: every charge leaves the account still due, further on in the
+    # scan's (next_billing_at, id) order. Short statements see that; the run must not.
+    await seed(db, 7)
+    await db.execute("UPDATE accounts SET next_billing_at = '2025-12-01Z'")
+    as_of = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
+    pool = await create_pool(settings, min_size=1, max_size=2)
+    try:
+        run_id = await runs_repo.create_run(pool, as_of)
+        seen: list[int] = []
+        async for rows in runs_repo.scan_due(pool, as_of, 2, None, run_id):
+            ids = [r["id"] for r in rows]
+            seen += ids
+            n = len(ids)
+            await runs_repo.insert_jobs(
+                pool,
+                run_id,
+                [
+                    ids,
+                    [r["next_billing_at"].date() for r in rows],
+                    [dt.date(2026, 1, 1)] * n,
+                    [f"billq_{i}_2025-12-01" for i in ids],
+                    [1000] * n,
+                    ["USD"] * n,
+                    [0] * n,
+                ],
+            )
+            # A worker charges them at once: each moves a month on, still due.
+            await db.execute(
+                "UPDATE accounts SET next_billing_at = next_billing_at + interval '1 month'"
+                " WHERE id = ANY($1::bigint[])",
+                ids,
+            )
+        assert sorted(seen) == list(range(1, 8))
+    finally:
+        await pool.close()
