@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 
 import structlog
 
@@ -32,7 +33,7 @@ from shared.errors import (
     GatewayUnavailable,
     TransientError,
 )
-from shared.gateway.port import ChargeOutcome, ChargeRequest, PaymentGateway
+from shared.gateway.port import ChargeOutcome, ChargeRequest, GatewayCharge, PaymentGateway
 from worker.metrics import Metrics
 
 log = structlog.get_logger("billq.worker")
@@ -169,6 +170,9 @@ class BreakerGateway:
 
     async def find_by_idempotency_key(self, idempotency_key: str) -> ChargeOutcome | None:
         return await self._inner.find_by_idempotency_key(idempotency_key)
+
+    def list_charges(self, since: datetime | None) -> AsyncIterator[GatewayCharge]:
+        return self._inner.list_charges(since)
 
     async def aclose(self) -> None:
         await self.breaker.aclose()

@@ -31,6 +31,8 @@ async def pending_jobs(pool: asyncpg.Pool, n: int) -> list[int]:
         [1000] * n,
         ["USD"] * n,
         [0] * n,
+        ["pm_card_visa"] * n,
+        [None] * n,
     ]
     rows = await runs_repo.insert_jobs(pool, run_id, cols)
     return sorted(r["id"] for r in rows)
@@ -108,6 +110,8 @@ async def test_the_scan_gives_each_account_one_period_per_run_while_workers_adva
                     [1000] * n,
                     ["USD"] * n,
                     [0] * n,
+                    ["pm_card_visa"] * n,
+                    [None] * n,
                 ],
             )
             # A worker charges them at once: each moves a month on, still due.
