@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import Counter
 from collections.abc import Callable
 
 import structlog
@@ -63,10 +62,6 @@ class Consumer:
         self._after_message = after_message
         self._pending: list[AbstractIncomingMessage] = []
         self._flush_timer: asyncio.TimerHandle | None = None
-        # Enough batches at once to keep BILLQ_CONCURRENCY deliveries working (and at least
-        # two, so one commits while the next is charged); more would only shrink them.
-        self._batch_limit = max(2, -(-settings.concurrency // settings.worker_batch_max))
-        self._running = 0
         self._frontier: AckFrontier | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._publisher: Publisher | None = None
@@ -161,10 +156,10 @@ class Consumer:
                 task.cancel()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        # Deliveries are grouped so a batch shares its database round trips (group commit).
-        # At most ``_batch_limit`` batches run at once; deliveries arriving meanwhile wait
-        # and leave together when one finishes, so batches grow with the load instead of
-        # the commit rate growing with it. An idle worker flushes after BILLQ_BATCH_WAIT_MS.
+        # Deliveries that arrive within BILLQ_BATCH_WAIT_MS of each other are claimed in one
+        # statement; from there each moves on its own (see Handler.handle_batch). Charges
+        # in flight are bounded by the prefetch window (BILLQ_CONCURRENCY), not by batches:
+        # a slow charge holds its own delivery, never a batch or the window behind it.
         assert self._frontier is not None and message.delivery_tag is not None
         self._frontier.delivered(message.delivery_tag)
         self._pending.append(message)
@@ -172,8 +167,6 @@ class Consumer:
             if self._held_since is None:
                 self._held_since = time.monotonic()
             return  # held until the breaker closes (``_resume``)
-        if self._running >= self._batch_limit:
-            return  # the next batch to finish flushes what waits
         if len(self._pending) >= self._settings.worker_batch_max:
             self._flush()
         elif self._flush_timer is None:
@@ -182,21 +175,20 @@ class Consumer:
             )
 
     def _flush(self, *, force: bool = False) -> None:
-        """Start a batch from what waits (every waiting delivery when ``force``)."""
+        """Claim what waits (``force``: also while the breaker is open, at shutdown)."""
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
-        if self._breaker is not None and not self._breaker.admits:
+        if not force and self._breaker is not None and not self._breaker.admits:
             return
         size = self._settings.worker_batch_max
-        while self._pending and (force or self._running < self._batch_limit):
+        while self._pending:
             batch, self._pending = self._pending[:size], self._pending[size:]
-            self._running += 1
             assert self._frontier is not None
             # Our own task, not the channel's: a closing channel must not cancel a commit.
             task = asyncio.create_task(self._process(batch, self._frontier))
             self._tasks.add(task)
-            task.add_done_callback(self._batch_done)
+            task.add_done_callback(self._tasks.discard)
 
     def _resume(self) -> None:
         """The breaker closed: what it held starts now."""
@@ -225,50 +217,60 @@ class Consumer:
             await self._requeue(message)
         await self._frontier.finished((), [_tag(m) for m in held])
 
-    def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._running -= 1
-        if self._pending:
-            self._flush()
-
     async def _process(self, batch: list[AbstractIncomingMessage], frontier: AckFrontier) -> None:
         self._stats.in_flight += len(batch)
+        if self._metrics:
+            self._metrics.in_flight.set(self._stats.in_flight)
         started = time.perf_counter()
-        ackable: list[AbstractIncomingMessage] = []
-        requeue: list[AbstractIncomingMessage] = []
+        settled: set[int] = set()
+
+        async def on_outcome(i: int, outcome: Outcome) -> None:
+            settled.add(i)
+            await self._settle(batch[i], outcome, frontier, started)
+
         try:
-            outcomes = await self._handler.handle_batch(
-                [Delivery(m.body, m.headers or {}, bool(m.redelivered)) for m in batch]
+            await self._handler.handle_batch(
+                [Delivery(m.body, m.headers or {}, bool(m.redelivered)) for m in batch],
+                on_outcome,
             )
-            labels = Counter(self._stats.count(o) for o in outcomes)
-            if self._metrics:
-                for label, n in labels.items():
-                    self._metrics.handled.labels(label).inc(n)
-            pairs = list(zip(batch, outcomes, strict=True))
-            copies = [(m, o) for m, o in pairs if not isinstance(o, Ack)]
-            # A retry or dead-letter copy is confirmed before its original is acked.
-            confirmed = await asyncio.gather(*(self._publish_copy(m, o) for m, o in copies))
-            ackable = [m for m, o in pairs if isinstance(o, Ack)]
-            ackable += [m for (m, _), ok in zip(copies, confirmed, strict=True) if ok]
-            requeue = [m for (m, _), ok in zip(copies, confirmed, strict=True) if not ok]
         except Exception as exc:
-            # The handler never raises by design; if it does, give every delivery back
-            # rather than leave the frontier waiting for them forever.
+            # The handler never raises by design; if it does, give back every delivery it
+            # had not settled rather than leave the frontier waiting for them forever.
             log.error("batch.failed", error=f"{type(exc).__name__}: {exc}", size=len(batch))
-            ackable, requeue = [], list(batch)
-        finally:
-            self._stats.in_flight -= len(batch)
-            self._stats.handled += len(batch)
-            if self._metrics:
-                elapsed = time.perf_counter() - started
-                for _ in batch:
-                    self._metrics.handle_seconds.observe(elapsed)
-                self._metrics.in_flight.set(self._stats.in_flight)
-            if self._after_message:
-                self._after_message()
-        for message in requeue:
+            rest = [m for i, m in enumerate(batch) if i not in settled]
+            for message in rest:
+                await self._requeue(message)
+                self._done_one(started)
+            await frontier.finished((), [_tag(m) for m in rest])
+
+    async def _settle(
+        self,
+        message: AbstractIncomingMessage,
+        outcome: Outcome,
+        frontier: AckFrontier,
+        started: float,
+    ) -> None:
+        """One broker action for one delivery's outcome, as soon as it is known."""
+        label = self._stats.count(outcome)
+        if self._metrics:
+            self._metrics.handled.labels(label).inc()
+        # A retry or dead-letter copy is confirmed before its original is acked.
+        if isinstance(outcome, Ack) or await self._publish_copy(message, outcome):
+            self._done_one(started)
+            await frontier.finished([_tag(message)])
+        else:
             await self._requeue(message)
-        await frontier.finished((_tag(m) for m in ackable), [_tag(m) for m in requeue])
+            self._done_one(started)
+            await frontier.finished((), [_tag(message)])
+
+    def _done_one(self, started: float) -> None:
+        self._stats.in_flight -= 1
+        self._stats.handled += 1
+        if self._metrics:
+            self._metrics.handle_seconds.observe(time.perf_counter() - started)
+            self._metrics.in_flight.set(self._stats.in_flight)
+        if self._after_message:
+            self._after_message()
 
     async def _publish_copy(self, message: AbstractIncomingMessage, outcome: Outcome) -> bool:
         """Publish the retry or dead-letter copy; False if it was not confirmed."""
