@@ -55,15 +55,20 @@ class Settings(BaseSettings):
     delivery_limit: int = Field(
         20, ge=1, description="Quorum queue redeliveries before the broker dead-letters."
     )
-    concurrency: int = Field(64, ge=1, le=10000, description="Messages a worker handles at once.")
+    concurrency: int = Field(
+        64, ge=1, le=10000, description="Charges a worker has in flight (its prefetch window)."
+    )
     worker_batch_max: int = Field(
-        256, ge=1, le=10000, description="Deliveries a worker claims and commits together."
+        256,
+        ge=1,
+        le=10000,
+        description="Most deliveries a worker claims, or charges it records, in one statement.",
     )
     batch_wait_ms: float = Field(
         25.0,
         ge=0,
         le=1000,
-        description="How long a worker waits to fill a batch (when a batch slot is free).",
+        description="How long a worker gathers deliveries into one claim statement.",
     )
     batch_size: int = Field(1000, ge=1, le=100000, description="Distributor batch size.")
     publish_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a confirm.")
