@@ -1,9 +1,13 @@
-"""Handle charge messages in batches: validate → claim → charge → record. Never raises.
+"""Handle charge messages: validate → claim → charge → record. Never raises.
 
-A batch shares its database round trips (one claim statement, one group commit for its
-charges) while each message keeps its own outcome; a batch of one is the same code path.
-Each failure is classified where it happens (see ``shared.errors``); the handler turns
-the class into an ``Outcome`` and the consumer performs it.
+A batch is claimed in one statement; from there each message moves on its own (its charge,
+its record — group-committed with whatever else finished meanwhile — and its outcome
+reported at once), so one slow charge holds only itself. Each failure is classified where
+it happens (see ``shared.errors``); the handler turns the class into an ``Outcome`` and the
+consumer performs it.
+
+Longer than most modules: every way a claimed job can end (charged, declined, refused by
+the money gate, out of attempts, outcome unresolved) lives here, next to the others.
 """
 
 from __future__ import annotations
