@@ -103,6 +103,25 @@ def billq_env(database: str, prefix: str, **extra: str) -> dict[str, str]:
     return env
 
 
+# billq's BILLQ_CONCURRENCY default (the bench imports no billq code; keep in step).
+DEFAULT_CONCURRENCY = 64
+
+
+async def dead_tuples(database: str) -> dict[str, int]:
+    """Dead row versions per billq table now (vacuum's backlog), from pg_stat_user_tables."""
+    conn = await connect(database)
+    try:
+        # The statistics collector reports with a delay; ask for a fresh snapshot.
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        rows = await conn.fetch(
+            "SELECT relname, n_dead_tup FROM pg_stat_user_tables"
+            " WHERE relname IN ('billing_jobs', 'accounts')"
+        )
+    finally:
+        await conn.close()
+    return {r["relname"]: int(r["n_dead_tup"]) for r in rows}
+
+
 def billq_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "billq", *args]
 

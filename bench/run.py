@@ -48,6 +48,7 @@ class Row:
     cpu_s: dict[str, float] = field(default_factory=dict)
     cpu_us_per_account: float = 0.0
     checks: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # row-specific figures
     ok: bool = False
 
 
@@ -149,6 +150,22 @@ class Bench:
             infra.wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout=60)
             procs.append(proc)
         return procs
+
+    def start_gateway(
+        self, db: str, prefix: str, ledger: Path, *flags: str
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """A sandbox gateway with these fault flags; its process and URL."""
+        port = infra.free_port()
+        proc = infra.spawn(
+            infra.billq_cmd(
+                "sandbox-gateway", "--port", str(port), "--ledger", str(ledger), *flags
+            ),
+            infra.billq_env(db, prefix),
+            self.workdir / f"{prefix}.gateway.log",
+        )
+        url = f"http://127.0.0.1:{port}"
+        infra.wait_http(f"{url}/healthz", proc)
+        return proc, url
 
     def start_floor(self, db: str, prefix: str, count: int, mode: str) -> list[Any]:
         procs = []
@@ -317,38 +334,31 @@ class Bench:
         label: str,
         *,
         processes: int,
-        concurrency: int,
+        concurrency: int | None,
         gateway: str,
         latency_ms: int = 0,
         mode: str = "drain",
         n: int | None = None,
+        faults: tuple[str, ...] = (),
+        title: str = "",
+        **extra_settings: str,
     ) -> None:
+        """``concurrency=None``: the default a new user gets. ``faults``: sandbox flags."""
         n = n or self.n
         db, prefix = await self.fresh(n, label)
         gw_proc = None
         ledger = None
-        settings = {"BILLQ_CONCURRENCY": str(concurrency), "BILLQ_GATEWAY": gateway}
+        settings = {"BILLQ_GATEWAY": gateway, **extra_settings}
+        if concurrency is not None:
+            settings["BILLQ_CONCURRENCY"] = str(concurrency)
         workers: list[subprocess.Popen[bytes]] = []
+        extra: dict[str, Any] = {}
         try:
             if gateway == "sandbox":
                 ledger = self.workdir / f"{prefix}.ledger.sqlite3"
-                port = infra.free_port()
-                gw_proc = infra.spawn(
-                    infra.billq_cmd(
-                        "sandbox-gateway",
-                        "--port",
-                        str(port),
-                        "--ledger",
-                        str(ledger),
-                        "--latency-ms",
-                        str(latency_ms),
-                    ),
-                    infra.billq_env(db, prefix),
-                    self.workdir / f"{prefix}.gateway.log",
+                gw_proc, settings["BILLQ_GATEWAY_URL"] = self.start_gateway(
+                    db, prefix, ledger, "--latency-ms", str(latency_ms), *faults
                 )
-                url = f"http://127.0.0.1:{port}"
-                infra.wait_http(f"{url}/healthz", gw_proc)
-                settings["BILLQ_GATEWAY_URL"] = url
             if mode == "drain":
                 self.distribute(db, prefix)
             cpu = infra.CpuMeter(db)
@@ -359,7 +369,11 @@ class Bench:
                 cpu_before = infra.cpu_seconds([w.pid for w in workers])
                 cpu.start()
                 if mode == "pipeline":
-                    self.distribute(db, prefix)
+                    summary = self.distribute(db, prefix)
+                    # The distributor's own rate while the workers consume, and the dead
+                    # job and account versions its run left behind (vacuum's backlog).
+                    extra["distributor_rate"] = round(n / float(summary["duration_s"]))
+                    extra["dead_tuples_after_distribute"] = await infra.dead_tuples(db)
                 await self.wait_all_succeeded(db, n, workers)
                 services = cpu.stop()
                 services["billq"] = infra.cpu_seconds([w.pid for w in workers]) - cpu_before
@@ -374,10 +388,12 @@ class Bench:
             )
             checks = await self.check(db, prefix, n, ledger)
             seconds = float(figures["seconds"])
-            gw = gateway + (f" {latency_ms}ms" if gateway == "sandbox" else "")
+            gw = gateway + (f" {latency_ms}ms" if gateway == "sandbox" else "") + title
+            conc = concurrency if concurrency is not None else infra.DEFAULT_CONCURRENCY
+            shown = f"{conc}" if concurrency is not None else f"{conc} (default)"
             self.record(
                 measured(
-                    f"billq {mode}, {gw}, {processes} proc x {concurrency}",
+                    f"billq {mode}, {gw}, {processes} proc x {shown}",
                     "billq",
                     n,
                     seconds,
@@ -385,11 +401,12 @@ class Bench:
                     services,
                     checks,
                     processes=processes,
-                    concurrency=concurrency,
+                    concurrency=conc,
                     gateway=gw,
                     mode=mode,
                     p50_ms=float(figures["p50"]) * 1000,
                     p99_ms=float(figures["p99"]) * 1000,
+                    extra=extra,
                 )
             )
         finally:
@@ -467,6 +484,16 @@ class Bench:
                 ),
             ),
             (
+                "pipeline-default",
+                lambda: self.billq(
+                    "pipeline_default",
+                    processes=2,
+                    concurrency=None,
+                    gateway="inprocess",
+                    mode="pipeline",
+                ),
+            ),
+            (
                 "sandbox0",
                 lambda: self.billq(
                     "sandbox0", processes=1, concurrency=256, gateway="sandbox", n=self.io_n
@@ -487,6 +514,37 @@ class Bench:
                     ),
                 )
             )
+        steps += [
+            (
+                "sandbox200spiky",
+                lambda: self.billq(
+                    "sandbox200spiky",
+                    processes=1,
+                    concurrency=256,
+                    gateway="sandbox",
+                    latency_ms=200,
+                    n=self.io_n,
+                    faults=("--spike-rate", "0.02", "--spike-ms", "3000", "--seed", "7"),
+                    title=" +2% 3s spikes",
+                ),
+            ),
+            (
+                "storm",
+                lambda: self.billq(
+                    "storm",
+                    processes=2,
+                    concurrency=64,
+                    gateway="sandbox",
+                    n=max(1, self.io_n // 10),
+                    faults=("--fail-rate", "0.2", "--timeout-rate", "0.1", "--seed", "7"),
+                    title=" storm (20% 5xx, 10% 5s timeouts)",
+                    # Short retry tiers: the row measures the worker, not the default backoff.
+                    BILLQ_GATEWAY_TIMEOUT="5",
+                    BILLQ_RETRY_DELAYS="[1, 2, 4]",
+                    BILLQ_MAX_ATTEMPTS="20",
+                ),
+            ),
+        ]
         try:
             for name, step in steps:
                 if self.args.only and not any(name.startswith(o) for o in self.args.only):
@@ -525,6 +583,24 @@ class Bench:
             out["billq_2proc_over_floor_batched"] = round(billq2.rate / batched.rate, 2)
         if billq2 and single:
             out["billq_2proc_over_floor_single"] = round(billq2.rate / single.rate, 2)
+        dist = next((r for r in self.rows if r.kind == "distributor"), None)
+        for pipe in (r for r in self.rows if r.mode == "pipeline" and r.gateway == "inprocess"):
+            key = f"pipeline_{pipe.processes}x{pipe.concurrency}"
+            if dist and billq2:
+                # Both stages on the same cores: the rate their CPU allows is one account
+                # through the distributor then through the workers, back to back.
+                stages = 1 / (1 / dist.rate + 1 / billq2.rate)
+                out[f"{key}_over_stages"] = round(pipe.rate / stages, 2)
+            if dist and pipe.extra.get("distributor_rate"):
+                out[f"{key}_distributor_over_alone"] = round(
+                    pipe.extra["distributor_rate"] / dist.rate, 2
+                )
+        clean = next(
+            (r for r in self.rows if r.gateway == "sandbox 200ms" and r.concurrency == 256), None
+        )
+        spiky = next((r for r in self.rows if r.gateway.startswith("sandbox 200ms +2%")), None)
+        if clean and spiky:
+            out["sandbox200_spiky_over_clean"] = round(spiky.rate / clean.rate, 2)
         return out
 
     def targets(self) -> list[dict[str, Any]]:
@@ -576,6 +652,9 @@ def print_table(result: dict[str, Any]) -> None:
             f"{r['name']:<46} {r['rate']:>10,.0f} {p50:>8} {p99:>8} {r['peak_rss_mb']:>7.0f}"
             f" {cpu:>11} {'ok' if r['ok'] else 'FAILED':>7}"
         )
+    for r in result["rows"]:
+        if r.get("extra"):
+            print(f"  {r['name']}: {r['extra']}")
     print()
     for k, v in result["ratios"].items():
         print(f"{k}: {v}")
@@ -636,7 +715,8 @@ def main() -> None:
         action="append",
         metavar="NAME",
         help="run only measurements whose name starts with NAME (repeatable): distributor, "
-        "floor-single, floor-batched, inproc1, inproc2, inproc3, pipeline2, sandbox0, sandbox200",
+        "floor-single, floor-batched, inproc1, inproc2, inproc3, pipeline2, pipeline-default, "
+        "sandbox0, sandbox200, sandbox200spiky, storm",
     )
     args = p.parse_args()
     if args.n < 1 or args.io_n < 1:

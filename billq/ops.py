@@ -270,7 +270,8 @@ def _workers(args: argparse.Namespace, settings: Settings) -> int:
         output.print_json(output.rows_to_dicts(data))
     else:
         output.print_table(
-            data, ("id", "status", "pid", "last_heartbeat", "in_flight", "holding", "handled")
+            data,
+            ("id", "status", "pid", "last_heartbeat", "in_flight", "holding", "handled", "breaker"),
         )
     return 0
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from distributor.summary import Summary
 from shared.amqp import topology
 from shared.amqp.connection import broker_lost, connect_any
 from shared.amqp.publisher import Publisher
+from shared.backoff import Backoff
 from shared.billing.jobs import TERMINAL
 from shared.config import Settings
 from shared.db import accounts_repo, runs_repo
@@ -57,7 +59,8 @@ async def distribute(
             summary.locked = True
             summary.state = "locked"
             return summary
-        pool = await create_pool(settings, min_size=1, max_size=4)
+        # A connection per publish window (each marks its batch published) and the scan's.
+        pool = await create_pool(settings, min_size=1, max_size=PUBLISH_WINDOWS + 2)
         try:
             if dry_run:
                 summary.due = await runs_repo.count_due(pool, as_of, shard)
@@ -99,6 +102,7 @@ async def _with_broker_failover(
     published, and a new pass republishes the former and skips accounts that have a job.
     ``run_pass(may_resume)``: False on the last attempt, which fails the run clearly.
     """
+    backoff = Backoff(base=0.5, cap=2.0)
     for attempt in range(1, attempts + 1):
         try:
             await run_pass(attempt < attempts)
@@ -119,7 +123,7 @@ async def _with_broker_failover(
                 error=f"{type(exc).__name__}: {exc}",
             )
             summary.new_jobs = summary.republished = summary.due = 0
-            await asyncio.sleep(min(2.0, 0.5 * attempt))
+            await asyncio.sleep(backoff.next())
 
 
 def _lost_broker(exc: BaseException) -> bool:
@@ -241,6 +245,12 @@ async def _repair_outbox(pool: asyncpg.Pool, outbox: Outbox, batch: int) -> int:
     return total
 
 
+# Batches whose confirms may be outstanding at once. One would be stop-and-wait (the next
+# batch's publish waits for the last confirm); a few keep the broker's confirm pipeline full
+# while the next batch is planned and inserted, and bound what a failure leaves in flight.
+PUBLISH_WINDOWS = 4
+
+
 async def _scan(
     pool: asyncpg.Pool,
     outbox: Outbox,
@@ -251,24 +261,23 @@ async def _scan(
     min_gap: float,
 ) -> None:
     assert summary.run_id is not None
-    # Two stages overlap: while one batch waits for its confirms, the next is planned and
-    # inserted. At most one publish is in flight, so a failure stops the run promptly.
-    publishing: asyncio.Task[int] | None = None
+    # Stages overlap: while earlier batches wait for their confirms, the next is read,
+    # planned and inserted. Windows finish in order; a failure stops the run promptly.
+    in_flight: deque[asyncio.Task[int]] = deque()
     try:
-        async with pool.acquire() as scan_conn:
-            async for rows in runs_repo.scan_due(scan_conn, as_of, batch, shard):
-                inserted = await _plan_and_insert(pool, rows, summary, min_gap)
-                if publishing is not None:
-                    summary.new_jobs += await publishing
-                publishing = asyncio.create_task(outbox.publish(inserted))
-        if publishing is not None:
-            summary.new_jobs += await publishing
-            publishing = None
+        async for rows in runs_repo.scan_due(pool, as_of, batch, shard, summary.run_id):
+            inserted = await _plan_and_insert(pool, rows, summary, min_gap)
+            while in_flight and (in_flight[0].done() or len(in_flight) >= PUBLISH_WINDOWS):
+                summary.new_jobs += await in_flight.popleft()
+            in_flight.append(asyncio.create_task(outbox.publish(inserted)))
+        while in_flight:
+            summary.new_jobs += await in_flight.popleft()
     finally:
-        if publishing is not None and not publishing.done():
-            publishing.cancel()
+        for task in in_flight:
+            task.cancel()
+        for task in in_flight:
             with contextlib.suppress(BaseException):
-                await publishing
+                await task
 
 
 async def _plan_and_insert(

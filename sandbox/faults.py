@@ -22,12 +22,17 @@ class Faults:
     spike_rate: float = 0.0  # share of POSTs delayed by a further spike_ms
     spike_ms: float = 0.0
     seed: int | None = None
+    # A wholesale outage: every /v1 request (searches too) gets this status; 0 = none.
+    # 401 plays a rotated API key, 503 a gateway that is down.
+    outage_status: int = 0
 
     def __post_init__(self) -> None:
         for name in ("fail_rate", "timeout_rate", "spike_rate"):
             rate = getattr(self, name)
             if not 0 <= rate <= 1:  # also refuses nan
                 raise ConfigError(f"{name} must be within [0, 1], got {rate}")
+        if self.outage_status and not 400 <= self.outage_status <= 599:
+            raise ConfigError(f"outage_status must be 0 or 400-599, got {self.outage_status}")
         for name in ("latency_ms", "spike_ms"):
             ms = getattr(self, name)
             if not (ms >= 0 and math.isfinite(ms)):

@@ -18,6 +18,11 @@ Endpoints::
     GET  /v1/payment_intents/search       query=metadata['KEY']:'VALUE', limit, page
     GET  /v1/payment_intents/{id}
     GET  /healthz
+    GET  /_sandbox/faults                 the faults now in force
+    PUT  /_sandbox/faults                 change them at run time (JSON: fields of ``Faults``)
+
+``outage_status`` (set at run time) answers every /v1 request, reads included, with that
+status: 503 plays a gateway that is down, 401 a rotated API key.
 
 Longer than most modules: one aiohttp app that emulates Stripe's request handling (form
 parsing, idempotency replay and fingerprinting, list cursors, search syntax) end to end; the
@@ -92,15 +97,49 @@ _BAD_KEY = _ApiError(
 class _Sandbox:
     def __init__(self, ledger: str, faults: Faults) -> None:
         self._path = ledger
+        self._set_faults(faults)
+        self._rng = random.Random(faults.seed)
+        self._ledger: Ledger | None = None
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key → (lock, holders + waiters)
+        self._closing = asyncio.Event()
+
+    def _set_faults(self, faults: Faults) -> None:
+        self.faults = faults
         self._fail_rate = faults.fail_rate
         self._timeout_rate = faults.timeout_rate
         self._latency_s = faults.latency_ms / 1000
         self._spike_rate = faults.spike_rate
         self._spike_s = faults.spike_ms / 1000
-        self._rng = random.Random(faults.seed)
-        self._ledger: Ledger | None = None
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key → (lock, holders + waiters)
-        self._closing = asyncio.Event()
+        self._outage = (
+            _ApiError(401, "authentication_error", "Invalid API Key provided.")
+            if faults.outage_status == 401
+            else _ApiError(faults.outage_status, "api_error", "The sandbox is down (outage).")
+        )
+
+    @web.middleware
+    async def outage(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """A wholesale outage answers every API request, reads included, with one status."""
+        if self.faults.outage_status and request.path.startswith("/v1/"):
+            return _respond(self._outage.status, self._outage.body)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def get_faults(self, request: web.Request) -> web.Response:
+        return web.json_response(dataclasses.asdict(self.faults))
+
+    async def put_faults(self, request: web.Request) -> web.Response:
+        """Switch faults at run time (tests turn an outage on and off); the seed's sequence
+        continues. Fields not given keep their value."""
+        try:
+            changes = await request.json()
+            if not isinstance(changes, dict):
+                raise TypeError("expected a JSON object")
+            faults = dataclasses.replace(self.faults, **changes)
+        except (ValueError, TypeError, ConfigError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        self._set_faults(faults)
+        log.info("sandbox.faults_changed", **dataclasses.asdict(faults))
+        return web.json_response(dataclasses.asdict(faults))
 
     @property
     def ledger(self) -> Ledger:
@@ -445,10 +484,12 @@ def build_app(*, ledger: str, faults: Faults | None = None) -> web.Application:
         ConfigError: at start-up, a ledger that cannot be opened.
     """
     sandbox = _Sandbox(ledger, faults or Faults())
-    app = web.Application()
+    app = web.Application(middlewares=[sandbox.outage])
     app.cleanup_ctx.append(sandbox.lifetime)
     app.on_shutdown.append(sandbox.on_shutdown)
     app.router.add_get("/healthz", sandbox.healthz)
+    app.router.add_get("/_sandbox/faults", sandbox.get_faults)
+    app.router.add_put("/_sandbox/faults", sandbox.put_faults)
     app.router.add_post("/v1/payment_intents", sandbox.create_intent)
     app.router.add_get("/v1/payment_intents", sandbox.list_intents)
     # Registered before /{id}, which would otherwise take "search" for an id.

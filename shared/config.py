@@ -55,15 +55,20 @@ class Settings(BaseSettings):
     delivery_limit: int = Field(
         20, ge=1, description="Quorum queue redeliveries before the broker dead-letters."
     )
-    concurrency: int = Field(64, ge=1, le=10000, description="Messages a worker handles at once.")
+    concurrency: int = Field(
+        64, ge=1, le=10000, description="Charges a worker has in flight (its prefetch window)."
+    )
     worker_batch_max: int = Field(
-        256, ge=1, le=10000, description="Deliveries a worker claims and commits together."
+        256,
+        ge=1,
+        le=10000,
+        description="Most deliveries a worker claims, or charges it records, in one statement.",
     )
     batch_wait_ms: float = Field(
         25.0,
         ge=0,
         le=1000,
-        description="How long a worker waits to fill a batch (when a batch slot is free).",
+        description="How long a worker gathers deliveries into one claim statement.",
     )
     batch_size: int = Field(1000, ge=1, le=100000, description="Distributor batch size.")
     publish_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a confirm.")
@@ -96,6 +101,29 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     log_format: Literal["auto", "json", "console"] = Field("auto")
+    # The worker's circuit breaker on the gateway (worker/breaker.py).
+    breaker_window: int = Field(
+        20, ge=0, le=10000, description="Recent gateway calls the breaker judges; 0 disables it."
+    )
+    breaker_failure_ratio: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Share of the window failing (5xx, timeouts, refused, 401) that opens it.",
+    )
+    breaker_probe_min_s: float = Field(
+        1.0, gt=0, description="First delay before probing an open breaker's gateway."
+    )
+    breaker_probe_max_s: float = Field(
+        30.0, gt=0, description="Longest delay between probes of an open breaker's gateway."
+    )
+    breaker_hold_s: float = Field(
+        # Long, because each return costs one redelivery of the broker's delivery limit;
+        # below consumer_timeout (checked once a minute), which would close the channel.
+        1200.0,
+        gt=0,
+        description="Seconds an open breaker holds deliveries before returning them to the queue.",
+    )
 
     @field_validator("retry_delays", "dunning_schedule", mode="before")
     @classmethod
@@ -138,6 +166,11 @@ class Settings(BaseSettings):
                 "timeouts must nest: BILLQ_GATEWAY_TIMEOUT "
                 f"({self.gateway_timeout:g}) < BILLQ_JOB_LEASE ({self.job_lease:g}) < "
                 f"RabbitMQ consumer_timeout ({RABBITMQ_CONSUMER_TIMEOUT_S:g})"
+            )
+        if self.breaker_hold_s > RABBITMQ_CONSUMER_TIMEOUT_S - 120:
+            raise ValueError(
+                f"BILLQ_BREAKER_HOLD_S ({self.breaker_hold_s:g}) must stay 120 s below "
+                f"RabbitMQ's consumer_timeout ({RABBITMQ_CONSUMER_TIMEOUT_S:g})"
             )
         return self
 

@@ -14,11 +14,14 @@ Every failure is classified where it happens, so the worker routes by class::
     │   ├── UnknownJob              message names a job or account that does not exist
     │   ├── AccountNotBillable      cancelled / suspended account
     │   ├── BadSignature            message signing enabled, signature missing or wrong
-    │   ├── GatewayRejected         permanent gateway error (invalid request, auth)
+    │   ├── GatewayRejected         permanent gateway error (invalid request)
+    │   │   └── GatewayMisconfigured    the gateway refused *us* (401/403, unusable URL):
+    │   │                               not the job's fault; the worker's breaker holds work
     │   └── Unroutable              RabbitMQ returned a publish as unroutable
     ├── ActionRefused           an operator action not allowed in the job's state (exit 1)
     ├── ImportRejected          an import file has bad rows; nothing imported (exit 1)
     └── ConfigError             bad setting or CLI argument: one clear line, exit 2
+        └── TopologyMismatch        existing queues were declared with other arguments
 
 ``shared.entrypoint`` maps the tree to exit codes: ConfigError → 2, any other BillqError → 1.
 
@@ -93,6 +96,10 @@ class GatewayRejected(FatalError):
     """The gateway refused the request permanently (invalid request or authentication)."""
 
 
+class GatewayMisconfigured(GatewayRejected):
+    """The gateway refused billq itself (credentials, permissions or an unusable URL)."""
+
+
 class Unroutable(FatalError):
     """RabbitMQ returned the message as unroutable (topology missing?)."""
 
@@ -107,3 +114,7 @@ class ImportRejected(BillqError):
 
 class ConfigError(BillqError):
     """A setting or command-line argument is invalid."""
+
+
+class TopologyMismatch(ConfigError):
+    """RabbitMQ refused a declaration: the queues exist with other arguments."""

@@ -13,6 +13,10 @@ from shared.errors import InvalidMessage
 SCHEMA_VERSION = 1
 MESSAGE_TYPE = "billq.charge.v1"
 CONTENT_TYPE = "application/json"
+# Postgres bigint: an id outside it fails every statement (DataError), retried forever.
+# Caught at parse time instead, where it is the message's fault: dead-lettered.
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
 # AMQP header on a retry or republished copy: the job's attempts value it may claim from.
 HANDOFF_HEADER = "x-billq-handoff"
 
@@ -23,13 +27,17 @@ class ChargeMessage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
 
     schema_version: Literal[1] = Field(1, description="Wire format version.")
-    job_id: int = Field(gt=0, description="billing_jobs.id")
-    account_id: int = Field(description="accounts.id (the integrator's id)")
+    job_id: int = Field(gt=0, le=INT64_MAX, description="billing_jobs.id")
+    account_id: int = Field(
+        ge=INT64_MIN, le=INT64_MAX, description="accounts.id (the integrator's id)"
+    )
     period_start: dt.date = Field(description="First day of the period billed (UTC).")
     idempotency_key: str = Field(
         min_length=1, max_length=255, description="billq_{account_id}_{YYYY-MM-DD}"
     )
-    run_id: int | None = Field(None, description="billing_runs.id that created the job.")
+    run_id: int | None = Field(
+        None, gt=0, le=INT64_MAX, description="billing_runs.id that created the job."
+    )
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json"))

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import Counter
 from collections.abc import Callable
 
 import structlog
@@ -21,10 +20,12 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from shared.amqp import dlq, names, topology
 from shared.amqp.connection import connect_with_retry
 from shared.amqp.publisher import Publisher
+from shared.backoff import Backoff
 from shared.config import Settings
-from shared.errors import BillqError
+from shared.errors import BillqError, ConfigError
 from shared.messages import HANDOFF_HEADER
 from worker.acks import AckFrontier
+from worker.breaker import Breaker
 from worker.handler import Delivery, Handler
 from worker.metrics import Metrics
 from worker.outcome import Ack, Dead, Outcome, Retry
@@ -32,6 +33,8 @@ from worker.stats import Stats
 
 log = structlog.get_logger("billq.worker")
 
+# A session that consumed this long was healthy: the next reconnect starts from a short delay.
+HEALTHY_SESSION_S = 30.0
 # Retry copies expire in [1 - JITTER, 1] x their tier: spread without exceeding the tier.
 JITTER = 0.2
 
@@ -44,18 +47,21 @@ class Consumer:
         stats: Stats,
         metrics: Metrics | None = None,
         after_message: Callable[[], None] | None = None,
+        breaker: Breaker | None = None,
     ) -> None:
         self._settings = settings
+        # While the gateway's breaker is open nothing new is claimed: deliveries wait here
+        # unacked (no attempt spent) and go back to the queue after BILLQ_BREAKER_HOLD_S.
+        self._breaker = breaker
+        self._held_since: float | None = None
+        if breaker is not None:
+            breaker.on_close(self._resume)
         self._handler = handler
         self._stats = stats
         self._metrics = metrics
         self._after_message = after_message
         self._pending: list[AbstractIncomingMessage] = []
         self._flush_timer: asyncio.TimerHandle | None = None
-        # Enough batches at once to keep BILLQ_CONCURRENCY deliveries working (and at least
-        # two, so one commits while the next is charged); more would only shrink them.
-        self._batch_limit = max(2, -(-settings.concurrency // settings.worker_batch_max))
-        self._running = 0
         self._frontier: AckFrontier | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._publisher: Publisher | None = None
@@ -63,12 +69,18 @@ class Consumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; then finish in-flight work within the grace period."""
+        # One backoff for the whole loop: a connection that opens and dies at once (a
+        # channel error, a cancelled consumer) waits longer each time instead of storming.
+        backoff = Backoff()
         while not stop.is_set():
-            conn = await connect_with_retry(self._settings.amqp_urls, stop=stop)
+            conn = await connect_with_retry(self._settings.amqp_urls, stop=stop, backoff=backoff)
             if conn is None:
                 break
+            opened = time.monotonic()
             try:
                 await self._consume(conn, stop)
+            except ConfigError:
+                raise  # a topology mismatch: reconnecting cannot help
             except Exception as exc:
                 # Whatever the broker connection threw (aiormq surfaces some losses as
                 # StopAsyncIteration or RuntimeError): reconnect, do not die.
@@ -83,7 +95,12 @@ class Consumer:
                 self._stats.reconnects += 1
                 if self._metrics:
                     self._metrics.reconnects.inc()
-                log.info("broker.reconnecting")
+                if time.monotonic() - opened > HEALTHY_SESSION_S:
+                    backoff.reset()
+                delay = backoff.next()
+                log.info("broker.reconnecting", retry_s=round(delay, 3))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
         await self._drain()
 
     async def _consume(self, conn: AbstractConnection, stop: asyncio.Event) -> None:
@@ -95,6 +112,7 @@ class Consumer:
         # Deliveries still waiting from an earlier channel died with it (the broker requeued
         # them); acks are per channel, so each channel gets its own frontier.
         self._pending.clear()
+        self._held_since = None
         self._frontier = AckFrontier(channel)
         tag = await queue.consume(self._on_message)
         self.connected.set()
@@ -107,6 +125,8 @@ class Consumer:
             if not await self._is_consuming(channel, tag):
                 log.warning("worker.consumer_cancelled")
                 return
+            if self._held_too_long():
+                await self._return_held("breaker open longer than BILLQ_BREAKER_HOLD_S")
             try:
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
             except TimeoutError:
@@ -114,6 +134,8 @@ class Consumer:
         # Stop taking work; in-flight deliveries finish and are acked on this channel.
         with contextlib.suppress(Exception):  # the channel may already be gone
             await queue.cancel(tag)
+        if self._breaker is not None and not self._breaker.admits:
+            await self._return_held("stopping while the gateway breaker is open")
         self._flush(force=True)
         await self._drain()
 
@@ -134,15 +156,17 @@ class Consumer:
                 task.cancel()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        # Deliveries are grouped so a batch shares its database round trips (group commit).
-        # At most ``_batch_limit`` batches run at once; deliveries arriving meanwhile wait
-        # and leave together when one finishes, so batches grow with the load instead of
-        # the commit rate growing with it. An idle worker flushes after BILLQ_BATCH_WAIT_MS.
+        # Deliveries that arrive within BILLQ_BATCH_WAIT_MS of each other are claimed in one
+        # statement; from there each moves on its own (see Handler.handle_batch). Charges
+        # in flight are bounded by the prefetch window (BILLQ_CONCURRENCY), not by batches:
+        # a slow charge holds its own delivery, never a batch or the window behind it.
         assert self._frontier is not None and message.delivery_tag is not None
         self._frontier.delivered(message.delivery_tag)
         self._pending.append(message)
-        if self._running >= self._batch_limit:
-            return  # the next batch to finish flushes what waits
+        if self._breaker is not None and not self._breaker.admits:
+            if self._held_since is None:
+                self._held_since = time.monotonic()
+            return  # held until the breaker closes (``_resume``)
         if len(self._pending) >= self._settings.worker_batch_max:
             self._flush()
         elif self._flush_timer is None:
@@ -151,64 +175,102 @@ class Consumer:
             )
 
     def _flush(self, *, force: bool = False) -> None:
-        """Start a batch from what waits (every waiting delivery when ``force``)."""
+        """Claim what waits (``force``: also while the breaker is open, at shutdown)."""
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
+        if not force and self._breaker is not None and not self._breaker.admits:
+            return
         size = self._settings.worker_batch_max
-        while self._pending and (force or self._running < self._batch_limit):
+        while self._pending:
             batch, self._pending = self._pending[:size], self._pending[size:]
-            self._running += 1
             assert self._frontier is not None
             # Our own task, not the channel's: a closing channel must not cancel a commit.
             task = asyncio.create_task(self._process(batch, self._frontier))
             self._tasks.add(task)
-            task.add_done_callback(self._batch_done)
+            task.add_done_callback(self._tasks.discard)
 
-    def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._running -= 1
-        if self._pending:
+    def _resume(self) -> None:
+        """The breaker closed: what it held starts now."""
+        self._held_since = None
+        if self._pending and self._frontier is not None:
             self._flush()
+
+    def _held_too_long(self) -> bool:
+        return (
+            self._held_since is not None
+            and bool(self._pending)
+            and time.monotonic() - self._held_since >= self._settings.breaker_hold_s
+        )
+
+    async def _return_held(self, why: str) -> None:
+        """Give held deliveries back to the queue; nobody claimed them, so no job lost an
+        attempt (the broker's delivery count grows by one: its limit is a backstop)."""
+        held, self._pending = self._pending, []
+        self._held_since = None
+        if not held or self._frontier is None:
+            return
+        log.warning("worker.returning_held", deliveries=len(held), reason=why)
+        if self._metrics:
+            self._metrics.breaker_returned.inc(len(held))
+        for message in held:
+            await self._requeue(message)
+        await self._frontier.finished((), [_tag(m) for m in held])
 
     async def _process(self, batch: list[AbstractIncomingMessage], frontier: AckFrontier) -> None:
         self._stats.in_flight += len(batch)
+        if self._metrics:
+            self._metrics.in_flight.set(self._stats.in_flight)
         started = time.perf_counter()
-        ackable: list[AbstractIncomingMessage] = []
-        requeue: list[AbstractIncomingMessage] = []
+        settled: set[int] = set()
+
+        async def on_outcome(i: int, outcome: Outcome) -> None:
+            settled.add(i)
+            await self._settle(batch[i], outcome, frontier, started)
+
         try:
-            outcomes = await self._handler.handle_batch(
-                [Delivery(m.body, m.headers or {}, bool(m.redelivered)) for m in batch]
+            await self._handler.handle_batch(
+                [Delivery(m.body, m.headers or {}, bool(m.redelivered)) for m in batch],
+                on_outcome,
             )
-            labels = Counter(self._stats.count(o) for o in outcomes)
-            if self._metrics:
-                for label, n in labels.items():
-                    self._metrics.handled.labels(label).inc(n)
-            pairs = list(zip(batch, outcomes, strict=True))
-            copies = [(m, o) for m, o in pairs if not isinstance(o, Ack)]
-            # A retry or dead-letter copy is confirmed before its original is acked.
-            confirmed = await asyncio.gather(*(self._publish_copy(m, o) for m, o in copies))
-            ackable = [m for m, o in pairs if isinstance(o, Ack)]
-            ackable += [m for (m, _), ok in zip(copies, confirmed, strict=True) if ok]
-            requeue = [m for (m, _), ok in zip(copies, confirmed, strict=True) if not ok]
         except Exception as exc:
-            # The handler never raises by design; if it does, give every delivery back
-            # rather than leave the frontier waiting for them forever.
+            # The handler never raises by design; if it does, give back every delivery it
+            # had not settled rather than leave the frontier waiting for them forever.
             log.error("batch.failed", error=f"{type(exc).__name__}: {exc}", size=len(batch))
-            ackable, requeue = [], list(batch)
-        finally:
-            self._stats.in_flight -= len(batch)
-            self._stats.handled += len(batch)
-            if self._metrics:
-                elapsed = time.perf_counter() - started
-                for _ in batch:
-                    self._metrics.handle_seconds.observe(elapsed)
-                self._metrics.in_flight.set(self._stats.in_flight)
-            if self._after_message:
-                self._after_message()
-        for message in requeue:
+            rest = [m for i, m in enumerate(batch) if i not in settled]
+            for message in rest:
+                await self._requeue(message)
+                self._done_one(started)
+            await frontier.finished((), [_tag(m) for m in rest])
+
+    async def _settle(
+        self,
+        message: AbstractIncomingMessage,
+        outcome: Outcome,
+        frontier: AckFrontier,
+        started: float,
+    ) -> None:
+        """One broker action for one delivery's outcome, as soon as it is known."""
+        label = self._stats.count(outcome)
+        if self._metrics:
+            self._metrics.handled.labels(label).inc()
+        # A retry or dead-letter copy is confirmed before its original is acked.
+        if isinstance(outcome, Ack) or await self._publish_copy(message, outcome):
+            self._done_one(started)
+            await frontier.finished([_tag(message)])
+        else:
             await self._requeue(message)
-        await frontier.finished((_tag(m) for m in ackable), [_tag(m) for m in requeue])
+            self._done_one(started)
+            await frontier.finished((), [_tag(message)])
+
+    def _done_one(self, started: float) -> None:
+        self._stats.in_flight -= 1
+        self._stats.handled += 1
+        if self._metrics:
+            self._metrics.handle_seconds.observe(time.perf_counter() - started)
+            self._metrics.in_flight.set(self._stats.in_flight)
+        if self._after_message:
+            self._after_message()
 
     async def _publish_copy(self, message: AbstractIncomingMessage, outcome: Outcome) -> bool:
         """Publish the retry or dead-letter copy; False if it was not confirmed."""

@@ -1,9 +1,13 @@
-"""Handle charge messages in batches: validate → claim → charge → record. Never raises.
+"""Handle charge messages: validate → claim → charge → record. Never raises.
 
-A batch shares its database round trips (one claim statement, one group commit for its
-charges) while each message keeps its own outcome; a batch of one is the same code path.
-Each failure is classified where it happens (see ``shared.errors``); the handler turns
-the class into an ``Outcome`` and the consumer performs it.
+A batch is claimed in one statement; from there each message moves on its own (its charge,
+its record — group-committed with whatever else finished meanwhile — and its outcome
+reported at once), so one slow charge holds only itself. Each failure is classified where
+it happens (see ``shared.errors``); the handler turns the class into an ``Outcome`` and the
+consumer performs it.
+
+Longer than most modules: every way a claimed job can end (charged, declined, refused by
+the money gate, out of attempts, outcome unresolved) lives here, next to the others.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import datetime as dt
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,9 +48,13 @@ from shared.gateway.port import (
 )
 from shared.gateway.pruned_keys import charge_safely
 from shared.messages import HANDOFF_HEADER, ChargeMessage, parse_message
+from worker.group import GroupCommit
 from worker.outcome import Ack, Dead, Outcome, Retry
 
 log = structlog.get_logger("billq.worker")
+
+# Called with (index in the batch, outcome) as soon as a delivery's outcome is known.
+OnOutcome = Callable[[int, Outcome], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,26 +84,51 @@ class Handler:
         self._gateway = gateway
         self._observe_gateway = observe_gateway
         self._signing_keys = settings.signing_key_list
+        # Charges finish one by one; their records still share transactions (group commit).
+        self._records: GroupCommit[tuple[ClaimedJob, str], bool | None] = GroupCommit(
+            self._record_group,
+            window_s=settings.batch_wait_ms / 1000 / 5,
+            max_size=settings.worker_batch_max,
+        )
 
-    async def handle_batch(self, batch: Sequence[Delivery]) -> list[Outcome]:
+    async def handle_batch(
+        self, batch: Sequence[Delivery], on_outcome: OnOutcome | None = None
+    ) -> list[Outcome]:
+        """Claim the batch in one statement, then let each delivery move on its own: its
+        charge, its record (group-committed with whatever else is ready) and
+        ``on_outcome(index, outcome)`` as soon as its outcome is known, so one slow charge
+        holds only itself. Returns every outcome once all are known."""
         started = time.perf_counter()
         outcomes: list[Outcome | None] = [None] * len(batch)
+        reported: set[int] = set()
+
+        async def report(i: int, outcome: Outcome) -> None:
+            outcomes[i] = outcome
+            if on_outcome is not None and i not in reported:
+                reported.add(i)
+                await on_outcome(i, outcome)
+
         messages: dict[int, ChargeMessage] = {}
         for i, d in enumerate(batch):
             try:
                 messages[i] = self._validate(d)
             except (InvalidMessage, BadSignature) as exc:
                 log.warning("message.invalid", error_class=type(exc).__name__, reason=str(exc))
-                outcomes[i] = Dead(type(exc).__name__, str(exc))
+                await report(i, Dead(type(exc).__name__, str(exc)))
         if messages:
             try:
-                await self._handle_valid(batch, messages, outcomes)
+                await self._handle_valid(batch, messages, report)
             except Exception as exc:  # a bug must not kill the worker: retry, bounded
                 log.exception("batch.unexpected_error")
                 for i in messages:
                     if outcomes[i] is None:
-                        outcomes[i] = Retry(
-                            self._settings.retry_delay(1), None, f"unexpected {type(exc).__name__}"
+                        await report(
+                            i,
+                            Retry(
+                                self._settings.retry_delay(1),
+                                None,
+                                f"unexpected {type(exc).__name__}",
+                            ),
                         )
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
         done: list[Outcome] = []
@@ -137,7 +170,7 @@ class Handler:
         self,
         batch: Sequence[Delivery],
         messages: dict[int, ChargeMessage],
-        outcomes: list[Outcome | None],
+        report: OnOutcome,
     ) -> None:
         order = list(messages)
         requests = [
@@ -156,51 +189,52 @@ class Handler:
             # Whether the claim landed is unknown: the copies wait out the lease.
             log.warning("batch.claim_failed", error=str(err), size=len(order))
             for pos, i in enumerate(order):
-                outcomes[i] = Retry(self._settings.retry_delay(1), requests[pos].handoff, str(err))
+                retry = Retry(self._settings.retry_delay(1), requests[pos].handoff, str(err))
+                await report(i, retry)
             return
         jobs = {order[pos]: job for pos, job in claimed.items()}
         unclaimed = [i for i in order if i not in jobs]
+        moving = [self._settle(i, job, report) for i, job in jobs.items()]
         if unclaimed:
-            await self._not_claimed(unclaimed, messages, outcomes)
-        results = await asyncio.gather(*(self._charge(job) for job in jobs.values()))
-        charged: list[tuple[int, ClaimedJob, str]] = []
-        declines = []
-        for (i, job), result in zip(jobs.items(), results, strict=True):
-            if isinstance(result, Charged):
-                charged.append((i, job, result.charge_id))
-            elif isinstance(result, Ack | Retry | Dead):
-                outcomes[i] = result
-            else:
-                declines.append((i, job, result))
-        await self._record_charged(charged, outcomes)
-        for i, job, declined in declines:
-            outcomes[i] = await self._record_decline(job, declined)
+            moving.append(self._not_claimed(unclaimed, messages, report))
+        await asyncio.gather(*moving)
+
+    async def _settle(self, i: int, job: ClaimedJob, report: OnOutcome) -> None:
+        """One claimed job, on its own: charge, record, report."""
+        result = await self._charge(job)
+        if isinstance(result, Charged):
+            outcome = await self._record_charged(job, result.charge_id)
+        elif isinstance(result, Ack | Retry | Dead):
+            outcome = result
+        else:
+            outcome = await self._record_decline(job, result)
+        await report(i, outcome)
 
     async def _not_claimed(
         self,
         unclaimed: list[int],
         messages: dict[int, ChargeMessage],
-        outcomes: list[Outcome | None],
+        report: OnOutcome,
     ) -> None:
         snaps = await self._jobs.lookup_many([messages[i].job_id for i in unclaimed])
         for i in unclaimed:
             msg = messages[i]
             snap = snaps.get(msg.job_id)
             if snap is None:
-                outcomes[i] = Dead(UnknownJob.__name__, f"job {msg.job_id} does not exist")
+                await report(i, Dead(UnknownJob.__name__, f"job {msg.job_id} does not exist"))
             elif (snap.account_id, snap.idempotency_key) != (msg.account_id, msg.idempotency_key):
                 # The message is wrong, not the job: leave the job untouched.
-                outcomes[i] = Dead(
-                    InvalidMessage.__name__, f"message does not match job {msg.job_id}"
+                await report(
+                    i, Dead(InvalidMessage.__name__, f"message does not match job {msg.job_id}")
                 )
             elif snap.state in TERMINAL or snap.state == "retrying":
                 # Finished, or its designated retry copy is on its way.
                 log.info("job.duplicate", job_id=msg.job_id, state=snap.state)
-                outcomes[i] = Ack("duplicate")
+                await report(i, Ack("duplicate"))
             else:
                 # Held by a live worker: come back later rather than drop a needed copy.
                 log.info("job.busy_elsewhere", job_id=msg.job_id, state=snap.state)
-                outcomes[i] = Retry(self._settings.retry_delay(1), None, "job busy elsewhere")
+                await report(i, Retry(self._settings.retry_delay(1), None, "job busy elsewhere"))
 
     async def _charge(self, job: ClaimedJob) -> ChargeOutcome | Outcome:
         """The gateway's answer, or the outcome already decided for this job."""
@@ -288,41 +322,39 @@ class Handler:
             job, OutcomeUnknown(f"{what}: {exc}"), delay=self._settings.retry_delays[-1]
         )
 
-    async def _record_charged(
-        self, charged: list[tuple[int, ClaimedJob, str]], outcomes: list[Outcome | None]
-    ) -> None:
-        if not charged:
-            return
+    async def _record_group(self, charged: Sequence[tuple[ClaimedJob, str]]) -> list[bool | None]:
+        """One transaction for the charges ready together: per charge, True recorded,
+        False a double charge (the period was already paid), None fenced."""
+        landed = await self._jobs.record_successes(list(charged))
+        return [landed.get(job.job_id) for job, _ in charged]
+
+    async def _record_charged(self, job: ClaimedJob, charge_id: str) -> Outcome:
         try:
-            landed = await self._jobs.record_successes([(job, cid) for _, job, cid in charged])
+            landed = await self._records.submit((job, charge_id))
         except TransientError as err:
-            # The gateway remembers each key: the copies replay its answer and record it.
-            log.warning("batch.record_failed", error=str(err), size=len(charged))
-            for i, job, _ in charged:
-                outcomes[i] = Retry(self._settings.retry_delay(1), job.attempts, str(err))
-            return
-        for i, job, charge_id in charged:
-            if landed.get(job.job_id) is False:
-                log.error(
-                    "job.double_charge",
-                    job_id=job.job_id,
-                    account_id=job.account_id,
-                    charge_id=charge_id,
-                    period_start=job.period_start.isoformat(),
-                )
-                outcomes[i] = Ack("double_charge")
-            elif job.job_id in landed:
-                log.debug(
-                    "job.charged",
-                    job_id=job.job_id,
-                    account_id=job.account_id,
-                    attempt=job.attempts,
-                    charge_id=charge_id,
-                )
-                outcomes[i] = Ack("succeeded")
-            else:
-                log.warning("job.fenced", job_id=job.job_id, attempt=job.attempts)
-                outcomes[i] = Ack("fenced")
+            # The gateway remembers each key: the copy replays its answer and records it.
+            log.warning("job.record_failed", job_id=job.job_id, error=str(err))
+            return Retry(self._settings.retry_delay(1), job.attempts, str(err))
+        if landed is False:
+            log.error(
+                "job.double_charge",
+                job_id=job.job_id,
+                account_id=job.account_id,
+                charge_id=charge_id,
+                period_start=job.period_start.isoformat(),
+            )
+            return Ack("double_charge")
+        if landed is None:
+            log.warning("job.fenced", job_id=job.job_id, attempt=job.attempts)
+            return Ack("fenced")
+        log.debug(
+            "job.charged",
+            job_id=job.job_id,
+            account_id=job.account_id,
+            attempt=job.attempts,
+            charge_id=charge_id,
+        )
+        return Ack("succeeded")
 
     async def _record_decline(self, job: ClaimedJob, result: Any) -> Outcome:
         reason = f"declined: {result.decline_code or result.code}"

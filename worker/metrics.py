@@ -40,3 +40,22 @@ class Metrics:
             "Unix time of the last DB heartbeat.",
             registry=self.registry,
         )
+        self.breaker_open = Gauge(
+            "billq_breaker_open",
+            "1 while the gateway circuit breaker is open (no new charges).",
+            registry=self.registry,
+        )
+        self.breaker_opened = Counter(
+            "billq_breaker_opened", "Times the gateway breaker opened.", registry=self.registry
+        )
+        self.breaker_probes = Counter(
+            "billq_breaker_probes",
+            "Probes of an open breaker's gateway, by result.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.breaker_returned = Counter(
+            "billq_breaker_returned",
+            "Deliveries an open breaker returned to the queue after holding them.",
+            registry=self.registry,
+        )

@@ -17,12 +17,14 @@ import asyncpg
 import psutil
 import structlog
 
+from shared.backoff import Backoff
 from shared.config import Settings
 from shared.db import runs_repo, workers_repo
 from shared.db.jobs_repo import JobsRepo
 from shared.db.pool import create_pool
 from shared.errors import TransientError
 from shared.gateway.factory import make_gateway
+from worker.breaker import Breaker, guarded
 from worker.consumer import Consumer
 from worker.handler import Handler
 from worker.health import HealthServer
@@ -46,8 +48,10 @@ class Heartbeat:
         stats: Stats,
         metrics: Metrics,
         stop: asyncio.Event,
+        breaker: Breaker | None = None,
     ) -> None:
         self._settings = settings
+        self._breaker = breaker
         self._pool = pool
         self._worker_id = worker_id
         self._stats = stats
@@ -68,6 +72,7 @@ class Heartbeat:
                     pid,
                     self._stats.in_flight,
                     self._stats.handled,
+                    self._breaker.state if self._breaker else "closed",
                 )
                 self.db_ok = True
                 self._metrics.last_heartbeat.set(time.time())
@@ -105,7 +110,7 @@ async def _open_pool(
 ) -> asyncpg.Pool | None:
     """A pool and a first heartbeat; while Postgres is down (a restart, a failover) keep
     trying with capped backoff instead of exiting. None when stopped first."""
-    delay = 0.25
+    backoff = Backoff()
     while not stop.is_set():
         pool: asyncpg.Pool | None = None
         try:
@@ -115,10 +120,12 @@ async def _open_pool(
         except TransientError as exc:
             if pool is not None:
                 await pool.close()
-            log.warning("worker.waiting_for_database", error=type(exc).__name__, retry_s=delay)
+            delay = backoff.next()
+            log.warning(
+                "worker.waiting_for_database", error=type(exc).__name__, retry_s=round(delay, 3)
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
-            delay = min(5.0, delay * 2)
     return None
 
 
@@ -128,14 +135,16 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> int:
     pool = await _open_pool(settings, worker_id, stop)
     if pool is None:
         return 0
-    gateway = make_gateway(settings)
     stats, metrics = Stats(), Metrics()
+    gateway = guarded(settings, make_gateway(settings), metrics)
     health: HealthServer | None = None
     try:
         jobs = JobsRepo(pool, worker_id=worker_id, lease_s=settings.job_lease)
         handler = Handler(settings, jobs, gateway, metrics.gateway_seconds.observe)
-        heartbeat = Heartbeat(settings, pool, worker_id, stats, metrics, stop)
-        consumer = Consumer(settings, handler, stats, metrics, heartbeat.check_message_limit)
+        heartbeat = Heartbeat(settings, pool, worker_id, stats, metrics, stop, gateway.breaker)
+        consumer = Consumer(
+            settings, handler, stats, metrics, heartbeat.check_message_limit, gateway.breaker
+        )
         heartbeat.db_ok = True
         if settings.metrics_port is not None:
 
@@ -150,8 +159,10 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> int:
             await health.start(settings.metrics_host, settings.metrics_port)
         beat = asyncio.create_task(heartbeat.run())
         log.info("worker.started", concurrency=settings.concurrency)
-        await consumer.run(stop)
-        beat.cancel()
+        try:
+            await consumer.run(stop)
+        finally:
+            beat.cancel()
         try:
             await workers_repo.deregister(pool, worker_id)
         except Exception as exc:

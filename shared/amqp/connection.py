@@ -8,7 +8,7 @@ consumer restoration is known to fail silently after a broker restart; every
 from __future__ import annotations
 
 import asyncio
-import itertools
+import contextlib
 import ssl
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import aio_pika
 from aio_pika.abc import AbstractConnection
 
+from shared.backoff import Backoff
 from shared.errors import BrokerUnavailable, ConfigError
 
 
@@ -100,17 +101,18 @@ async def connect_any(urls: Sequence[str], *, timeout: float = 10.0) -> Abstract
 
 
 async def connect_with_retry(
-    urls: Sequence[str], *, stop: asyncio.Event, max_backoff: float = 5.0
+    urls: Sequence[str], *, stop: asyncio.Event, backoff: Backoff | None = None
 ) -> AbstractConnection | None:
-    """Keep trying every URL with capped backoff until connected or ``stop`` is set."""
-    for attempt in itertools.count():
+    """Keep trying every URL, with jittered capped backoff, until connected or ``stop`` is set.
+
+    Raises:
+        ConfigError: credentials refused (retrying cannot help).
+    """
+    backoff = backoff or Backoff()
+    while not stop.is_set():
         try:
             return await connect_any(urls)
         except BrokerUnavailable:
-            delay = min(max_backoff, 0.25 * 2**attempt)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-                return None
-            except TimeoutError:
-                continue
-    return None  # pragma: no cover - itertools.count never ends
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=backoff.next())
+    return None

@@ -17,6 +17,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange
 
 from shared.amqp import names
 from shared.config import Settings
+from shared.errors import TopologyMismatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,24 @@ def retry_tiers(settings: Settings) -> list[float]:
 
 
 async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
+    """Declare everything; a queue that exists with other arguments is a configuration error.
+
+    Raises:
+        TopologyMismatch: RabbitMQ answered PRECONDITION_FAILED (e.g. BILLQ_DELIVERY_LIMIT
+            changed against existing queues). Reconnecting cannot help: one clear line, exit 2.
+    """
+    try:
+        return await _declare(channel, settings)
+    except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+        detail = str(exc.args[0] if exc.args else exc)
+        raise TopologyMismatch(
+            f"RabbitMQ refused the topology ({detail}): the queues exist with other "
+            "arguments; restore the setting (BILLQ_DELIVERY_LIMIT?) or drain and delete "
+            "the queue to redeclare it"
+        ) from None
+
+
+async def _declare(channel: AbstractChannel, settings: Settings) -> Topology:
     p = settings.queue_prefix
     work = await channel.declare_exchange(
         names.work_exchange(p), aio_pika.ExchangeType.DIRECT, durable=True

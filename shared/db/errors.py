@@ -10,6 +10,7 @@ from typing import ParamSpec, TypeVar
 
 import asyncpg
 
+from shared.backoff import Backoff
 from shared.errors import BillqError, ConfigError, DatabaseUnavailable
 
 # InterfaceError is left out on purpose: it is client misuse (a released connection, an
@@ -69,6 +70,37 @@ def classify(exc: BaseException, *, setting: str | None = None) -> BaseException
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+# Postgres aborted the statement to break a lock cycle or a serialization conflict: the
+# same statement, run again a moment later, normally goes through.
+_CONFLICT: tuple[type[BaseException], ...] = (
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+)
+CONFLICT_TRIES = 5
+
+
+def retried_on_conflict(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Run a statement again after a deadlock or serialization failure, a few times with
+    jittered backoff; then raise ``DatabaseUnavailable`` with one clear line. Only for
+    statements that are safe to repeat (each call is its own transaction)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        backoff = Backoff(base=0.05, cap=1.0, floor=0.01)
+        for attempt in range(1, CONFLICT_TRIES + 1):
+            try:
+                return await fn(*args, **kwargs)
+            except _CONFLICT as exc:
+                if attempt == CONFLICT_TRIES:
+                    raise DatabaseUnavailable(
+                        f"{fn.__name__}: Postgres aborted it {CONFLICT_TRIES} times in a row "
+                        f"({type(exc).__name__}); another process keeps locking the same rows"
+                    ) from exc
+                await asyncio.sleep(backoff.next())
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return wrapper
 
 
 def classified(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:

@@ -8,15 +8,17 @@ from typing import Any
 
 import asyncpg
 
-from shared.db.errors import classified
+from shared.db.errors import classified, retried_on_conflict
 
 # Shared by every distributor host: one distribution at a time.
 DISTRIBUTE_LOCK_ID = 0x62696C6C71_02
 
-# Read through a server-side cursor inside one REPEATABLE READ snapshot: accounts that
-# workers charge meanwhile (their next_billing_at moves on) are not seen again, so each
-# account gets at most one period per run, and memory stays flat however many are due.
-DUE_SCAN = """
+# Keyset pages over accounts_due_idx, each its own short statement: no snapshot lives for
+# the whole scan (a long snapshot keeps vacuum from removing the job rows workers update
+# meanwhile, three versions per job). One period per account per run: a page starts after
+# the last (next_billing_at, id) seen, and an account a worker has advanced since it was
+# seen (a catch-up account still due) is skipped because it already has a job in this run.
+DUE_PAGE = """
 SELECT a.id, a.next_billing_at, a.billing_interval, a.billing_anchor_day, a.amount_cents,
        a.currency, a.dunning_attempt, a.payment_method, a.gateway_customer,
        last.period_start AS last_period_start, last.created_at AS last_period_at
@@ -26,10 +28,14 @@ SELECT a.id, a.next_billing_at, a.billing_interval, a.billing_anchor_day, a.amou
       SELECT j.period_start, j.created_at FROM billing_jobs j
        WHERE j.account_id = a.id AND j.dunning_attempt = 0
        ORDER BY j.period_start DESC LIMIT 1) last ON true
- WHERE status IN ('active', 'past_due') AND next_billing_at <= $1
-   AND (dunning_next_at IS NULL OR dunning_next_at <= $1)
-   AND (cancelled_at IS NULL OR next_billing_at < cancelled_at)
-   AND ($2::int IS NULL OR id % $2 = $3)
+ WHERE a.status IN ('active', 'past_due') AND a.next_billing_at <= $1
+   AND (a.next_billing_at, a.id) > ($4, $5)
+   AND (a.dunning_next_at IS NULL OR a.dunning_next_at <= $1)
+   AND (a.cancelled_at IS NULL OR a.next_billing_at < a.cancelled_at)
+   AND ($2::int IS NULL OR a.id % $2 = $3)
+   AND NOT EXISTS (SELECT 1 FROM billing_jobs j WHERE j.account_id = a.id AND j.run_id = $6)
+ ORDER BY a.next_billing_at, a.id
+ LIMIT $7
 """
 
 COUNT_DUE = """
@@ -90,9 +96,21 @@ SELECT id, account_id, period_start, idempotency_key, run_id
  LIMIT $2
 """
 
+# Rows locked in id order, skipping rows a worker is claiming right now: the distributor
+# never waits for a worker's lock, so the two cannot deadlock (a worker's claim locks its
+# batch in whatever order its join produces). A skipped row is being moved on by a worker
+# (state 'processing' once it commits); if that claim rolls back, the row stays 'pending'
+# and the next run's outbox repair publishes it again (a duplicate the claim absorbs).
 MARK_PUBLISHED = """
-UPDATE billing_jobs SET state = 'published', published_at = now(), updated_at = now()
- WHERE id = ANY($1::bigint[]) AND state = 'pending'
+WITH target AS (
+    SELECT id FROM billing_jobs
+     WHERE id = ANY($1::bigint[]) AND state = 'pending'
+     ORDER BY id
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE billing_jobs j SET state = 'published', published_at = now(), updated_at = now()
+  FROM target t
+ WHERE j.id = t.id
 """
 
 CREATE_RUN = "INSERT INTO billing_runs (as_of) VALUES ($1) RETURNING id"
@@ -157,17 +175,31 @@ async def join_or_create_run(
 
 
 async def scan_due(
-    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    pool: asyncpg.Pool,
     as_of: dt.datetime,
     batch: int,
     shard: tuple[int, int] | None,
+    run_id: int,
 ) -> AsyncIterator[list[asyncpg.Record]]:
-    """Yield due accounts in batches from one snapshot (see DUE_SCAN)."""
+    """Yield due accounts in keyset pages, one short statement each (see DUE_PAGE)."""
     n, k = (shard[1], shard[0]) if shard else (None, None)
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        cursor = await conn.cursor(DUE_SCAN, as_of, n, k)
-        while rows := await cursor.fetch(batch):
-            yield list(rows)
+    after: tuple[dt.datetime, int] = (dt.datetime.min.replace(tzinfo=dt.UTC), -(2**63))
+    while rows := await _due_page(pool, as_of, n, k, after, run_id, batch):
+        yield rows
+        after = (rows[-1]["next_billing_at"], rows[-1]["id"])
+
+
+@classified
+async def _due_page(
+    pool: asyncpg.Pool,
+    as_of: dt.datetime,
+    n: int | None,
+    k: int | None,
+    after: tuple[dt.datetime, int],
+    run_id: int,
+    batch: int,
+) -> list[asyncpg.Record]:
+    return list(await pool.fetch(DUE_PAGE, as_of, n, k, after[0], after[1], run_id, batch))
 
 
 @classified
@@ -177,6 +209,7 @@ async def count_due(pool: asyncpg.Pool, as_of: dt.datetime, shard: tuple[int, in
 
 
 @classified
+@retried_on_conflict
 async def insert_jobs(
     pool: asyncpg.Pool, run_id: int, cols: Sequence[list[Any]]
 ) -> list[asyncpg.Record]:
@@ -223,6 +256,7 @@ async def pending_batch(
 
 
 @classified
+@retried_on_conflict
 async def mark_published(pool: asyncpg.Pool, job_ids: list[int]) -> None:
     await pool.execute(MARK_PUBLISHED, job_ids)
 

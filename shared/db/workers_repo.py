@@ -7,16 +7,17 @@ import asyncpg
 from shared.db.errors import classified
 
 UPSERT = """
-INSERT INTO workers (id, hostname, pid, in_flight, handled)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO workers (id, hostname, pid, in_flight, handled, breaker)
+VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (id) DO UPDATE
-   SET last_heartbeat = now(), in_flight = EXCLUDED.in_flight, handled = EXCLUDED.handled
+   SET last_heartbeat = now(), in_flight = EXCLUDED.in_flight, handled = EXCLUDED.handled,
+       breaker = EXCLUDED.breaker
 """
 
 DELETE = "DELETE FROM workers WHERE id = $1"
 
 LIST = """
-SELECT w.id, w.hostname, w.pid, w.started_at, w.last_heartbeat, w.in_flight, w.handled,
+SELECT w.id, w.hostname, w.pid, w.started_at, w.last_heartbeat, w.in_flight, w.handled, w.breaker,
        w.last_heartbeat > now() - make_interval(secs => $1) AS live,
        (SELECT count(*) FROM billing_jobs j
          WHERE j.state = 'processing' AND j.locked_by = w.id) AS holding
@@ -26,9 +27,15 @@ SELECT w.id, w.hostname, w.pid, w.started_at, w.last_heartbeat, w.in_flight, w.h
 
 @classified
 async def heartbeat(
-    pool: asyncpg.Pool, worker_id: str, hostname: str, pid: int, in_flight: int, handled: int
+    pool: asyncpg.Pool,
+    worker_id: str,
+    hostname: str,
+    pid: int,
+    in_flight: int,
+    handled: int,
+    breaker: str = "closed",
 ) -> None:
-    await pool.execute(UPSERT, worker_id, hostname, pid, in_flight, handled)
+    await pool.execute(UPSERT, worker_id, hostname, pid, in_flight, handled, breaker)
 
 
 async def deregister(pool: asyncpg.Pool, worker_id: str) -> None:

@@ -21,6 +21,8 @@ def make_gateway(settings: Settings) -> PaymentGateway:
             settings.gateway_url,
             settings.gateway_api_key.get_secret_value(),
             timeout=settings.gateway_timeout,
+            # A keep-alive connection per charge in flight, and a few for lookups and probes.
+            max_connections=settings.concurrency + 8,
         )
     if settings.gateway == "inprocess":
         from shared.gateway.inprocess import InProcessGateway

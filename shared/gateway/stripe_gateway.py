@@ -36,6 +36,7 @@ import stripe
 
 from shared.errors import (
     BillqError,
+    GatewayMisconfigured,
     GatewayRejected,
     GatewayUnavailable,
     OutcomeUnknown,
@@ -241,7 +242,7 @@ def map_stripe_error(
         cause = exc.__cause__
         name = type(cause).__name__ if cause is not None else "unknown"
         if isinstance(cause, _BAD_URL):
-            return GatewayRejected(f"gateway URL unusable: {name}")
+            return GatewayMisconfigured(f"gateway URL unusable: {name}")
         if isinstance(cause, _NEVER_SENT):
             return GatewayUnavailable(f"gateway unreachable: {name}")
         # Sent, or partly sent, with no answer: the gateway may have charged.
@@ -255,6 +256,9 @@ def map_stripe_error(
         error = exc.error
         kind = (error.type if error is not None else None) or type(exc).__name__
         message = _scrub(exc.user_message or "no message", secrets)
+        if status in (401, 403):
+            # Our key or its permissions, not the charge: the worker's breaker holds the work.
+            return GatewayMisconfigured(f"gateway {status} {kind}: {message}")
         return GatewayRejected(f"gateway {status} {kind}: {message}")
     # APIError, and whatever else the SDK may raise: judge by the status.
     if status is None or 200 <= status < 300:

@@ -175,22 +175,36 @@ async def test_poison_messages_are_dead_lettered_with_reason_and_the_worker_keep
             ).encode(),
         )
         await testkit.publish_raw(settings, b"x" * 100_000)
+        # Ids past Postgres's bigint: once a DataError retried forever, now the message's fault.
+        await testkit.publish_raw(
+            settings,
+            json.dumps(
+                {
+                    "schema_version": 1,
+                    "job_id": 2**63,
+                    "account_id": 5,
+                    "period_start": "2026-03-01",
+                    "idempotency_key": "billq_5_2026-03-01",
+                }
+            ).encode(),
+        )
         await seed(db, 3)
         distribute(tmp_env)
         await testkit.wait_until(lambda: all_terminal(db), timeout=60)
 
-        async def four_dead() -> bool:
+        async def five_dead() -> bool:
             depths = await testkit.queue_depths(settings)
-            return depths[f"{settings.queue_prefix}.charge.dead"][0] >= 4
+            return depths[f"{settings.queue_prefix}.charge.dead"][0] >= 5
 
-        await testkit.wait_until(four_dead, timeout=30)
+        await testkit.wait_until(five_dead, timeout=30)
         assert workers[0].poll() is None, "worker died on bad input"
     finally:
         assert testkit.stop_process(workers[0]) == 0
     dead = await testkit.get_dead_letters(settings)
     reasons = sorted(str(m.headers["x-billq-error"]) for m in dead)
     classes = sorted(str(m.headers["x-billq-error-class"]) for m in dead)
-    assert classes == ["InvalidMessage", "InvalidMessage", "InvalidMessage", "UnknownJob"]
+    assert classes == ["InvalidMessage"] * 4 + ["UnknownJob"]
+    assert any("job_id" in r and "less than or equal" in r for r in reasons)
     assert any("not JSON" in r for r in reasons)
     assert any("schema violation" in r for r in reasons)
     assert any("exceeds" in r for r in reasons)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aio_pika
 import pytest
@@ -46,7 +47,7 @@ async def channel(conn: AbstractConnection) -> AbstractChannel:
 
 
 async def _deliver(
-    conn: AbstractConnection, channel: AbstractChannel, n: int
+    conn: AbstractConnection, channel: AbstractChannel, n: int, **frontier_args: Any
 ) -> tuple[AbstractQueue, list[AbstractIncomingMessage], AckFrontier]:
     queue = await channel.declare_queue(
         testkit.unique("bqt_acks"), durable=True, arguments={"x-queue-type": "quorum"}
@@ -67,7 +68,8 @@ async def _deliver(
 
     await consumer.consume(on_message)
     await asyncio.wait_for(done.wait(), 10)
-    frontier = AckFrontier(consumer.channel)
+    # No straggler rule unless a test asks for it: it would ack on its own clock.
+    frontier = AckFrontier(consumer.channel, **({"straggler_s": None} | frontier_args))
     for m in got:
         assert m.delivery_tag is not None
         frontier.delivered(m.delivery_tag)
@@ -111,3 +113,29 @@ async def test_a_requeued_delivery_is_passed_over_not_acked(
 
     # Only the requeued one comes back (redelivered to the still-open consumer channel).
     assert await _ready_after_close(channel, consumer) == 1
+
+
+async def test_finished_deliveries_behind_a_straggler_are_acked_singly(
+    conn: AbstractConnection, channel: AbstractChannel
+) -> None:
+    # The head (0) is a slow charge: the finished ones behind it must not wait for it.
+    consumer, got, frontier = await _deliver(conn, channel, 6, straggler_s=0.0)
+
+    await frontier.finished(_tags(got, 2, 3, 5))
+    assert frontier.waiting == 3  # 0, 1 and 4 are still open
+    await frontier.finished(_tags(got, 0, 1))  # the prefix passes over the acked 2 and 3
+    assert frontier.waiting == 1
+
+    assert await _ready_after_close(channel, consumer) == 1  # only 4 was never acked
+
+
+async def test_a_young_head_holds_a_few_finished_deliveries_for_one_multiple_ack(
+    conn: AbstractConnection, channel: AbstractChannel
+) -> None:
+    consumer, got, frontier = await _deliver(conn, channel, 6, straggler_s=3600.0)
+
+    await frontier.finished(_tags(got, 1, 2, 3))
+    assert frontier.waiting == 6  # held for the head, not acked one by one
+    await frontier.finished(_tags(got, 0))
+    assert frontier.waiting == 2
+    assert await _ready_after_close(channel, consumer) == 2

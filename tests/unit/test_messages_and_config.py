@@ -49,6 +49,29 @@ def test_bad_bodies_raise_invalid_message_with_a_reason(body: bytes, reason: str
     assert reason in str(err.value)
 
 
+def _with_id(field: str, value: str) -> bytes:
+    # orjson cannot encode these ids: the body is written by hand, as a foreign producer would.
+    rest = orjson.dumps({k: v for k, v in GOOD.items() if k != field})
+    return b'{"' + field.encode() + b'": ' + value.encode() + b", " + rest[1:]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("job_id", "9223372036854775808"),  # int64 max + 1: Postgres raises DataError
+        ("account_id", "9223372036854775808"),
+        ("account_id", "-9223372036854775809"),
+        ("run_id", "18446744073709551615"),
+    ],
+)
+def test_ids_outside_postgres_bigint_are_the_messages_fault(field: str, value: str) -> None:
+    # Caught here, they are dead-lettered at once instead of retried forever as DataError.
+    with pytest.raises(InvalidMessage, match=field):
+        parse_message(_with_id(field, value), max_bytes=4096)
+    largest = _with_id(field, "9223372036854775807")
+    assert getattr(parse_message(largest, max_bytes=4096), field) == 2**63 - 1
+
+
 @given(st.binary(max_size=300))
 def test_any_bytes_either_parse_or_raise_invalid_message(body: bytes) -> None:
     with contextlib.suppress(InvalidMessage):
