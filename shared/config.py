@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     log_format: Literal["auto", "json", "console"] = Field("auto")
+    dashboard_token: SecretStr | None = Field(
+        None,
+        description="Token the dashboard asks for (login or Bearer); required off loopback.",
+    )
 
     @field_validator("retry_delays", "dunning_schedule", mode="before")
     @classmethod
