@@ -26,7 +26,7 @@ def state_of(request: web.Request) -> State:
     return request.app[STATE]
 
 
-def render(request: web.Request, name: str, status: int = 200, **ctx: Any) -> web.Response:
+def render(request: web.Request, name: str, http_status: int = 200, **ctx: Any) -> web.Response:
     state = state_of(request)
     session: auth.Session | None = request.get("session")
     html = state.templates.get_template(name).render(
@@ -37,7 +37,7 @@ def render(request: web.Request, name: str, status: int = 200, **ctx: Any) -> we
         path=request.path,
         **ctx,
     )
-    return web.Response(text=html, status=status, content_type="text/html")
+    return web.Response(text=html, status=http_status, content_type="text/html")
 
 
 def unauthorized(request: web.Request) -> web.StreamResponse:
@@ -45,7 +45,7 @@ def unauthorized(request: web.Request) -> web.StreamResponse:
         return web.json_response(
             {"error": "unauthorized: BILLQ_DASHBOARD_TOKEN needed"}, status=401
         )
-    return render(request, "login.html", status=401, error=None, next=request.path_qs)
+    return render(request, "login.html", http_status=401, error=None, next=request.path_qs)
 
 
 def _int(value: str | None, name: str) -> int | None:
@@ -285,7 +285,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     if not nxt.startswith("/") or nxt.startswith("//"):
         nxt = "/"  # never an open redirect to another site
     if not auth.same(str(form.get("token") or ""), token.get_secret_value()):
-        return render(request, "login.html", status=401, error="wrong token", next=nxt)
+        return render(request, "login.html", http_status=401, error="wrong token", next=nxt)
     name = re.sub(r"[^\w.@-]", "", str(form.get("name") or ""))[:64] or "operator"
     sid, _ = state.sessions.new(f"dashboard:{name}")
     response = web.HTTPSeeOther(nxt)

@@ -1,0 +1,198 @@
+"""The dashboard in headless Chromium against a real run: pages, live progress, actions
+with confirmation, the API's shapes against the CLI's --json, auth, CSRF and read-only."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import testkit
+from testkit import all_terminal, assert_charged_once, distribute, seed
+
+from shared.config import Settings
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+TOKEN = "s3cret-dashboard-token"
+
+
+def cli_json(env: dict[str, str], *args: str) -> Any:
+    return json.loads(testkit.billq(*args, "--json", env=env).stdout)
+
+
+def api(d: Any, path: str, **kw: Any) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {TOKEN}", **kw.pop("headers", {})}
+    return httpx.request(kw.pop("method", "GET"), d.base + path, headers=headers, timeout=20, **kw)
+
+
+async def dlq_depth(settings: Settings) -> int:
+    return (await testkit.queue_depths(settings))[f"{settings.queue_prefix}.charge.dead"][0]
+
+
+async def login(page: Any, d: Any, name: str) -> None:
+    await page.goto(d.base + "/login")
+    await page.fill("input[name=name]", name)
+    await page.fill("input[name=token]", TOKEN)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(d.base + "/")
+
+
+async def confirm(page: Any, button: str) -> list[str]:
+    """Click an action button, check the confirmation lists the ids, confirm; the outcomes."""
+    await page.click(button)
+    await page.wait_for_selector("#confirm")
+    ids = [t.strip() for t in await page.locator("ul.ids code").all_inner_texts()]
+    await page.click("#confirm")
+    await page.wait_for_selector("#outcomes")
+    rows = await page.locator("#outcomes tr").all_inner_texts()
+    assert len(rows) == len(ids)
+    return rows
+
+
+async def test_the_dashboard_follows_a_run_live_and_acts_through_the_cli_code(
+    db: asyncpg.Connection,
+    settings: Settings,
+    gateway_url: str,
+    tmp_env: dict[str, str],
+    tmp_path: Path,
+    page: Any,
+    shots: Any,
+    dashboard_factory: Any,
+) -> None:
+    await seed(db, 200, card=lambda i: "pm_card_chargeDeclined" if i % 40 == 0 else "pm_card_visa")
+    run_id = distribute(tmp_env)["run_id"]
+    # Cancelled before its job runs: the job dies with a dead letter that names it.
+    await db.execute("UPDATE accounts SET status = 'cancelled' WHERE id = 7")
+    await testkit.publish_raw(settings, b"garbage")
+    env = {**tmp_env, "BILLQ_DASHBOARD_TOKEN": TOKEN}
+    d = dashboard_factory(env)
+
+    # Logged out: the login form, with 401.
+    response = await page.goto(d.base + f"/runs/{run_id}")
+    assert response.status == 401 and await page.locator("input[name=token]").count() == 1
+    await login(page, d, "alice")
+
+    await page.goto(d.base + f"/runs/{run_id}")
+    assert await page.inner_text("#progress") == "0 / 200"
+    await page.evaluate("window.notReloaded = true")
+    worker = testkit.spawn("worker", env=tmp_env, log=tmp_path / "w1.log")
+    try:
+        # The page updates itself while the worker charges: no reload, the count moves.
+        await page.wait_for_function(
+            "document.querySelector('#progress').innerText === '200 / 200'", timeout=60_000
+        )
+        assert await page.evaluate("window.notReloaded") is True
+        await testkit.wait_until(lambda: all_terminal(db), timeout=60)
+        await testkit.wait_until(lambda: _eq(dlq_depth(settings), 2), timeout=30)
+        await page.wait_for_function(
+            "document.querySelector('[data-count=succeeded]').innerText === '194'"
+        )
+        billed = await page.inner_text("td.money")
+        assert billed == f"{sum(1000 + i for i in range(1, 201) if i % 40 and i != 7) / 100:,.2f} USD"
+        await shots.take(page, "run")
+
+        await page.goto(d.base + "/")
+        await page.wait_for_selector(f"tr[data-run='{run_id}']")
+        assert await page.inner_text("#live-workers") == "1"
+        await shots.take(page, "overview")
+        await page.goto(d.base + "/workers")
+        assert "live" in await page.inner_text("table")
+        await shots.take(page, "workers")
+    finally:
+        assert testkit.stop_process(worker) == 0
+
+    # The API answers what the CLI's --json prints.
+    assert api(d, "/api/runs").json() == cli_json(tmp_env, "runs")
+    assert api(d, f"/api/report/{run_id}").json() == cli_json(tmp_env, "report", str(run_id))
+    assert api(d, f"/api/jobs?run={run_id}&limit=500").json() == cli_json(
+        tmp_env, "jobs", "--run", str(run_id), "--limit", "500"
+    )
+    status, cli_status = api(d, f"/api/status?run={run_id}").json(), cli_json(tmp_env, "status")
+    assert {k: v for k, v in status.items() if k not in ("rate_per_s", "eta_s")} == {
+        k: v for k, v in cli_status.items() if k not in ("rate_per_s", "eta_s")
+    }
+    assert api(d, "/api/dlq").json() == cli_json(tmp_env, "dlq", "list")
+    account = api(d, "/api/accounts/7").json()
+    cli_account = cli_json(tmp_env, "accounts", "show", "7")
+    assert {k: account[k] for k in cli_account} == cli_account
+    assert api(d, "/api/workers").json() == cli_json(tmp_env, "workers") == []
+
+    # Dead letters: filter by class, inspect one, replay exactly the one selected.
+    await page.goto(d.base + "/dlq")
+    assert await page.locator("tr[data-letter]").count() == 2
+    await page.select_option("select[name=error_class]", "AccountNotBillable")
+    await page.wait_for_url(re.compile(r"error_class=AccountNotBillable"))
+    assert await page.locator("tr[data-letter]").count() == 1
+    letter = await page.locator("tr[data-letter]").get_attribute("data-letter")
+    await shots.take(page, "dlq")
+    await page.click(f"a[href='/dlq/{letter}']")
+    assert "AccountNotBillable" in await page.inner_text("main")
+    await db.execute("UPDATE accounts SET status = 'active' WHERE id = 7")
+    await page.goto(d.base + "/dlq")
+    await page.check(f"input[value='{letter}']")
+    await page.click("#replay-selected")
+    await page.wait_for_selector("#confirm")
+    await shots.take(page, "confirm")
+    assert await page.locator("ul.ids code").all_inner_texts() == [letter]
+    await page.click("#confirm")
+    await page.wait_for_selector("#outcomes")
+    assert "replayed" in await page.inner_text("#outcomes")
+    assert await dlq_depth(settings) == 1  # the garbage letter was not selected: still there
+    job7 = await db.fetchrow("SELECT id, state, replays FROM billing_jobs WHERE account_id = 7")
+    assert job7["state"] == "published" and job7["replays"] == 1
+
+    # A second run nobody consumes yet: cancel one job (ticked), retry another (its row).
+    await seed(db, 3, start=1001)
+    run2 = distribute(tmp_env)["run_id"]
+    await page.goto(d.base + f"/jobs?run={run2}&state=published")
+    ids = await page.locator("tr[data-job]").evaluate_all("rs => rs.map(r => r.dataset.job)")
+    assert len(ids) == 3
+    victim, stuck = ids[0], ids[1]
+    await page.check(f"input[value='{victim}']")
+    assert await confirm(page, "#cancel-selected") == [f"{victim}\tcancelled"]
+    assert await db.fetchval("SELECT state FROM billing_jobs WHERE id = $1", int(victim)) == "dead"
+    await page.goto(d.base + f"/jobs?run={run2}")
+    await shots.take(page, "jobs")
+    outcome = await confirm(page, f"tr[data-job='{stuck}'] >> text=Retry…")
+    assert outcome == [f"{stuck}\trepublished (was published)"]
+
+    metrics = api(d, "/metrics").text
+    gauge = re.search(r'^billq_workers_needed\{deadline="([^"]+)"\} (\S+)$', metrics, re.M)
+    assert gauge and float(gauge.group(2)) >= 1, metrics
+    assert re.search(r"^billq_open_jobs 3\.0$", metrics, re.M), metrics
+
+    await page.goto(d.base + "/accounts/40")
+    assert "declined" in await page.inner_text("ol.timeline")
+    await shots.take(page, "account")
+
+    worker = testkit.spawn("worker", env=tmp_env, log=tmp_path / "w2.log")
+    try:
+        await testkit.wait_until(lambda: _jobs_settled(db), timeout=60)
+    finally:
+        testkit.stop_process(worker)
+    # 194 + account 7 after its replay + the 2 jobs of run 2 that were not cancelled.
+    await assert_charged_once(db, gateway_url, settings, expect_charged=197)
+    actions = await db.fetch("SELECT actor, action, target, outcome FROM operator_actions ORDER BY id")
+    assert [(a["actor"], a["action"], a["target"]) for a in actions] == [
+        ("dashboard:alice", "dlq.replay", letter),
+        ("dashboard:alice", "jobs.cancel", victim),
+        ("dashboard:alice", "jobs.retry", stuck),
+    ]
+
+
+async def _eq(value: Any, expected: int) -> bool:
+    return bool(await value == expected)
+
+
+async def _jobs_settled(db: asyncpg.Connection) -> bool:
+    return bool(
+        await db.fetchval(
+            "SELECT count(*) FROM billing_jobs WHERE state IN ('pending','published','processing','retrying')"
+        )
+        == 0
+    )
