@@ -33,7 +33,9 @@ async def browser() -> AsyncIterator[Any]:
 
     executable = shutil.which("chromium")
     if executable is None:
-        pytest.fail("chromium is not installed (apt-get install -y --no-install-recommends chromium)")
+        pytest.fail(
+            "chromium is not installed (apt-get install -y --no-install-recommends chromium)"
+        )
     async with async_playwright() as p:
         b = await p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield b

@@ -93,7 +93,9 @@ async def test_the_dashboard_follows_a_run_live_and_acts_through_the_cli_code(
             "document.querySelector('[data-count=succeeded]').innerText === '194'"
         )
         billed = await page.inner_text("td.money")
-        assert billed == f"{sum(1000 + i for i in range(1, 201) if i % 40 and i != 7) / 100:,.2f} USD"
+        assert (
+            billed == f"{sum(1000 + i for i in range(1, 201) if i % 40 and i != 7) / 100:,.2f} USD"
+        )
         await shots.take(page, "run")
 
         await page.goto(d.base + "/")
@@ -173,11 +175,15 @@ async def test_the_dashboard_follows_a_run_live_and_acts_through_the_cli_code(
     worker = testkit.spawn("worker", env=tmp_env, log=tmp_path / "w2.log")
     try:
         await testkit.wait_until(lambda: _jobs_settled(db), timeout=60)
+        # The retried job had two messages (its own and the republished one): both must go.
+        await testkit.wait_until(lambda: _work_queue_empty(settings), timeout=30)
     finally:
         testkit.stop_process(worker)
     # 194 + account 7 after its replay + the 2 jobs of run 2 that were not cancelled.
     await assert_charged_once(db, gateway_url, settings, expect_charged=197)
-    actions = await db.fetch("SELECT actor, action, target, outcome FROM operator_actions ORDER BY id")
+    actions = await db.fetch(
+        "SELECT actor, action, target, outcome FROM operator_actions ORDER BY id"
+    )
     assert [(a["actor"], a["action"], a["target"]) for a in actions] == [
         ("dashboard:alice", "dlq.replay", letter),
         ("dashboard:alice", "jobs.cancel", victim),
@@ -189,6 +195,13 @@ async def _eq(value: Any, expected: int) -> bool:
     return bool(await value == expected)
 
 
+async def _work_queue_empty(settings: Settings) -> bool:
+    """Nothing ready on the work queue nor waiting in a retry tier (a copy a worker found
+    busy elsewhere comes back from a retry tier and is then acked as a duplicate)."""
+    depths = await testkit.queue_depths(settings)
+    return all(ready == 0 for name, (ready, _) in depths.items() if not name.endswith(".dead"))
+
+
 async def _jobs_settled(db: asyncpg.Connection) -> bool:
     return bool(
         await db.fetchval(
@@ -196,3 +209,94 @@ async def _jobs_settled(db: asyncpg.Connection) -> bool:
         )
         == 0
     )
+
+
+async def test_auth_csrf_and_read_only_refuse_what_they_should(
+    db: asyncpg.Connection,
+    settings: Settings,
+    tmp_env: dict[str, str],
+    page: Any,
+    shots: Any,
+    dashboard_factory: Any,
+) -> None:
+    await seed(db, 2)
+    run_id = distribute(tmp_env)["run_id"]
+    job = await db.fetchval("SELECT min(id) FROM billing_jobs")
+    env = {**tmp_env, "BILLQ_DASHBOARD_TOKEN": TOKEN}
+    rw = dashboard_factory(env)
+    ro = dashboard_factory(env, "--read-only")
+
+    # No token, a wrong one, a forged cookie: 401 on pages, API and metrics alike.
+    for path in ("/", f"/runs/{run_id}", "/jobs", "/api/runs", "/api/dlq", "/metrics"):
+        assert httpx.get(rw.base + path).status_code == 401, path
+        bad = {"Authorization": "Bearer nope"}
+        assert httpx.get(rw.base + path, headers=bad).status_code == 401, path
+        forged = {"Cookie": "billq_session=made-up"}
+        assert httpx.get(rw.base + path, headers=forged).status_code == 401, path
+    assert api(rw, "/api/runs").status_code == 200
+    assert httpx.post(rw.base + f"/api/jobs/{job}/cancel").status_code == 401
+
+    # The login form: a wrong token is refused, the right one opens the pages.
+    await page.goto(rw.base + "/login")
+    await page.fill("input[name=token]", "wrong")
+    await page.click("button[type=submit]")
+    assert "wrong token" in await page.inner_text("[role=alert]")
+    await login(page, rw, "bob")
+
+    # CSRF: a logged-in browser's POST without the form's token, or with another, is 403.
+    cookies = {c["name"]: c["value"] for c in await page.context.cookies()}
+    jar = {"billq_session": cookies["billq_session"]}
+    for form in (
+        {"id": str(job), "confirmed": "yes"},
+        {"id": str(job), "confirmed": "yes", "csrf": "x"},
+    ):
+        r = httpx.post(rw.base + "/actions/cancel", data=form, cookies=jar)
+        assert r.status_code == 403 and "CSRF" in r.text
+        r = httpx.post(rw.base + f"/api/jobs/{job}/cancel", cookies=jar)
+        assert r.status_code == 403
+    assert await db.fetchval("SELECT state FROM billing_jobs WHERE id = $1", job) == "published"
+    assert await db.fetchval("SELECT count(*) FROM operator_actions") == 0
+
+    # Read-only: no action buttons, and the actions answer 403 even with a valid CSRF token.
+    await login(page, ro, "carol")
+    await page.goto(ro.base + "/jobs")
+    assert await page.locator("tr[data-job]").count() == 2
+    assert await page.locator("button:has-text('Retry'), button:has-text('Cancel')").count() == 0
+    assert await page.locator(".badge.ro").count() == 1
+    await shots.take(page, "read-only")
+    csrf = await page.evaluate(
+        'fetch(\'/jobs\').then(r => r.text()).then(t => t.match(/name="csrf" value="([^"]+)"/)[1])'
+    )
+    status = await page.evaluate(
+        """([csrf, job]) => fetch('/actions/cancel', {method: 'POST',
+              headers: {'Content-Type': 'application/x-www-form-urlencoded'},
+              body: 'confirmed=yes&id=' + job + '&csrf=' + encodeURIComponent(csrf)}).then(r => r.status)""",
+        [csrf, job],
+    )
+    assert status == 403
+    assert api(ro, f"/api/jobs/{job}/cancel", method="POST").status_code == 403
+    assert api(ro, "/api/dlq/replay", method="POST", json={"ids": ["abc"]}).status_code == 403
+    assert await db.fetchval("SELECT state FROM billing_jobs WHERE id = $1", job) == "published"
+
+    # With a valid session and its CSRF token, the same POST works on the read-write one.
+    await login(page, rw, "bob")
+    status = await page.evaluate(
+        """(job) => fetch('/jobs').then(r => r.text()).then(t => {
+              const csrf = t.match(/name="csrf" value="([^"]+)"/)[1];
+              return fetch('/api/jobs/' + job + '/cancel', {method: 'POST',
+                  headers: {'X-CSRF-Token': csrf}}).then(r => r.status); })""",
+        job,
+    )
+    assert status == 200
+    assert await db.fetchval("SELECT state FROM billing_jobs WHERE id = $1", job) == "dead"
+    assert await db.fetchval("SELECT actor FROM operator_actions") == "dashboard:bob"
+
+
+def test_the_dashboard_refuses_to_listen_off_loopback_without_a_token(
+    tmp_env: dict[str, str],
+) -> None:
+    proc = testkit.billq("dashboard", "--host", "0.0.0.0", env=tmp_env, check=False, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "billq: error: BILLQ_DASHBOARD_TOKEN: required when --host is not a loopback address (0.0.0.0)"
+    ]
