@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 
 .DEFAULT_GOAL := help
-.PHONY: help install services demo test test-unit ci chaos bench lint typecheck deps fmt migrate clean
+.PHONY: help install services demo test test-unit ci chaos bench lint typecheck deps fmt migrate clean screenshots dashboard
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,12 @@ chaos: install services ## every chaos scenario (kills brokers, databases, worke
 bench: install services ## throughput, latency, RSS vs the bare floor (BENCH_N, BENCH_ARGS=--large)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) -m bench $(BENCH_ARGS)
+
+screenshots: install services ## regenerate docs/screenshots/*.png with the dashboard's browser tests
+	BILLQ_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/browser
+
+dashboard: install services ## serve the dashboard on http://127.0.0.1:8080
+	$(BIN)/billq dashboard
 
 test-unit: install ## only the tests that need no services
 	$(BIN)/pytest -q -m unit
