@@ -157,6 +157,7 @@ async def replay(request: web.Request) -> web.Response:
     ):
         return fail(400, f'expected JSON {{"ids": [...]}}: 1 to {MAX_SELECTED} dead-letter ids')
     state = state_of(request)
+    state.cache.clear()
     result = await operations.replay_dead_letters(
         state.pool, await state.broker(), state.settings, set(ids), str(request["actor"])
     )
@@ -171,6 +172,7 @@ async def job_action(request: web.Request) -> web.Response:
     job_id = _int(request.match_info["id"], "job")
     assert job_id is not None
     state, actor = state_of(request), str(request["actor"])
+    state.cache.clear()
     try:
         if request.match_info["verb"] == "retry":
             was = await operations.retry_job(

@@ -89,12 +89,17 @@ async def overview_data(state: State) -> dict[str, Any]:
     }
 
 
+async def _overview(state: State) -> dict[str, Any]:
+    data: dict[str, Any] = await state.cache.get("overview", lambda: overview_data(state))
+    return data
+
+
 async def index(request: web.Request) -> web.Response:
-    return render(request, "index.html", **await overview_data(state_of(request)))
+    return render(request, "index.html", **await _overview(state_of(request)))
 
 
 async def overview_live(request: web.Request) -> web.Response:
-    return render(request, "_overview.html", **await overview_data(state_of(request)))
+    return render(request, "_overview.html", **await _overview(state_of(request)))
 
 
 async def run_data(state: State, run_id: int) -> dict[str, Any]:
@@ -115,7 +120,10 @@ async def _run_or_404(state: State, request: web.Request) -> dict[str, Any]:
     run_id = _int(request.match_info["id"], "run")
     assert run_id is not None
     try:
-        return await run_data(state, run_id)
+        data: dict[str, Any] = await state.cache.get(
+            ("run", run_id), lambda: run_data(state, run_id)
+        )
+        return data
     except ConfigError:
         raise web.HTTPNotFound(text=f"no billing run {run_id}\n") from None
 
@@ -242,6 +250,7 @@ async def action(request: web.Request) -> web.Response:
     if form.get("confirmed") != "yes":
         return render(request, "confirm.html", kind=kind, title=title, ids=ids, back=back)
     state, actor = state_of(request), str(request["actor"])
+    state.cache.clear()
     outcomes: list[tuple[str, str, bool]] = []
     if kind == "replay":
         result = await operations.replay_dead_letters(
@@ -263,6 +272,7 @@ async def action(request: web.Request) -> web.Response:
                     outcomes.append((i, "cancelled", True))
             except BillqError as exc:
                 outcomes.append((i, str(exc), False))
+    state.cache.clear()  # and again: a refresh that started meanwhile saw the old state
     return render(request, "done.html", title=title, outcomes=outcomes, back=back)
 
 
@@ -304,7 +314,9 @@ async def metrics(request: web.Request) -> web.Response:
     from dashboard.metrics import render as render_metrics
 
     state = state_of(request)
-    body = await render_metrics(state.pool, state.finish_within_s)
+    body = await state.cache.get(
+        "metrics", lambda: render_metrics(state.pool, state.finish_within_s)
+    )
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
 

@@ -13,6 +13,7 @@ from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
 from dashboard import auth
+from dashboard.cache import Cache
 from shared.config import Settings
 
 HERE = Path(__file__).resolve().parent
@@ -29,6 +30,7 @@ class State:
     finish_within_s: int
     templates: jinja2.Environment
     sessions: auth.Sessions = field(default_factory=auth.Sessions)
+    cache: Cache = field(default_factory=Cache)
     _broker: AbstractConnection | None = None
     _broker_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

@@ -247,11 +247,14 @@ async def dunning(pool: asyncpg.Pool, run_id: int) -> dict[str, Any]:
     }
 
 
-async def throughput(pool: asyncpg.Pool, run_id: int, slots: int = 30) -> dict[str, Any]:
-    """Finished jobs per slice of the run's active time: ``{"start", "slot_s", "counts"}``."""
+async def throughput(
+    pool: asyncpg.Pool, run_id: int, slots: int = 30, window_s: float = 900.0
+) -> dict[str, Any]:
+    """Finished jobs per slice of the run's last ``window_s`` of activity:
+    ``{"start", "slot_s", "counts"}``."""
     from shared.db import insight_repo
 
-    rows = await insight_repo.throughput(pool, run_id, slots)
+    rows = await insight_repo.throughput(pool, run_id, slots, window_s)
     if not rows:
         return {"start": None, "slot_s": 0.0, "counts": []}
     counts = [0] * slots

@@ -1,6 +1,7 @@
 """Read models the dashboard draws: a run's dunning pipeline and throughput, an account's
-money. Every query starts from an index (``billing_jobs (run_id, state)``, the unique
-``(account_id, period_start[, dunning_attempt])`` keys), never a scan of all jobs."""
+money. Every query starts from an index (``billing_jobs (run_id, state)``,
+``billing_jobs (finished_at)``, the unique ``(account_id, period_start[, dunning_attempt])``
+keys), never a scan of all jobs."""
 
 from __future__ import annotations
 
@@ -26,11 +27,15 @@ SELECT a.status, count(*) AS n
  GROUP BY 1
 """
 
-# Finished jobs per time slice between the run's first and last finish.
+# Finished jobs per time slice over the run's last WINDOW seconds of activity (up to its
+# end, or now while it is open), through billing_jobs_finished_idx.
 THROUGHPUT = """
-WITH done AS (
-    SELECT finished_at FROM billing_jobs
-     WHERE run_id = $1 AND state IN ('succeeded', 'failed', 'dead') AND finished_at IS NOT NULL
+WITH bounds AS (
+    SELECT coalesce(r.finished_at, now()) AS t1 FROM billing_runs r WHERE r.id = $1
+), done AS (
+    SELECT j.finished_at FROM billing_jobs j, bounds b
+     WHERE j.run_id = $1 AND j.state IN ('succeeded', 'failed', 'dead', 'already_paid')
+       AND j.finished_at > b.t1 - make_interval(secs => $3) AND j.finished_at <= b.t1
 ), span AS (
     SELECT min(finished_at) AS t0,
            greatest(extract(epoch FROM max(finished_at) - min(finished_at)), 1) AS secs
@@ -58,8 +63,10 @@ async def dunning_statuses(pool: asyncpg.Pool, run_id: int) -> dict[str, int]:
     return {r["status"]: int(r["n"]) for r in await pool.fetch(DUNNING_STATUSES, run_id)}
 
 
-async def throughput(pool: asyncpg.Pool, run_id: int, slots: int) -> list[asyncpg.Record]:
-    return list(await pool.fetch(THROUGHPUT, run_id, slots))
+async def throughput(
+    pool: asyncpg.Pool, run_id: int, slots: int, window_s: float
+) -> list[asyncpg.Record]:
+    return list(await pool.fetch(THROUGHPUT, run_id, slots, window_s))
 
 
 async def charges(pool: asyncpg.Pool, account_id: int, limit: int) -> list[asyncpg.Record]:
