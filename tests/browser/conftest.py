@@ -51,14 +51,19 @@ async def page(browser: Any) -> AsyncIterator[Any]:
     await context.close()
 
 
+# The ones the README shows; every screenshot lands in the test's tmp dir.
+DOCUMENTED = {"overview", "run", "dlq", "confirm", "jobs", "account"}
+
+
 class Shots:
     def __init__(self, tmp: Path) -> None:
-        self.dirs = [tmp]
-        if os.environ.get("BILLQ_SCREENSHOTS"):
-            self.dirs.append(Path(os.environ["BILLQ_SCREENSHOTS"]))
+        self.tmp = tmp
+        docs = os.environ.get("BILLQ_SCREENSHOTS")
+        self.docs = Path(docs) if docs else None
 
     async def take(self, page: Any, name: str) -> None:
-        for d in self.dirs:
+        dirs = [self.tmp] + ([self.docs] if self.docs and name in DOCUMENTED else [])
+        for d in dirs:
             d.mkdir(parents=True, exist_ok=True)
             await page.screenshot(path=str(d / f"{name}.png"), full_page=False)
 

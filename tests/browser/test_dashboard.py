@@ -3,10 +3,15 @@ with confirmation, the API's shapes against the CLI's --json, auth, CSRF and rea
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import asyncpg
 import httpx
@@ -21,8 +26,18 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 TOKEN = "s3cret-dashboard-token"
 
 
-def cli_json(env: dict[str, str], *args: str) -> Any:
-    return json.loads(testkit.billq(*args, "--json", env=env).stdout)
+async def cli_json(env: dict[str, str], *args: str) -> Any:
+    """``billq ARGS --json`` run in this process (a thread: it calls asyncio.run), which
+    saves a Python start-up per comparison."""
+    from billq.main import main
+
+    def call() -> str:
+        out = io.StringIO()
+        with mock.patch.dict(os.environ, env, clear=True), contextlib.redirect_stdout(out):
+            assert main([*args, "--json"]) == 0
+        return out.getvalue()
+
+    return json.loads(await asyncio.to_thread(call))
 
 
 def api(d: Any, path: str, **kw: Any) -> httpx.Response:
@@ -110,20 +125,23 @@ async def test_the_dashboard_follows_a_run_live_and_acts_through_the_cli_code(
         assert testkit.stop_process(worker) == 0
 
     # The API answers what the CLI's --json prints.
-    assert api(d, "/api/runs").json() == cli_json(tmp_env, "runs")
-    assert api(d, f"/api/report/{run_id}").json() == cli_json(tmp_env, "report", str(run_id))
-    assert api(d, f"/api/jobs?run={run_id}&limit=500").json() == cli_json(
+    assert api(d, "/api/runs").json() == await cli_json(tmp_env, "runs")
+    assert api(d, f"/api/report/{run_id}").json() == await cli_json(tmp_env, "report", str(run_id))
+    assert api(d, f"/api/jobs?run={run_id}&limit=500").json() == await cli_json(
         tmp_env, "jobs", "--run", str(run_id), "--limit", "500"
     )
-    status, cli_status = api(d, f"/api/status?run={run_id}").json(), cli_json(tmp_env, "status")
+    status, cli_status = (
+        api(d, f"/api/status?run={run_id}").json(),
+        await cli_json(tmp_env, "status"),
+    )
     assert {k: v for k, v in status.items() if k not in ("rate_per_s", "eta_s")} == {
         k: v for k, v in cli_status.items() if k not in ("rate_per_s", "eta_s")
     }
-    assert api(d, "/api/dlq").json() == cli_json(tmp_env, "dlq", "list")
+    assert api(d, "/api/dlq").json() == await cli_json(tmp_env, "dlq", "list")
     account = api(d, "/api/accounts/7").json()
-    cli_account = cli_json(tmp_env, "accounts", "show", "7")
+    cli_account = await cli_json(tmp_env, "accounts", "show", "7")
     assert {k: account[k] for k in cli_account} == cli_account
-    assert api(d, "/api/workers").json() == cli_json(tmp_env, "workers") == []
+    assert api(d, "/api/workers").json() == await cli_json(tmp_env, "workers") == []
 
     # Dead letters: filter by class, inspect one, replay exactly the one selected.
     await page.goto(d.base + "/dlq")
@@ -293,10 +311,9 @@ async def test_auth_csrf_and_read_only_refuse_what_they_should(
     assert await db.fetchval("SELECT actor FROM operator_actions") == "dashboard:bob"
 
 
-def test_the_dashboard_refuses_to_listen_off_loopback_without_a_token(
-    tmp_env: dict[str, str],
-) -> None:
-    proc = testkit.billq("dashboard", "--host", "0.0.0.0", env=tmp_env, check=False, timeout=30)
+def test_the_dashboard_refuses_to_listen_off_loopback_without_a_token() -> None:
+    env = testkit.env_for(testkit.make_settings("unused", "unused"))
+    proc = testkit.billq("dashboard", "--host", "0.0.0.0", env=env, check=False, timeout=30)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "billq: error: BILLQ_DASHBOARD_TOKEN: required when --host is not a loopback address (0.0.0.0)"
