@@ -179,7 +179,7 @@ async def job_action(request: web.Request) -> web.Response:
                 state.pool, await state.broker(), state.settings, job_id, actor
             )
             return reply({"job_id": job_id, "was": was, "outcome": "republished"})
-        await operations.cancel_job(state.pool, job_id, actor)
+        await operations.cancel_job(state.pool, await state.broker(), state.settings, job_id, actor)
         return reply({"job_id": job_id, "outcome": "cancelled"})
     except ConfigError as exc:
         return fail(404, str(exc))

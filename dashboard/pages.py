@@ -257,8 +257,13 @@ async def action(request: web.Request) -> web.Response:
             state.pool, await state.broker(), state.settings, set(ids), actor
         )
         for i in ids:
-            done = i in result["replayed"]
-            outcomes.append((i, "replayed" if done else "not in the dead-letter queue", done))
+            if i not in result["replayed"]:
+                outcomes.append((i, "not in the dead-letter queue", False))
+            elif i in result["jobs_not_revived"]:
+                why = result["jobs_not_revived"][i]
+                outcomes.append((i, f"replayed; job not revived: {why}", True))
+            else:
+                outcomes.append((i, "replayed", True))
     else:
         for i in ids:
             try:
@@ -268,7 +273,9 @@ async def action(request: web.Request) -> web.Response:
                     )
                     outcomes.append((i, f"republished (was {was})", True))
                 else:
-                    await operations.cancel_job(state.pool, int(i), actor)
+                    await operations.cancel_job(
+                        state.pool, await state.broker(), state.settings, int(i), actor
+                    )
                     outcomes.append((i, "cancelled", True))
             except BillqError as exc:
                 outcomes.append((i, str(exc), False))

@@ -81,8 +81,8 @@ async def test_the_dashboard_follows_a_run_live_and_acts_through_the_cli_code(
 ) -> None:
     await seed(db, 200, card=lambda i: "pm_card_chargeDeclined" if i % 40 == 0 else "pm_card_visa")
     run_id = distribute(tmp_env)["run_id"]
-    # Cancelled before its job runs: the job dies with a dead letter that names it.
-    await db.execute("UPDATE accounts SET status = 'cancelled' WHERE id = 7")
+    # Cancelled before their jobs run: each job dies with a dead letter that names it.
+    await db.execute("UPDATE accounts SET status = 'cancelled' WHERE id IN (7, 8)")
     await testkit.publish_raw(settings, b"garbage")
     env = {**tmp_env, "BILLQ_DASHBOARD_TOKEN": TOKEN}
     d = dashboard_factory(env)
@@ -103,13 +103,14 @@ async def test_the_dashboard_follows_a_run_live_and_acts_through_the_cli_code(
         )
         assert await page.evaluate("window.notReloaded") is True
         await testkit.wait_until(lambda: all_terminal(db), timeout=60)
-        await testkit.wait_until(lambda: _eq(dlq_depth(settings), 2), timeout=30)
+        await testkit.wait_until(lambda: _eq(dlq_depth(settings), 3), timeout=30)
         await page.wait_for_function(
-            "document.querySelector('[data-count=succeeded]').innerText === '194'"
+            "document.querySelector('[data-count=succeeded]').innerText === '193'"
         )
         billed = await page.inner_text("td.money")
         assert (
-            billed == f"{sum(1000 + i for i in range(1, 201) if i % 40 and i != 7) / 100:,.2f} USD"
+            billed
+            == f"{sum(1000 + i for i in range(1, 201) if i % 40 and i not in (7, 8)) / 100:,.2f} USD"
         )
         await shots.take(page, "run")
 
@@ -145,11 +146,12 @@ async def test_the_dashboard_follows_a_run_live_and_acts_through_the_cli_code(
 
     # Dead letters: filter by class, inspect one, replay exactly the one selected.
     await page.goto(d.base + "/dlq")
-    assert await page.locator("tr[data-letter]").count() == 2
+    assert await page.locator("tr[data-letter]").count() == 3
     await page.select_option("select[name=error_class]", "AccountNotBillable")
     await page.wait_for_url(re.compile(r"error_class=AccountNotBillable"))
-    assert await page.locator("tr[data-letter]").count() == 1
-    letter = await page.locator("tr[data-letter]").get_attribute("data-letter")
+    assert await page.locator("tr[data-letter]").count() == 2
+    job7 = await db.fetchval("SELECT id FROM billing_jobs WHERE account_id = 7")
+    letter = await page.locator(f"tr[data-job='{job7}']").get_attribute("data-letter")
     await shots.take(page, "dlq")
     await page.click(f"a[href='/dlq/{letter}']")
     assert "AccountNotBillable" in await page.inner_text("main")
@@ -163,29 +165,37 @@ async def test_the_dashboard_follows_a_run_live_and_acts_through_the_cli_code(
     await page.click("#confirm")
     await page.wait_for_selector("#outcomes")
     assert "replayed" in await page.inner_text("#outcomes")
-    assert await dlq_depth(settings) == 1  # the garbage letter was not selected: still there
-    job7 = await db.fetchrow("SELECT id, state, replays FROM billing_jobs WHERE account_id = 7")
-    assert job7["state"] == "published" and job7["replays"] == 1
+    assert await dlq_depth(settings) == 2  # the letters not selected are still there
+    row = await db.fetchrow("SELECT state, replays FROM billing_jobs WHERE id = $1", job7)
+    assert row["state"] == "published" and row["replays"] == 1
 
-    # A second run nobody consumes yet: cancel one job (ticked), retry another (its row).
+    # A second run nobody consumes yet: cancel one of its jobs (ticked).
     await seed(db, 3, start=1001)
     run2 = distribute(tmp_env)["run_id"]
     await page.goto(d.base + f"/jobs?run={run2}&state=published")
     ids = await page.locator("tr[data-job]").evaluate_all("rs => rs.map(r => r.dataset.job)")
     assert len(ids) == 3
-    victim, stuck = ids[0], ids[1]
+    victim = ids[0]
     await page.check(f"input[value='{victim}']")
     assert await confirm(page, "#cancel-selected") == [f"{victim}\tcancelled"]
     assert await db.fetchval("SELECT state FROM billing_jobs WHERE id = $1", int(victim)) == "dead"
     await page.goto(d.base + f"/jobs?run={run2}")
     await shots.take(page, "jobs")
-    outcome = await confirm(page, f"tr[data-job='{stuck}'] >> text=Retry…")
-    assert outcome == [f"{stuck}\trepublished (was published)"]
+    # Retry the dead job of account 8 (its row's button) once the account is billable again.
+    await db.execute("UPDATE accounts SET status = 'active' WHERE id = 8")
+    job8 = await db.fetchval("SELECT id FROM billing_jobs WHERE account_id = 8")
+    await page.goto(d.base + f"/jobs?run={run_id}&state=dead")
+    outcome = await confirm(page, f"tr[data-job='{job8}'] >> text=Retry…")
+    assert outcome == [f"{job8}\trepublished (was dead)"]
+    # A cancelled job stays cancelled: the money gate refuses its retry, the page says why.
+    await page.goto(d.base + f"/jobs?run={run2}&state=dead")
+    refused = await confirm(page, f"tr[data-job='{victim}'] >> text=Retry…")
+    assert refused == [f"{victim}\tjob {victim} was cancelled by an operator; not retried"]
 
     metrics = api(d, "/metrics").text
     gauge = re.search(r'^billq_workers_needed\{deadline="([^"]+)"\} (\S+)$', metrics, re.M)
     assert gauge and float(gauge.group(2)) >= 1, metrics
-    assert re.search(r"^billq_open_jobs 3\.0$", metrics, re.M), metrics
+    assert re.search(r"^billq_open_jobs 4\.0$", metrics, re.M), metrics
 
     await page.goto(d.base + "/accounts/40")
     assert "declined" in await page.inner_text("ol.timeline")
@@ -198,7 +208,7 @@ async def test_the_dashboard_follows_a_run_live_and_acts_through_the_cli_code(
         await testkit.wait_until(lambda: _work_queue_empty(settings), timeout=30)
     finally:
         testkit.stop_process(worker)
-    # 194 + account 7 after its replay + the 2 jobs of run 2 that were not cancelled.
+    # 193 + accounts 7 (replayed) and 8 (retried) + the 2 jobs of run 2 not cancelled.
     await assert_charged_once(db, gateway_url, settings, expect_charged=197)
     actions = await db.fetch(
         "SELECT actor, action, target, outcome FROM operator_actions ORDER BY id"
@@ -206,7 +216,7 @@ async def test_the_dashboard_follows_a_run_live_and_acts_through_the_cli_code(
     assert [(a["actor"], a["action"], a["target"]) for a in actions] == [
         ("dashboard:alice", "dlq.replay", letter),
         ("dashboard:alice", "jobs.cancel", victim),
-        ("dashboard:alice", "jobs.retry", stuck),
+        ("dashboard:alice", "jobs.retry", str(job8)),
     ]
 
 
