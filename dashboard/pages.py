@@ -15,7 +15,7 @@ from aiohttp import web
 
 from dashboard import auth
 from dashboard.server import STATE, State
-from shared.billing.jobs import JOB_STATES, OPEN_STATES
+from shared.billing.jobs import JOB_STATES, OPEN_STATES, TERMINAL
 from shared.errors import BillqError, ConfigError
 
 LETTER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -109,7 +109,7 @@ async def run_data(state: State, run_id: int) -> dict[str, Any]:
     return {
         "status": status,
         "open_jobs": sum(status["counts"][s] for s in OPEN_STATES),
-        "done_jobs": sum(status["counts"][s] for s in ("succeeded", "failed", "dead")),
+        "done_jobs": sum(status["counts"][s] for s in TERMINAL),
         "report": await views.report(state.pool, run_id),
         "dunning": await views.dunning(state.pool, run_id),
         "throughput": await views.throughput(state.pool, run_id),
