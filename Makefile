@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 
 .DEFAULT_GOAL := help
-.PHONY: help install services demo test test-unit ci chaos bench soak lint typecheck deps fmt migrate clean
+.PHONY: help install services demo test test-unit ci chaos bench soak lint typecheck deps fmt migrate clean screenshots dashboard
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,12 @@ bench: install services ## throughput, latency, RSS vs the bare floor (BENCH_N, 
 
 soak: install services ## a 1,000,000-account run watched for leaks (SOAK_N, SOAK_ARGS) -> docs/scaling.md
 	$(PY) -m bench.soak --n $(or $(SOAK_N),1000000) $(SOAK_ARGS)
+
+screenshots: install services ## regenerate docs/screenshots/*.png with the dashboard's browser tests
+	BILLQ_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/browser
+
+dashboard: install services ## serve the dashboard on http://127.0.0.1:8080
+	$(BIN)/billq dashboard
 
 test-unit: install ## only the tests that need no services
 	$(BIN)/pytest -q -m unit

@@ -160,21 +160,19 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _show(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.db import accounts_repo
+    from shared import views
 
-    async def main(pool: Any) -> tuple[Any, Any]:
-        return await accounts_repo.get(pool, args.id), await accounts_repo.events(pool, args.id)
-
-    account, events = asyncio.run(_with_pool(settings, main))
-    if account is None:
-        raise ConfigError(f"ID: no account {args.id}")
+    data = asyncio.run(_with_pool(settings, lambda pool: views.account(pool, args.id)))
     if args.json:
-        output.print_json({**dict(account), "events": output.rows_to_dicts(events)})
+        output.print_json(data)
         return 0
-    for key, value in dict(account).items():
-        print(f"{key:>18}: {output.plain(value) if value is not None else '-'}")
+    for key, value in data.items():
+        if key != "events":
+            print(f"{key:>18}: {output.plain(value) if value is not None else '-'}")
     print("events:")
-    output.print_table(events, ("at", "kind", "from_status", "to_status", "reason", "job_id"))
+    output.print_table(
+        data["events"], ("at", "kind", "from_status", "to_status", "reason", "job_id")
+    )
     return 0
 
 

@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Any
 
-from shared.billing.jobs import JOB_STATES, OPEN_STATES, TERMINAL
+from shared.billing.jobs import OPEN_STATES, TERMINAL
 from shared.config import Settings
 from shared.entrypoint import positive_int
 
@@ -80,34 +80,14 @@ def _seed(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def run_status(settings: Settings, run_id: int | None) -> dict[str, Any]:
-    from shared.db import runs_repo
+    from shared import views
     from shared.db.pool import create_pool
-    from shared.errors import ConfigError
 
     pool = await create_pool(settings, min_size=1, max_size=2)
     try:
-        rid = run_id if run_id is not None else await runs_repo.latest_run_id(pool)
-        if rid is None:
-            raise ConfigError("no billing run yet (run `billq distribute`)")
-        await runs_repo.settle_run(pool, rid)
-        run = await runs_repo.get_run(pool, rid)
-        if run is None:
-            raise ConfigError(f"RUN: no billing run {rid}")
-        counts = await runs_repo.run_counts(pool, rid)
-        rate = await runs_repo.recent_rate(pool, rid)
+        return await views.run_status(pool, run_id)
     finally:
         await pool.close()
-    total = sum(counts.values())
-    open_jobs = sum(counts.get(s, 0) for s in OPEN_STATES)
-    return {
-        "run_id": rid,
-        "state": run["state"],
-        "as_of": run["as_of"].isoformat(),
-        "total": total,
-        "counts": {s: counts.get(s, 0) for s in JOB_STATES},
-        "rate_per_s": round(rate, 1),
-        "eta_s": round(open_jobs / rate, 1) if rate > 0 else None,
-    }
 
 
 def _status_line(s: dict[str, Any]) -> str:

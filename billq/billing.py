@@ -48,13 +48,9 @@ async def _with_pool(settings: Settings, fn: Any) -> Any:
 
 
 def _runs(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.db import billing_repo, runs_repo
+    from shared import views
 
-    async def main(pool: Any) -> Any:
-        await runs_repo.settle_open_runs(pool)
-        return await billing_repo.runs(pool, args.limit)
-
-    rows = asyncio.run(_with_pool(settings, main))
+    rows = asyncio.run(_with_pool(settings, lambda pool: views.runs(pool, args.limit)))
     if args.json:
         output.print_json(output.rows_to_dicts(rows))
     else:
@@ -62,34 +58,10 @@ def _runs(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def build_report(run: Any, counts: dict[str, int], parts: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "run_id": run["id"],
-        "state": run["state"],
-        "as_of": run["as_of"],
-        "jobs": counts,
-        "billed": output.rows_to_dicts(parts["billed"]),
-        "declines": output.rows_to_dicts(parts["declines"]),
-        "dead": output.rows_to_dicts(parts["dead"]),
-        "blocked": output.rows_to_dicts(parts["blocked"]),
-    }
-
-
 def _report(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.db import billing_repo, runs_repo
+    from shared import views
 
-    async def main(pool: Any) -> Any:
-        await runs_repo.settle_run(pool, args.run)
-        run = await runs_repo.get_run(pool, args.run)
-        if run is None:
-            raise ConfigError(f"RUN: no billing run {args.run}")
-        return build_report(
-            run,
-            await runs_repo.run_counts(pool, args.run),
-            await billing_repo.report(pool, args.run),
-        )
-
-    report = asyncio.run(_with_pool(settings, main))
+    report = asyncio.run(_with_pool(settings, lambda pool: views.report(pool, args.run)))
     if args.json:
         output.print_json(report)
     elif args.csv:

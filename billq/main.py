@@ -2,7 +2,8 @@
 
 One parser holds every command; each area registers its own (``billq.accounts``,
 ``billq.admin``, ``billq.billing``, ``billq.ops``) and the entry-point packages contribute
-theirs (``distributor.cli``, ``worker.cli``, ``sandbox.cli``). Errors become one line and an
+theirs (``distributor.cli``, ``worker.cli``, ``sandbox.cli``,
+``dashboard.cli``). Errors become one line and an
 exit code in ``shared.entrypoint``.
 """
 
@@ -15,6 +16,7 @@ from shared.entrypoint import Parser, add_connection_arguments, run
 
 def build_parser() -> Parser:
     from billq import accounts, admin, audit, billing, ops
+    from dashboard import cli as dashboard_cli
     from distributor import cli as distributor_cli
     from sandbox import cli as sandbox_cli
     from worker import cli as worker_cli
@@ -34,6 +36,7 @@ def build_parser() -> Parser:
         ops.register,
         audit.register,
         sandbox_cli.register,
+        dashboard_cli.register,
     ):
         register(sub)
     return parser

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -46,31 +45,9 @@ async def _with(
 
 
 def _queues(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.amqp.inspect import queue_depths
+    from shared import views
 
-    async def main(pool: asyncpg.Pool, conn: AbstractConnection) -> list[dict[str, Any]]:
-        depths = await queue_depths(conn, settings)
-        processing = await pool.fetchval(
-            "SELECT count(*) FROM billing_jobs WHERE state = 'processing'"
-        )
-        rows = []
-        for d in depths:
-            # Without the management plugin the broker does not report unacked counts;
-            # jobs in 'processing' are exactly the deliveries workers hold.
-            unacked = int(processing) if d.role == "work" else 0
-            rows.append(
-                {
-                    "queue": d.name,
-                    "role": d.role,
-                    "depth": d.ready + unacked,
-                    "ready": d.ready,
-                    "unacked": unacked,
-                    "consumers": d.consumers,
-                }
-            )
-        return rows
-
-    rows = asyncio.run(_with(settings, main))
+    rows = asyncio.run(_with(settings, lambda p, c: views.queues(p, c, settings)))
     if args.json:
         output.print_json(rows)
     else:
@@ -79,12 +56,11 @@ def _queues(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _dlq_list(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.amqp import dlq
+    from shared import views
 
-    letters = asyncio.run(
-        _with(settings, lambda _p, c: dlq.read(c, settings, args.limit), broker=True)
+    rows = asyncio.run(
+        _with(settings, lambda _p, c: views.dead_letters(c, settings, args.limit), broker=True)
     )
-    rows = [letter.summary() for letter in letters]
     if args.json:
         output.print_json(rows)
     else:
@@ -93,18 +69,9 @@ def _dlq_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _dlq_show(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.amqp import dlq
+    from shared import views
 
-    letters = asyncio.run(_with(settings, lambda _p, c: dlq.read(c, settings, 100_000)))
-    found = [x for x in letters if x.id == args.id]
-    if not found:
-        raise ConfigError(f"ID: no dead letter {args.id}")
-    letter = found[0]
-    data = {
-        **letter.summary(),
-        "headers": {k: str(v) for k, v in letter.headers.items()},
-        "body": letter.body[:2000].decode("utf-8", "replace"),
-    }
+    data = asyncio.run(_with(settings, lambda _p, c: views.dead_letter(c, settings, args.id)))
     if args.json:
         output.print_json(data)
     else:
@@ -124,40 +91,13 @@ def _actor() -> str:
 
 def _dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
     from shared import operations
-    from shared.amqp import dlq
-    from shared.errors import InvalidMessage
-    from shared.messages import parse_message
 
     if not args.all and not args.ids:
         raise ConfigError("dlq replay: give dead-letter IDs or --all")
 
-    def named_job(letter: dlq.DeadLetter) -> operations.LetterJob | None:
-        if letter.job_id is None:
-            return None
-        try:
-            msg = parse_message(letter.body, max_bytes=settings.max_message_bytes)
-        except InvalidMessage:
-            return operations.LetterJob(letter.id, letter.job_id, None, None)
-        return operations.LetterJob(letter.id, msg.job_id, msg.account_id, msg.idempotency_key)
-
     async def main(pool: asyncpg.Pool, conn: AbstractConnection) -> dict[str, Any]:
         wanted = None if args.all else set(args.ids)
-        # Revive the jobs first: a replayed message must find its job claimable. Whether the
-        # period may still be charged is decided at the claim (already paid → nothing moves).
-        letters = await dlq.read(conn, settings, 100_000)
-        chosen = [x for x in letters if wanted is None or x.id in wanted]
-        named = [j for j in map(named_job, chosen) if j is not None]
-        revived, skipped = await operations.revive_for_replay(pool, named)
-        replayed = await dlq.replay(conn, settings, {x.id for x in chosen})
-        result = {
-            "replayed": [x.id for x in replayed],
-            "jobs_revived": revived,
-            "jobs_not_revived": skipped,
-        }
-        await operations.record_action(
-            pool, _actor(), "dlq.replay", ",".join(sorted(x.id for x in chosen)), str(result)
-        )
-        return result
+        return await operations.replay_dead_letters(pool, conn, settings, wanted, _actor())
 
     result = asyncio.run(_with(settings, main))
     if args.json:
@@ -186,12 +126,12 @@ def _dlq_purge(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _jobs(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.db import ops_repo
+    from shared import views
 
     rows = asyncio.run(
         _with(
             settings,
-            lambda p, _c: ops_repo.list_jobs(p, args.state, args.run, args.account, args.limit),
+            lambda p, _c: views.jobs(p, args.state, args.run, args.account, args.limit),
             broker=False,
         )
     )
@@ -204,68 +144,30 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _republish(settings: Settings, pool: asyncpg.Pool, conn: AbstractConnection) -> Any:
-    from distributor.outbox import Outbox
-    from shared.amqp.publisher import Publisher
-
-    return Outbox(pool, Publisher(conn, timeout=settings.publish_timeout), settings)
-
-
 def _jobs_retry(args: argparse.Namespace, settings: Settings) -> int:
     from shared import operations
 
-    async def main(pool: asyncpg.Pool, conn: AbstractConnection) -> str:
-        state, rows = await operations.prepare_retry(pool, args.id)
-        outbox = _republish(settings, pool, conn)
-        for row in rows:
-            handoff = row["attempts"] if state == "retrying" else None
-            await outbox.publish_one(row, handoff=handoff)
-        await operations.record_action(pool, _actor(), "jobs.retry", str(args.id), state)
-        return state
-
-    state = asyncio.run(_with(settings, main))
+    state = asyncio.run(
+        _with(settings, lambda p, c: operations.retry_job(p, c, settings, args.id, _actor()))
+    )
     print(f"job {args.id}: was {state}; republished")
     return 0
 
 
 def _jobs_cancel(args: argparse.Namespace, settings: Settings) -> int:
     from shared import operations
-    from shared.gateway.factory import make_gateway
 
-    async def main(pool: asyncpg.Pool, conn: AbstractConnection) -> str:
-        gateway = make_gateway(settings)
-        try:
-            result = await operations.cancel(pool, gateway, args.id, _actor())
-        except ActionRefused as exc:
-            await operations.record_action(pool, _actor(), "jobs.cancel", str(args.id), str(exc))
-            raise
-        finally:
-            await gateway.aclose()
-        await operations.record_action(pool, _actor(), "jobs.cancel", str(args.id), result)
-        if result.startswith("unresolved:"):
-            from shared.db import ops_repo
-
-            job = await ops_repo.get(pool, args.id)
-            await _republish(settings, pool, conn).publish_one(job, handoff=int(result[11:]))
-            raise ActionRefused(
-                f"job {args.id}: the gateway could not confirm whether an earlier call charged; "
-                "the job stays retrying (not cancelled) — try again when the gateway answers"
-            )
-        return result
-
-    asyncio.run(_with(settings, main))
+    asyncio.run(
+        _with(settings, lambda p, c: operations.cancel_job(p, c, settings, args.id, _actor()))
+    )
     print(f"job {args.id}: cancelled (dead)")
     return 0
 
 
 def _workers(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.db import workers_repo
-    from shared.db.jobs_repo import STALE_WORKER_S
+    from shared import views
 
-    rows = asyncio.run(
-        _with(settings, lambda p, _c: workers_repo.list_workers(p, STALE_WORKER_S), broker=False)
-    )
-    data = [{**dict(r), "status": "live" if r["live"] else "stale"} for r in rows]
+    data = asyncio.run(_with(settings, lambda p, _c: views.workers(p), broker=False))
     if args.json:
         output.print_json(output.rows_to_dicts(data))
     else:
@@ -276,40 +178,16 @@ def _workers(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def scale_hint(
-    open_jobs: int, rate: float, live_workers: int, seconds_left: float
-) -> dict[str, Any]:
-    """Workers needed to finish ``open_jobs`` in ``seconds_left`` at the observed rate."""
-    per_worker = rate / live_workers if live_workers and rate > 0 else None
-    if open_jobs == 0:
-        needed: int | None = 0
-    elif per_worker is None or seconds_left <= 0:
-        needed = None
-    else:
-        needed = max(1, math.ceil(open_jobs / (per_worker * seconds_left)))
-    return {
-        "open_jobs": open_jobs,
-        "rate_per_s": round(rate, 2),
-        "live_workers": live_workers,
-        "per_worker_rate_per_s": round(per_worker, 2) if per_worker else None,
-        "seconds_left": round(seconds_left),
-        "workers_needed": needed,
-    }
-
-
 def _scale_hint(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.db import ops_repo, workers_repo
-    from shared.db.jobs_repo import STALE_WORKER_S
+    from shared import views
 
-    async def main(pool: asyncpg.Pool, _c: Any) -> dict[str, Any]:
-        workers = await workers_repo.list_workers(pool, STALE_WORKER_S)
-        live = sum(1 for w in workers if w["live"])
-        rate = await ops_repo.recent_rate(pool, args.window)
-        open_jobs = await ops_repo.open_count(pool)
-        left = (args.deadline - dt.datetime.now(dt.UTC)).total_seconds()
-        return scale_hint(open_jobs, rate, live, left)
-
-    hint = asyncio.run(_with(settings, main, broker=False))
+    hint = asyncio.run(
+        _with(
+            settings,
+            lambda p, _c: views.scale_hint_at(p, args.deadline, args.window),
+            broker=False,
+        )
+    )
     if args.json:
         output.print_json(hint)
     elif hint["workers_needed"] is None:

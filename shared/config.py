@@ -124,6 +124,10 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds an open breaker holds deliveries before returning them to the queue.",
     )
+    dashboard_token: SecretStr | None = Field(
+        None,
+        description="Token the dashboard asks for (login or Bearer); required off loopback.",
+    )
 
     @field_validator("retry_delays", "dunning_schedule", mode="before")
     @classmethod

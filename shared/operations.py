@@ -1,6 +1,10 @@
 """Operators' actions on jobs — retry, cancel, revive for a dead-letter replay — with the money
 rules in one place, so the CLI and the dashboard cannot differ.
 
+``replay_dead_letters``, ``retry_job`` and ``cancel_job`` are the whole actions as
+``billq dlq replay`` and ``billq jobs retry|cancel`` run them (and the dashboard's buttons):
+the rules below, the republish, and the ``operator_actions`` record with the actor.
+
 None of these charges anything: they only make a job claimable again (or end it), and a claim is
 where the gate decides whether money may move (``ClaimedJob.gate``). What they add is the rule
 that no terminal state hides money: a job that may have called the gateway is resolved with it
@@ -11,10 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import structlog
+from aio_pika.abc import AbstractConnection
 
+from shared.amqp.publisher import Publisher
+from shared.config import Settings
 from shared.db import jobs_repo, ops_repo
 from shared.errors import ActionRefused, BillqError, ConfigError
 from shared.gateway.port import Charged, PaymentGateway
@@ -144,3 +152,139 @@ async def cancel(pool: asyncpg.Pool, gateway: PaymentGateway, job_id: int, actor
         )
     await ops_repo.cancel_taken(pool, job_id, token, actor)
     return "cancelled"
+
+
+# --- whole actions: the CLI's commands and the dashboard's buttons ---------------------------
+
+
+async def replay_dead_letters(
+    pool: asyncpg.Pool,
+    conn: AbstractConnection,
+    settings: Settings,
+    ids: set[str] | None,
+    actor: str,
+) -> dict[str, Any]:
+    """``dlq replay``: revive the chosen letters' jobs, then republish the letters (every
+    letter when ``ids`` is None). Only letters with these ids are touched.
+
+    Returns ``{"replayed": [letter ids], "jobs_revived": [job ids], "jobs_not_revived":
+    {letter id: why}}``; an id no longer in the dead-letter queue is not in ``replayed``.
+    """
+    from shared.amqp import dlq
+    from shared.errors import InvalidMessage
+    from shared.messages import parse_message
+
+    def named_job(letter: dlq.DeadLetter) -> LetterJob | None:
+        if letter.job_id is None:
+            return None
+        try:
+            msg = parse_message(letter.body, max_bytes=settings.max_message_bytes)
+        except InvalidMessage:
+            return LetterJob(letter.id, letter.job_id, None, None)
+        return LetterJob(letter.id, msg.job_id, msg.account_id, msg.idempotency_key)
+
+    # Revive the jobs first: a replayed message must find its job claimable. Whether the
+    # period may still be charged is decided at the claim (already paid → nothing moves).
+    letters = await dlq.read(conn, settings, 100_000)
+    chosen = [x for x in letters if ids is None or x.id in ids]
+    named = [j for j in map(named_job, chosen) if j is not None]
+    revived, skipped = await revive_for_replay(pool, named)
+    replayed = await dlq.replay(conn, settings, {x.id for x in chosen})
+    result: dict[str, Any] = {
+        "replayed": [x.id for x in replayed],
+        "jobs_revived": revived,
+        "jobs_not_revived": skipped,
+    }
+    await record_action(
+        pool, actor, "dlq.replay", ",".join(sorted(x.id for x in chosen)), str(result)
+    )
+    return result
+
+
+async def retry_job(
+    pool: asyncpg.Pool, conn: AbstractConnection, settings: Settings, job_id: int, actor: str
+) -> str:
+    """``jobs retry``: republish a dead or retrying job; returns the state it was in.
+
+    Raises:
+        ConfigError: no such job.
+        ActionRefused: the job's state does not allow a retry.
+    """
+    state, rows = await prepare_retry(pool, job_id)
+    publisher = _publisher(conn, settings)
+    try:
+        for row in rows:
+            handoff = row["attempts"] if state == "retrying" else None
+            await publish_job(publisher, settings, row, handoff)
+    finally:
+        await publisher.close()  # its channel: the dashboard's connection lives on
+    await record_action(pool, actor, "jobs.retry", str(job_id), state)
+    return state
+
+
+async def cancel_job(
+    pool: asyncpg.Pool, conn: AbstractConnection, settings: Settings, job_id: int, actor: str
+) -> str:
+    """``jobs cancel``: ``cancel`` with the gateway, recorded; an unresolved job is
+    republished with its hand-off token and the cancel refused.
+
+    Raises:
+        ConfigError: no such job.
+        ActionRefused: in flight, finished, charged, or the gateway could not answer.
+    """
+    from shared.gateway.factory import make_gateway
+
+    gateway = make_gateway(settings)
+    try:
+        result = await cancel(pool, gateway, job_id, actor)
+    except ActionRefused as exc:
+        await record_action(pool, actor, "jobs.cancel", str(job_id), str(exc))
+        raise
+    finally:
+        await gateway.aclose()
+    await record_action(pool, actor, "jobs.cancel", str(job_id), result)
+    if result.startswith("unresolved:"):
+        job = await ops_repo.get(pool, job_id)
+        publisher = _publisher(conn, settings)
+        try:
+            await publish_job(publisher, settings, job, int(result[11:]))
+        finally:
+            await publisher.close()
+        raise ActionRefused(
+            f"job {job_id}: the gateway could not confirm whether an earlier call charged; "
+            "the job stays retrying (not cancelled) — try again when the gateway answers"
+        )
+    return result
+
+
+def _publisher(conn: AbstractConnection, settings: Settings) -> Publisher:
+    return Publisher(conn, timeout=settings.publish_timeout)
+
+
+async def publish_job(
+    publisher: Publisher, settings: Settings, row: Any, handoff: int | None
+) -> None:
+    """The job's charge message exactly as the distributor's outbox publishes it (signed;
+    the hand-off header for a retrying job). Here because ``shared`` cannot import the
+    distributor and the dashboard republishes too."""
+    from shared.amqp import names
+    from shared.messages import HANDOFF_HEADER, MESSAGE_TYPE, encode_charge
+    from shared.signing import SIGNATURE_HEADER, sign
+
+    body = encode_charge(
+        row["id"], row["account_id"], row["period_start"], row["idempotency_key"], row["run_id"]
+    )
+    headers: dict[str, object] = {}
+    if handoff is not None:
+        headers[HANDOFF_HEADER] = handoff
+    keys = settings.signing_key_list
+    if keys:
+        headers[SIGNATURE_HEADER] = sign(body, keys[0])
+    await publisher.publish(
+        names.work_exchange(settings.queue_prefix),
+        names.ROUTING_KEY,
+        body,
+        message_id=row["idempotency_key"],
+        message_type=MESSAGE_TYPE,
+        headers=headers or None,
+    )

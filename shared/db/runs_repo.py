@@ -298,9 +298,12 @@ UPDATE billing_runs r
                     AND j.state IN ('pending', 'published', 'processing', 'retrying'))
 """
 
+# The finished_at bound lets billing_jobs_finished_idx find the last seconds' jobs.
 RECENT_RATE = """
-SELECT count(*) FILTER (WHERE finished_at > now() - interval '10 seconds') / 10.0
-  FROM billing_jobs WHERE run_id = $1 AND state IN ('succeeded', 'failed', 'dead', 'already_paid')
+SELECT count(*) / 10.0
+  FROM billing_jobs
+ WHERE run_id = $1 AND state IN ('succeeded', 'failed', 'dead', 'already_paid')
+   AND finished_at > now() - interval '10 seconds'
 """
 
 

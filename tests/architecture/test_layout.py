@@ -35,7 +35,7 @@ def test_the_domain_imports_no_io_library() -> None:
             assert f"import {lib}" not in text and f"from {lib}" not in text, (path, lib)
 
 
-@pytest.mark.parametrize("package", ["billq", "distributor", "worker", "sandbox"])
+@pytest.mark.parametrize("package", ["billq", "distributor", "worker", "sandbox", "dashboard"])
 def test_each_entry_point_runs_from_the_source_tree_without_package_metadata(
     package: str, tmp_path: Path
 ) -> None:

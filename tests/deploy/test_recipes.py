@@ -110,7 +110,9 @@ def test_kubernetes_manifests_are_well_formed_and_run_billq_commands() -> None:
         assert {"apiVersion", "kind", "metadata"} <= set(doc), doc
     kinds = {d["kind"]: d for d in docs}
     assert {"Deployment", "CronJob", "ScaledObject", "ConfigMap", "Secret"} <= set(kinds)
-    deployment = kinds["Deployment"]["spec"]["template"]["spec"]  # type: ignore[index]
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}  # type: ignore[index]
+    assert set(deployments) == {"billq-worker", "billq-dashboard"}
+    deployment = deployments["billq-worker"]["spec"]["template"]["spec"]  # type: ignore[index]
     assert deployment["terminationGracePeriodSeconds"] > 30  # > BILLQ_SHUTDOWN_GRACE
     container = deployment["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -122,10 +124,24 @@ def test_kubernetes_manifests_are_well_formed_and_run_billq_commands() -> None:
             assert spec["concurrencyPolicy"] == "Forbid"  # type: ignore[index]
             job = spec["jobTemplate"]["spec"]["template"]["spec"]  # type: ignore[index]
             assert_billq_command(job["containers"][0]["args"])
+    dashboard = deployments["billq-dashboard"]["spec"]["template"]["spec"]  # type: ignore[index]
+    args = dashboard["containers"][0]["args"]
+    assert_billq_command(args)
+    # Off loopback the dashboard refuses to start without its token: the recipe passes one.
+    assert "0.0.0.0" in args and "--read-only" in args
+    refs = [
+        e["secretRef"]["name"] for e in dashboard["containers"][0]["envFrom"] if "secretRef" in e
+    ]
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}  # type: ignore[index]
+    assert any("BILLQ_DASHBOARD_TOKEN" in secrets[r]["stringData"] for r in refs)  # type: ignore[operator]
     scaled = kinds["ScaledObject"]
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
-    trigger = scaled["spec"]["triggers"][0]  # type: ignore[index]
-    assert trigger["type"] == "rabbitmq" and trigger["metadata"]["queueName"] == "billq.charge"
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "billq-worker"  # type: ignore[index]
+    # The scale hint drives autoscaling: replicas = ceil(workers_needed / 1).
+    (trigger,) = scaled["spec"]["triggers"]  # type: ignore[index]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
+    assert "billq_workers_needed" in trigger["metadata"]["query"]
+    assert trigger["metadata"]["threshold"] == "1"
 
 
 def test_crontab_lines_have_five_fields_and_real_commands() -> None:

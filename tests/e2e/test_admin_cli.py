@@ -10,8 +10,8 @@ import pytest
 import testkit
 from testkit import all_terminal, assert_charged_once, distribute, seed
 
-from billq.ops import scale_hint
 from shared.config import Settings
+from shared.views import scale_hint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

@@ -1,0 +1,1 @@
+"""The web dashboard: billing runs, money, dead letters, jobs and workers in a browser."""
