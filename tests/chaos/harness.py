@@ -88,7 +88,6 @@ class Pipeline:
             text=True,
             timeout=timeout,
             check=False,
-            cwd=testkit.ROOT,
         )
 
     def spawn(self, *args: str) -> subprocess.Popen[bytes]:
@@ -99,7 +98,6 @@ class Pipeline:
             env=self.env,
             stdout=log,
             stderr=log,
-            cwd=testkit.ROOT,
         )
         self.spawned.append(proc)
         return proc

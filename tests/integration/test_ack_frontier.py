@@ -74,12 +74,23 @@ async def _deliver(
     return consumer, got, frontier
 
 
-async def _ready_after_close(channel: AbstractChannel, consumer: AbstractQueue) -> int:
-    """Close the consuming channel: whatever it had not acked becomes ready again."""
+async def _ready_after_close(
+    channel: AbstractChannel, consumer: AbstractQueue, expected: int, timeout: float = 10
+) -> int:
+    """Close the consuming channel: whatever it had not acked becomes ready again.
+
+    Polls the ready count until it is ``expected`` or ``timeout`` passes, and returns the last
+    count seen. The broker returns a closed channel's unacked deliveries in one step, so the
+    count goes from 0 straight to its final value: a wrong value never passes for ``expected``.
+    """
     await consumer.channel.close()
-    await asyncio.sleep(0.3)
-    queue = await channel.declare_queue(consumer.name, passive=True)
-    return queue.declaration_result.message_count or 0
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        queue = await channel.declare_queue(consumer.name, passive=True)
+        ready = queue.declaration_result.message_count or 0
+        if ready == expected or asyncio.get_running_loop().time() > deadline:
+            return ready
+        await asyncio.sleep(0.02)
 
 
 def _tags(messages: list[AbstractIncomingMessage], *positions: int) -> list[int]:
@@ -97,7 +108,7 @@ async def test_out_of_order_finishes_ack_only_the_finished_prefix(
     await frontier.finished(_tags(got, 4, 5))  # 3 still open: 4 and 5 wait
     assert frontier.waiting == 3
 
-    assert await _ready_after_close(channel, consumer) == 3  # 3, 4, 5 were never acked
+    assert await _ready_after_close(channel, consumer, 3) == 3  # 3, 4, 5 were never acked
 
 
 async def test_a_requeued_delivery_is_passed_over_not_acked(
@@ -110,4 +121,4 @@ async def test_a_requeued_delivery_is_passed_over_not_acked(
     assert frontier.waiting == 0
 
     # Only the requeued one comes back (redelivered to the still-open consumer channel).
-    assert await _ready_after_close(channel, consumer) == 1
+    assert await _ready_after_close(channel, consumer, 1) == 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import sqlite3
 import subprocess
@@ -334,12 +333,10 @@ sys.exit(args.handler(args, settings))
 
 def test_the_command_serves_until_sigterm_and_exits_zero(tmp_path: Path) -> None:
     port = testkit.free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLQ_")}
     flags = ["--port", str(port), "--ledger", str(tmp_path / "ledger.sqlite3"), "--seed", "1"]
     proc = subprocess.Popen(
         [sys.executable, "-c", _RUN_COMMAND, "sandbox-gateway", *flags],
-        cwd=testkit.ROOT,
-        env=env,
+        env=testkit.clean_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
