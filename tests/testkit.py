@@ -116,6 +116,13 @@ async def delete_topology(settings: Settings) -> None:
         await conn.close()
 
 
+async def fetchrow(db: asyncpg.Connection, query: str, *args: object) -> asyncpg.Record:
+    """The row ``query`` returns; no row fails the test."""
+    row = await db.fetchrow(query, *args)
+    assert row is not None, f"no row for {query}"
+    return row
+
+
 async def queue_depths(settings: Settings) -> dict[str, tuple[int, int]]:
     """name → (messages ready, consumers) for the work, dead and retry queues."""
     p = settings.queue_prefix

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import random
@@ -137,7 +138,7 @@ class Pipeline:
                     "USD",
                     "month",
                     1,
-                    testkit.dt.datetime(2026, 3, 1, tzinfo=testkit.dt.UTC),
+                    dt.datetime(2026, 3, 1, tzinfo=dt.UTC),
                     "active",
                     "pm_card_visa",
                     None,

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -97,8 +98,8 @@ def test_compose_file_matches_the_compose_schema_and_its_commands_exist() -> Non
             assert svc.get("build") == "."
 
 
-def _k8s_docs() -> list[dict[str, object]]:
-    docs = []
+def _k8s_docs() -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
     for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
         docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
     return docs
@@ -110,7 +111,7 @@ def test_kubernetes_manifests_are_well_formed_and_run_billq_commands() -> None:
         assert {"apiVersion", "kind", "metadata"} <= set(doc), doc
     kinds = {d["kind"]: d for d in docs}
     assert {"Deployment", "CronJob", "ScaledObject", "ConfigMap", "Secret"} <= set(kinds)
-    deployment = kinds["Deployment"]["spec"]["template"]["spec"]  # type: ignore[index]
+    deployment = kinds["Deployment"]["spec"]["template"]["spec"]
     assert deployment["terminationGracePeriodSeconds"] > 30  # > BILLQ_SHUTDOWN_GRACE
     container = deployment["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -119,12 +120,12 @@ def test_kubernetes_manifests_are_well_formed_and_run_billq_commands() -> None:
     for doc in docs:
         if doc["kind"] == "CronJob":
             spec = doc["spec"]
-            assert spec["concurrencyPolicy"] == "Forbid"  # type: ignore[index]
-            job = spec["jobTemplate"]["spec"]["template"]["spec"]  # type: ignore[index]
+            assert spec["concurrencyPolicy"] == "Forbid"
+            job = spec["jobTemplate"]["spec"]["template"]["spec"]
             assert_billq_command(job["containers"][0]["args"])
     scaled = kinds["ScaledObject"]
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
-    trigger = scaled["spec"]["triggers"][0]  # type: ignore[index]
+    trigger = scaled["spec"]["triggers"][0]
     assert trigger["type"] == "rabbitmq" and trigger["metadata"]["queueName"] == "billq.charge"
 
 
