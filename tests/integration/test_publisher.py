@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aio_pika
 import pytest
@@ -25,10 +26,10 @@ async def conn() -> AsyncIterator[AbstractConnection]:
 
 
 @contextlib.asynccontextmanager
-async def queue(conn: AbstractConnection, **arguments: object) -> AsyncIterator[str]:
+async def queue(conn: AbstractConnection, **arguments: Any) -> AsyncIterator[str]:
     channel = await conn.channel()
     declared = await channel.declare_queue(
-        testkit.unique("bqt_pub"), auto_delete=False, arguments=dict(arguments)
+        testkit.unique("bqt_pub"), auto_delete=False, arguments=arguments
     )
     try:
         yield declared.name
