@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import Counter
 from collections.abc import Callable
 
 import structlog
@@ -81,8 +80,6 @@ class Consumer:
                     await conn.close()
             if not stop.is_set():
                 self._stats.reconnects += 1
-                if self._metrics:
-                    self._metrics.reconnects.inc()
                 log.info("broker.reconnecting")
         await self._drain()
 
@@ -180,10 +177,8 @@ class Consumer:
             outcomes = await self._handler.handle_batch(
                 [Delivery(m.body, m.headers or {}, bool(m.redelivered)) for m in batch]
             )
-            labels = Counter(self._stats.count(o) for o in outcomes)
-            if self._metrics:
-                for label, n in labels.items():
-                    self._metrics.handled.labels(label).inc(n)
+            for outcome in outcomes:
+                self._stats.count(outcome)
             pairs = list(zip(batch, outcomes, strict=True))
             copies = [(m, o) for m, o in pairs if not isinstance(o, Ack)]
             # A retry or dead-letter copy is confirmed before its original is acked.
@@ -203,7 +198,6 @@ class Consumer:
                 elapsed = time.perf_counter() - started
                 for _ in batch:
                     self._metrics.handle_seconds.observe(elapsed)
-                self._metrics.in_flight.set(self._stats.in_flight)
             if self._after_message:
                 self._after_message()
         for message in requeue:

@@ -129,7 +129,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> int:
     if pool is None:
         return 0
     gateway = make_gateway(settings)
-    stats, metrics = Stats(), Metrics()
+    stats = Stats()
+    metrics = Metrics(stats)
     health: HealthServer | None = None
     try:
         jobs = JobsRepo(pool, worker_id=worker_id, lease_s=settings.job_lease)

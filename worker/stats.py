@@ -1,4 +1,5 @@
-"""In-process counters the worker keeps for logs, heartbeats and metrics."""
+"""In-process counters the worker keeps: the one count behind its heartbeats, its final log
+line and its Prometheus metrics (``worker.metrics`` reads them when scraped)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ class Stats:
     reconnects: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
 
-    def count(self, outcome: Outcome) -> str:
-        """Count the outcome; returns its label (succeeded, declined, retried, dead, ...)."""
+    def count(self, outcome: Outcome) -> None:
+        """Count the outcome under its label (succeeded, declined, retried, dead, ...)."""
         if isinstance(outcome, Ack):
             label: str = outcome.kind
         elif isinstance(outcome, Retry):
@@ -24,4 +25,3 @@ class Stats:
         else:
             label = "dead"
         self.outcomes[label] += 1
-        return label
