@@ -110,15 +110,16 @@ async def test_a_cancelled_consumer_is_logged_and_the_worker_consumes_again(
 
 
 @pytest.mark.unit  # nothing listens where its database should be
-async def test_a_worker_without_its_database_waits_with_growing_pauses(
+async def test_a_worker_without_its_database_logs_each_wait_and_keeps_trying(
     settings_without_services: Settings, logs: Events
 ) -> None:
     async with worker(settings_without_services):
         waits = await until_logged(logs, "worker.waiting_for_database", count=3)
 
-    assert [w["retry_s"] for w in waits[:3]] == [0.25, 0.5, 1.0]
-    assert all(w["log_level"] == "warning" for w in waits)
-    assert waits[0]["error"] == "DatabaseUnavailable"
+    for wait in waits:
+        assert wait["log_level"] == "warning"
+        assert wait["error"] == "DatabaseUnavailable"
+        assert 0 < wait["retry_s"] <= 5  # a capped backoff, however it is drawn
     assert named(logs, "worker.started") == []
 
 
