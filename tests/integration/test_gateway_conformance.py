@@ -155,22 +155,6 @@ def adapter(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Path:
-    return tmp_path / "ledger.sqlite3"
-
-
-@pytest.fixture
-def seen() -> list[Seen]:
-    return []
-
-
-@pytest.fixture
-async def url(ledger: Path, seen: list[Seen]) -> AsyncIterator[str]:
-    async with sandbox(ledger, seen=seen) as base:
-        yield base
-
-
-@pytest.fixture
 async def gateway(adapter: str, url: str) -> AsyncIterator[PaymentGateway]:
     async with connect(adapter, url) as gw:
         yield gw

@@ -58,17 +58,6 @@ VISA_FORM = {
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Path:
-    return tmp_path / "ledger.sqlite3"
-
-
-@pytest.fixture
-async def url(ledger: Path) -> AsyncIterator[str]:
-    async with sandbox(ledger) as base:
-        yield base
-
-
-@pytest.fixture
 async def gateway(url: str) -> AsyncIterator[SandboxGateway]:
     async with client(url) as gw:
         yield gw

@@ -39,22 +39,6 @@ async def stripe_gateway(url: str) -> AsyncIterator[StripeGateway]:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Path:
-    return tmp_path / "ledger.sqlite3"
-
-
-@pytest.fixture
-def seen() -> list[Seen]:
-    return []
-
-
-@pytest.fixture
-async def url(ledger: Path, seen: list[Seen]) -> AsyncIterator[str]:
-    async with sandbox(ledger, seen=seen) as base:
-        yield base
-
-
-@pytest.fixture
 async def gateway(url: str) -> AsyncIterator[StripeGateway]:
     async with stripe_gateway(url) as gw:
         yield gw
