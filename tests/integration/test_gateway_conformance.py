@@ -18,6 +18,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from shared.gateway.port import (
     ChargeOutcome,
     ChargeRequest,
     Declined,
+    GatewayCharge,
     PaymentGateway,
 )
 
@@ -97,6 +99,9 @@ class _ObservedInProcess:
 
     async def find_by_idempotency_key(self, idempotency_key: str) -> ChargeOutcome | None:
         return await self._gateway.find_by_idempotency_key(idempotency_key)
+
+    def list_charges(self, since: datetime | None) -> AsyncIterator[GatewayCharge]:
+        return self._gateway.list_charges(since)
 
     async def aclose(self) -> None:
         await self._gateway.aclose()
@@ -303,6 +308,30 @@ async def test_find_by_idempotency_key_returns_charged_declined_or_none(rig: Rig
     assert await rig.gateway.find_by_idempotency_key("it's-a-key") == charged
     assert await rig.gateway.find_by_idempotency_key("k-d") == declined
     assert await rig.gateway.find_by_idempotency_key("never-used") is None
+
+
+async def test_list_charges_lists_the_succeeded_charges_newest_first_with_billq_metadata(
+    rig: Rig,
+) -> None:
+    period = {"billq_period": "2026-03-01", "billq_attempt": "1"}
+    older = await rig.gateway.charge(charge(key="k1", account_id=7, metadata=period))
+    await rig.gateway.charge(charge(key="k2", card="pm_card_chargeDeclined"))
+    newer = await rig.gateway.charge(charge(key="k3", amount=500, currency="eur"))
+
+    listed = [c async for c in rig.gateway.list_charges(None)]
+    since = datetime.now(UTC) - timedelta(hours=1)
+    recent = [c.charge_id async for c in rig.gateway.list_charges(since)]
+    future = [c async for c in rig.gateway.list_charges(datetime.now(UTC) + timedelta(hours=1))]
+
+    assert isinstance(older, Charged) and isinstance(newer, Charged)
+    assert [c.charge_id for c in listed] == [newer.charge_id, older.charge_id]
+    last, first = listed
+    assert (first.idempotency_key, first.account_id, first.period_start) == ("k1", 7, "2026-03-01")
+    assert (first.amount, first.currency) == (1999, "USD")
+    assert (last.idempotency_key, last.account_id, last.period_start) == ("k3", 1, None)
+    assert (last.amount, last.currency) == (500, "EUR")
+    assert recent == [newer.charge_id, older.charge_id]
+    assert future == []
 
 
 # == the HTTP adapters =====================================================================
