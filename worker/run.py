@@ -19,7 +19,7 @@ import structlog
 
 from shared.config import Settings
 from shared.db import runs_repo, workers_repo
-from shared.db.jobs_repo import JobsRepo
+from shared.db.jobs_repo import PgJobsRepo
 from shared.db.pool import create_pool
 from shared.errors import TransientError
 from shared.gateway.factory import make_gateway
@@ -133,7 +133,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> int:
     metrics = Metrics(stats)
     health: HealthServer | None = None
     try:
-        jobs = JobsRepo(pool, worker_id=worker_id, lease_s=settings.job_lease)
+        jobs = PgJobsRepo(pool, worker_id=worker_id, lease_s=settings.job_lease)
         handler = Handler(settings, jobs, gateway, metrics.gateway_seconds.observe)
         heartbeat = Heartbeat(settings, pool, worker_id, stats, metrics, stop)
         consumer = Consumer(settings, handler, stats, metrics, heartbeat.check_message_limit)
