@@ -56,8 +56,13 @@ lint: install ## ruff and the import contracts
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-typecheck: install ## mypy --strict on the packages
+typecheck: install ## mypy --strict on the packages, then on the tests
 	$(BIN)/mypy
+	@# Test modules import their helpers by bare name (pytest's pythonpath); the chaos and tls
+	@# folders have their own conftest and helpers, so each is checked in a run of its own.
+	MYPYPATH=tests $(BIN)/mypy --explicit-package-bases tests --exclude 'tests/(chaos|tls)/'
+	MYPYPATH=tests:tests/chaos $(BIN)/mypy tests/chaos
+	MYPYPATH=tests:tests/chaos:tests/tls $(BIN)/mypy tests/tls
 
 deps: install ## declared dependencies match the imports (deptry)
 	$(BIN)/deptry .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,22 @@ from shared.db.migrations import migrate
 # hypothesis is imported up front: its pytest plugin otherwise imports it lazily at session
 # end, and CPython 3.11.7 can then fail the assertion rewriter's compile() with
 # "AST constructor recursion depth mismatch" after tests that ran event loops in threads.
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clean_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No developer's ``BILLQ_*`` variables or ``.env`` reach a test or its subprocesses.
+
+    Settings come from the test alone: the variables are removed, and the session runs in an
+    empty directory because pydantic-settings reads ``.env`` from the working directory
+    (subprocesses inherit it; ``testkit.clean_env`` points their PYTHONPATH at this tree).
+    Session-scoped so it also holds for the session fixtures (the template database).
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith("BILLQ_")]:
+            patch.delenv(name)
+        patch.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -47,9 +47,20 @@ def make_settings(database: str, prefix: str, **extra: Any) -> Settings:
     return load_settings(database_url=db_url(database), amqp_url=AMQP, queue_prefix=prefix, **extra)
 
 
+def clean_env() -> dict[str, str]:
+    """This process's environment without ``BILLQ_*``, importing billq from this tree.
+
+    Subprocesses run in the session's working directory (an empty one, see ``conftest``),
+    so PYTHONPATH, not the directory, finds the source tree.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLQ_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     """Environment for a billq subprocess with these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLQ_")}
+    env = clean_env()
     env.update(
         BILLQ_DATABASE_URL=settings.database_url.get_secret_value(),
         BILLQ_AMQP_URL=settings.amqp_url.get_secret_value(),
@@ -103,6 +114,13 @@ async def delete_topology(settings: Settings) -> None:
                 await channel.exchange_delete(ex)
     finally:
         await conn.close()
+
+
+async def fetchrow(db: asyncpg.Connection, query: str, *args: object) -> asyncpg.Record:
+    """The row ``query`` returns; no row fails the test."""
+    row = await db.fetchrow(query, *args)
+    assert row is not None, f"no row for {query}"
+    return row
 
 
 async def queue_depths(settings: Settings) -> dict[str, tuple[int, int]]:
@@ -169,7 +187,6 @@ def billq(
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=ROOT,
         check=False,
     )
     if check and proc.returncode != 0:
@@ -184,14 +201,12 @@ def spawn(*args: str, env: Mapping[str, str], log: Path) -> subprocess.Popen[byt
         env=dict(env),
         stdout=out,
         stderr=out,
-        cwd=ROOT,
     )
 
 
 @contextlib.contextmanager
 def sandbox_gateway(tmp: Path, *flags: str) -> Iterator[str]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLQ_")}
     proc = spawn(
         "sandbox-gateway",
         "--port",
@@ -199,7 +214,7 @@ def sandbox_gateway(tmp: Path, *flags: str) -> Iterator[str]:
         "--ledger",
         str(tmp / "ledger.sqlite3"),
         *flags,
-        env=env,
+        env=clean_env(),
         log=tmp / "gateway.log",
     )
     url = f"http://127.0.0.1:{port}"

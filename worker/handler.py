@@ -28,7 +28,7 @@ from shared.billing import dunning
 from shared.billing.claims import ClaimedJob, ClaimRequest
 from shared.billing.jobs import TERMINAL
 from shared.config import Settings
-from shared.db.jobs_repo import JobsRepo
+from shared.db.jobs_port import JobsRepo
 from shared.errors import (
     AccountNotBillable,
     BadSignature,

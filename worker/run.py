@@ -20,7 +20,7 @@ import structlog
 from shared.backoff import Backoff
 from shared.config import Settings
 from shared.db import runs_repo, workers_repo
-from shared.db.jobs_repo import JobsRepo
+from shared.db.jobs_repo import PgJobsRepo
 from shared.db.pool import create_pool
 from shared.errors import TransientError
 from shared.gateway.factory import make_gateway
@@ -139,7 +139,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> int:
     gateway = guarded(settings, make_gateway(settings), metrics)
     health: HealthServer | None = None
     try:
-        jobs = JobsRepo(pool, worker_id=worker_id, lease_s=settings.job_lease)
+        jobs = PgJobsRepo(pool, worker_id=worker_id, lease_s=settings.job_lease)
         handler = Handler(settings, jobs, gateway, metrics.gateway_seconds.observe)
         heartbeat = Heartbeat(settings, pool, worker_id, stats, metrics, stop, gateway.breaker)
         consumer = Consumer(

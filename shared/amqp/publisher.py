@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aio_pika
@@ -88,32 +88,11 @@ class Publisher:
             headers=dict(headers or {}),
             expiration=expiration_s,
         )
-        timeouts = 0
-        for _ in range(self._max_nacks):
-            ex = await self._exchange(exchange)
-            channel = self._channel
-            try:
-                async with asyncio.timeout(self._timeout):
-                    await ex.publish(message, routing_key=routing_key, mandatory=True)
-                return
-            except PublishError:
-                raise Unroutable(f"unroutable: exchange {exchange!r} key {routing_key!r}") from None
-            except DeliveryError:
-                await self._replace_channel(channel)
-            except TimeoutError:
-                # A channel that published while a quorum queue had no leader (a broker
-                # restart, a failover) can stay silent: retry on a fresh channel.
-                await self._replace_channel(channel)
-                timeouts += 1
-            except (
-                aio_pika.exceptions.AMQPError,
-                ChannelInvalidStateError,
-                ConnectionError,
-            ) as exc:
-                raise PublishFailed(f"broker connection lost ({type(exc).__name__})") from None
-        if timeouts:
-            raise PublishFailed(f"no confirm within {self._timeout:g}s, {timeouts} channel(s)")
-        raise PublishFailed(f"broker nacked the publish {self._max_nacks} times")
+
+        async def send(ex: AbstractExchange, channel: AbstractChannel) -> None:
+            await ex.publish(message, routing_key=routing_key, mandatory=True)
+
+        await self._until_confirmed(exchange, routing_key, send)
 
     async def publish_many(
         self,
@@ -135,34 +114,55 @@ class Publisher:
             Unroutable: the broker returned a message.
         """
         stamp = dt.datetime.now(dt.UTC)
+
+        async def send(ex: AbstractExchange, channel: AbstractChannel) -> None:
+            underlay = await channel.get_underlay_channel()
+            await asyncio.gather(
+                *(
+                    underlay.basic_publish(  # type: ignore[call-arg]  # ABC lags: no wait=
+                        body,
+                        exchange=exchange,
+                        routing_key=routing_key,
+                        mandatory=True,
+                        wait=False,
+                        properties=BasicProperties(
+                            delivery_mode=2,
+                            content_type=content_type,
+                            message_id=message_id,
+                            message_type=message_type,
+                            timestamp=stamp,
+                            headers=dict(headers) if headers else None,
+                        ),
+                    )
+                    for body, message_id, headers in items
+                )
+            )
+
+        await self._until_confirmed(exchange, routing_key, send)
+
+    async def _until_confirmed(
+        self,
+        exchange: str,
+        routing_key: str,
+        send: Callable[[AbstractExchange, AbstractChannel], Awaitable[None]],
+    ) -> None:
+        """Run ``send`` until the broker confirms all it sent, within the timeout.
+
+        The one ladder for every publish: a nack or a silent channel is retried on a fresh
+        channel, up to ``max_nacks`` channels; a return or a lost connection ends it.
+
+        Raises:
+            PublishFailed: no confirm within the timeout, or the broker kept nacking.
+            Unroutable: the broker returned a message.
+        """
         timeouts = 0
         for _ in range(self._max_nacks):
-            await self._exchange(exchange)  # opens the channel if needed
+            ex = await self._exchange(exchange)  # opens the channel if needed
             channel = self._channel
             assert channel is not None
             try:
-                underlay = await channel.get_underlay_channel()
                 async with asyncio.timeout(self._timeout):
-                    await asyncio.gather(
-                        *(
-                            underlay.basic_publish(  # type: ignore[call-arg]  # ABC lags: no wait=
-                                body,
-                                exchange=exchange,
-                                routing_key=routing_key,
-                                mandatory=True,
-                                wait=False,
-                                properties=BasicProperties(
-                                    delivery_mode=2,
-                                    content_type=content_type,
-                                    message_id=message_id,
-                                    message_type=message_type,
-                                    timestamp=stamp,
-                                    headers=dict(headers) if headers else None,
-                                ),
-                            )
-                            for body, message_id, headers in items
-                        )
-                    )
+                    await send(ex, channel)
                 return
             except PublishError:
                 raise Unroutable(f"unroutable: exchange {exchange!r} key {routing_key!r}") from None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
@@ -103,7 +103,7 @@ def retried_on_conflict(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[
     return wrapper
 
 
-def classified(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def classified(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Repository methods raise the billq tree: callers catch ``TransientError``, not drivers'
     classes. An unclassified driver error (a bug) passes through unchanged."""
 

@@ -1,4 +1,4 @@
-"""billing_jobs, charges and the account updates that go with them.
+"""billing_jobs, charges and the account updates that go with them: ``JobsRepo`` on Postgres.
 
 Each phase of the worker is one statement (so one implicit transaction):
 claim → (gateway call) → record. Every record is fenced by ``attempts``: a holder
@@ -254,9 +254,10 @@ async def record_successes(
     return {r["id"]: r["charged"] for r in rows}
 
 
-class JobsRepo:
-    """SQL for one job's life in the worker. Every method raises the billq error tree
-    (``DatabaseUnavailable`` for a retryable database failure), never a driver class."""
+class PgJobsRepo:
+    """``JobsRepo`` on Postgres: SQL for one job's life in the worker. Every method raises the
+    billq error tree (``DatabaseUnavailable`` for a retryable database failure), never a
+    driver class."""
 
     def __init__(self, pool: asyncpg.Pool, *, worker_id: str, lease_s: float) -> None:
         self._pool = pool

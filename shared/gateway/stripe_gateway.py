@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import stripe
@@ -203,10 +203,10 @@ class StripeGateway:
                     int(intent.created or 0),
                     int(intent.amount or 0),
                     str(intent.currency or ""),
-                    {
-                        str(k): str(v)
-                        for k, v in cast("Mapping[str, Any]", intent.metadata or {}).items()
-                    },
+                    # A StripeObject is not a mapping (no .items()): to_dict() is its dict.
+                    {str(k): str(v) for k, v in intent.metadata.to_dict().items()}
+                    if intent.metadata
+                    else {},
                 )
                 if since is not None and charge.created < since:
                     return

@@ -64,7 +64,7 @@ async def confirm(page: Any, button: str) -> list[str]:
     ids = [t.strip() for t in await page.locator("ul.ids code").all_inner_texts()]
     await page.click("#confirm")
     await page.wait_for_selector("#outcomes")
-    rows = await page.locator("#outcomes tr").all_inner_texts()
+    rows: list[str] = await page.locator("#outcomes tr").all_inner_texts()
     assert len(rows) == len(ids)
     return rows
 
@@ -167,7 +167,7 @@ async def test_the_dashboard_follows_a_run_live_and_acts_through_the_cli_code(
     assert "replayed" in await page.inner_text("#outcomes")
     assert await dlq_depth(settings) == 2  # the letters not selected are still there
     row = await db.fetchrow("SELECT state, replays FROM billing_jobs WHERE id = $1", job7)
-    assert row["state"] == "published" and row["replays"] == 1
+    assert row is not None and row["state"] == "published" and row["replays"] == 1
 
     # A second run nobody consumes yet: cancel one of its jobs (ticked).
     await seed(db, 3, start=1001)

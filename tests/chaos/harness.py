@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import random
@@ -88,7 +89,6 @@ class Pipeline:
             text=True,
             timeout=timeout,
             check=False,
-            cwd=testkit.ROOT,
         )
 
     def spawn(self, *args: str) -> subprocess.Popen[bytes]:
@@ -99,7 +99,6 @@ class Pipeline:
             env=self.env,
             stdout=log,
             stderr=log,
-            cwd=testkit.ROOT,
         )
         self.spawned.append(proc)
         return proc
@@ -139,7 +138,7 @@ class Pipeline:
                     "USD",
                     "month",
                     1,
-                    testkit.dt.datetime(2026, 3, 1, tzinfo=testkit.dt.UTC),
+                    dt.datetime(2026, 3, 1, tzinfo=dt.UTC),
                     "active",
                     "pm_card_visa",
                     None,

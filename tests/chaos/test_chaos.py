@@ -27,6 +27,9 @@ from shared.amqp import names
 from shared.config import Settings
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
+# pytest-timeout's 300 s (pyproject) stays the default; a scenario whose own waits (start-up of
+# throwaway nodes, ``distributor.wait``, ``Pipeline.finish``) add up to more sets its own
+# limit above that sum, so its own assertion, naming what did not settle, fails first.
 AS_OF = testkit.AS_OF
 
 
@@ -137,6 +140,7 @@ async def test_a_purged_work_queue_is_repaired_by_the_reconciler(
     assert_invariants(result)
 
 
+@pytest.mark.timeout(420)
 async def test_a_distributor_killed_between_insert_and_publish_is_completed_by_the_next_run(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -202,6 +206,7 @@ def throwaway_cluster() -> Iterator[ThrowawayCluster]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(480)
 async def test_postgres_killed_and_restarted_mid_run_workers_recover_alone(
     settings: Settings, throwaway_pg: ThrowawayPostgres, tmp_path: Path
 ) -> None:
@@ -225,6 +230,7 @@ async def test_postgres_killed_and_restarted_mid_run_workers_recover_alone(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 async def test_the_broker_killed_while_publishing_and_consuming_loses_nothing(
     settings: Settings, throwaway_rabbit: ThrowawayRabbit, tmp_path: Path
 ) -> None:
@@ -252,6 +258,7 @@ async def test_the_broker_killed_while_publishing_and_consuming_loses_nothing(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(420)
 async def test_the_network_between_workers_and_broker_cut_and_restored(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -280,6 +287,7 @@ async def test_the_network_between_workers_and_broker_cut_and_restored(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 async def test_the_quorum_leader_killed_in_a_three_node_cluster_loses_nothing(
     settings: Settings, throwaway_cluster: ThrowawayCluster, tmp_path: Path
 ) -> None:

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -97,8 +98,8 @@ def test_compose_file_matches_the_compose_schema_and_its_commands_exist() -> Non
             assert svc.get("build") == "."
 
 
-def _k8s_docs() -> list[dict[str, object]]:
-    docs = []
+def _k8s_docs() -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
     for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
         docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
     return docs
@@ -110,9 +111,9 @@ def test_kubernetes_manifests_are_well_formed_and_run_billq_commands() -> None:
         assert {"apiVersion", "kind", "metadata"} <= set(doc), doc
     kinds = {d["kind"]: d for d in docs}
     assert {"Deployment", "CronJob", "ScaledObject", "ConfigMap", "Secret"} <= set(kinds)
-    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}  # type: ignore[index]
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
     assert set(deployments) == {"billq-worker", "billq-dashboard"}
-    deployment = deployments["billq-worker"]["spec"]["template"]["spec"]  # type: ignore[index]
+    deployment = deployments["billq-worker"]["spec"]["template"]["spec"]
     assert deployment["terminationGracePeriodSeconds"] > 30  # > BILLQ_SHUTDOWN_GRACE
     container = deployment["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -121,10 +122,10 @@ def test_kubernetes_manifests_are_well_formed_and_run_billq_commands() -> None:
     for doc in docs:
         if doc["kind"] == "CronJob":
             spec = doc["spec"]
-            assert spec["concurrencyPolicy"] == "Forbid"  # type: ignore[index]
-            job = spec["jobTemplate"]["spec"]["template"]["spec"]  # type: ignore[index]
+            assert spec["concurrencyPolicy"] == "Forbid"
+            job = spec["jobTemplate"]["spec"]["template"]["spec"]
             assert_billq_command(job["containers"][0]["args"])
-    dashboard = deployments["billq-dashboard"]["spec"]["template"]["spec"]  # type: ignore[index]
+    dashboard = deployments["billq-dashboard"]["spec"]["template"]["spec"]
     args = dashboard["containers"][0]["args"]
     assert_billq_command(args)
     # Off loopback the dashboard refuses to start without its token: the recipe passes one.
@@ -132,13 +133,13 @@ def test_kubernetes_manifests_are_well_formed_and_run_billq_commands() -> None:
     refs = [
         e["secretRef"]["name"] for e in dashboard["containers"][0]["envFrom"] if "secretRef" in e
     ]
-    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}  # type: ignore[index]
-    assert any("BILLQ_DASHBOARD_TOKEN" in secrets[r]["stringData"] for r in refs)  # type: ignore[operator]
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    assert any("BILLQ_DASHBOARD_TOKEN" in secrets[r]["stringData"] for r in refs)
     scaled = kinds["ScaledObject"]
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
-    assert scaled["spec"]["scaleTargetRef"]["name"] == "billq-worker"  # type: ignore[index]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "billq-worker"
     # The scale hint drives autoscaling: replicas = ceil(workers_needed / 1).
-    (trigger,) = scaled["spec"]["triggers"]  # type: ignore[index]
+    (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
     assert "billq_workers_needed" in trigger["metadata"]["query"]
     assert trigger["metadata"]["threshold"] == "1"

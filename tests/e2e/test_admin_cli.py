@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -16,7 +17,8 @@ from shared.views import scale_hint
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
-def cli_json(env: dict[str, str], *args: str) -> object:
+def cli_json(env: dict[str, str], *args: str) -> Any:
+    """The command's ``--json`` output (a JSON document: shapes vary by command)."""
     return json.loads(testkit.billq(*args, "--json", env=env).stdout)
 
 
@@ -29,13 +31,13 @@ async def test_queues_jobs_cancel_and_workers_reflect_the_real_state(
 ) -> None:
     await seed(db, 12)
     distribute(tmp_env)
-    queues = {q["role"] + q["queue"]: q for q in cli_json(tmp_env, "queues")}  # type: ignore[union-attr]
+    queues = {q["role"] + q["queue"]: q for q in cli_json(tmp_env, "queues")}
     work = queues[f"work{settings.queue_prefix}.charge"]
     assert work["ready"] == 12 and work["consumers"] == 0
 
     published = cli_json(tmp_env, "jobs", "--state", "published")
-    assert len(published) == 12  # type: ignore[arg-type]
-    victim = published[0]["id"]  # type: ignore[index]
+    assert len(published) == 12
+    victim = published[0]["id"]
     assert "cancelled" in testkit.billq("jobs", "cancel", str(victim), env=tmp_env).stdout
     again = testkit.billq("jobs", "cancel", str(victim), env=tmp_env, check=False)
     assert again.returncode == 1 and "dead" in again.stderr
@@ -44,14 +46,14 @@ async def test_queues_jobs_cancel_and_workers_reflect_the_real_state(
     try:
         await testkit.wait_until(lambda: all_terminal(db), timeout=60)
         listed = cli_json(tmp_env, "workers")
-        assert len(listed) == 1 and listed[0]["status"] == "live"  # type: ignore[index,arg-type]
+        assert len(listed) == 1 and listed[0]["status"] == "live"
     finally:
         testkit.stop_process(worker)
     # The cancelled job's message was acked as a duplicate: no charge for it.
     await assert_charged_once(db, gateway_url, settings, expect_charged=11)
     assert cli_json(tmp_env, "workers") == []  # deregistered on a clean stop
     hint = cli_json(tmp_env, "scale-hint", "--deadline", "2030-01-01")
-    assert hint["open_jobs"] == 0 and hint["workers_needed"] == 0  # type: ignore[index]
+    assert hint["open_jobs"] == 0 and hint["workers_needed"] == 0
 
 
 async def test_dead_letters_are_listed_shown_replayed_into_their_jobs_and_purged(
@@ -79,20 +81,20 @@ async def test_dead_letters_are_listed_shown_replayed_into_their_jobs_and_purged
     finally:
         testkit.stop_process(worker)
     letters = cli_json(tmp_env, "dlq", "list")
-    assert sorted(x["error_class"] for x in letters) == ["AccountNotBillable", "InvalidMessage"]  # type: ignore[union-attr,index]
-    dead_job = next(x for x in letters if x["job_id"] is not None)  # type: ignore[union-attr,index]
+    assert sorted(x["error_class"] for x in letters) == ["AccountNotBillable", "InvalidMessage"]
+    dead_job = next(x for x in letters if x["job_id"] is not None)
     assert "cancelled" in dead_job["error"]
     shown = cli_json(tmp_env, "dlq", "show", dead_job["id"])
-    assert shown["headers"]["x-billq-error-class"] == "AccountNotBillable"  # type: ignore[index]
-    assert len(cli_json(tmp_env, "dlq", "list")) == 2  # listing never consumes  # type: ignore[arg-type]
+    assert shown["headers"]["x-billq-error-class"] == "AccountNotBillable"
+    assert len(cli_json(tmp_env, "dlq", "list")) == 2  # listing never consumes
 
     # The customer comes back; the operator replays the dead letter.
     await db.execute("UPDATE accounts SET status = 'active' WHERE id = 2")
     out = cli_json(tmp_env, "dlq", "replay", dead_job["id"])
-    assert out["replayed"] == [dead_job["id"]]  # type: ignore[index]
-    assert out["jobs_revived"] == [dead_job["job_id"]]  # type: ignore[index]
-    row = await db.fetchrow(
-        "SELECT state, replays, last_error FROM billing_jobs WHERE id = $1", dead_job["job_id"]
+    assert out["replayed"] == [dead_job["id"]]
+    assert out["jobs_revived"] == [dead_job["job_id"]]
+    row = await testkit.fetchrow(
+        db, "SELECT state, replays, last_error FROM billing_jobs WHERE id = $1", dead_job["job_id"]
     )
     assert row["state"] == "published" and row["replays"] == 1
     assert "replayed" in row["last_error"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -61,7 +62,10 @@ async def test_an_outage_and_a_rejected_key_hold_the_work_and_burn_no_attempts(
         await testkit.wait_until(lambda: _is(env, "closed"), timeout=30)  # next heartbeat
     finally:
         assert testkit.stop_process(worker) == 0
-    states = dict(await db.fetch("SELECT state, count(*) FROM billing_jobs GROUP BY state"))
+    states: dict[Any, Any] = {
+        r[0]: r[1]
+        for r in await db.fetch("SELECT state, count(*) FROM billing_jobs GROUP BY state")
+    }
     assert states == {"succeeded": 60}
     # Only the calls that opened the breaker spent an attempt: the held work spent none.
     assert await db.fetchval("SELECT max(attempts) FROM billing_jobs") <= 2

@@ -46,7 +46,7 @@ async def run_worker_until_settled(db: asyncpg.Connection, env: dict[str, str], 
 async def charge_first_call(gateway_url: str, db: asyncpg.Connection, job_id: int) -> str:
     """What a worker's first call did before its answer was lost (a timeout): the gateway
     holds the charge; the job is left ``retrying`` after one attempt."""
-    job = await db.fetchrow("SELECT * FROM billing_jobs WHERE id = $1", job_id)
+    job = await testkit.fetchrow(db, "SELECT * FROM billing_jobs WHERE id = $1", job_id)
     gateway = SandboxGateway(gateway_url, "sk_test_billq", timeout=5)
     try:
         result = await gateway.charge(
@@ -86,14 +86,14 @@ async def test_a_dead_letter_replayed_after_the_period_was_paid_by_dunning_charg
     distribute(tmp_env)
     await db.execute("UPDATE accounts SET status = 'cancelled' WHERE id = 1")
     await run_worker_until_settled(db, tmp_env, tmp_path / "w1.log")
-    first = await db.fetchrow("SELECT id, state FROM billing_jobs")
+    first = await testkit.fetchrow(db, "SELECT id, state FROM billing_jobs")
     assert first["state"] == "dead"
 
     # The customer returns and pays the period through the dunning path (key …_d1).
     await db.execute("UPDATE accounts SET status = 'past_due', dunning_attempt = 1 WHERE id = 1")
     distribute(tmp_env)
     await run_worker_until_settled(db, tmp_env, tmp_path / "w2.log")
-    paid = await db.fetchrow("SELECT idempotency_key, gateway_charge_id FROM charges")
+    paid = await testkit.fetchrow(db, "SELECT idempotency_key, gateway_charge_id FROM charges")
     assert paid["idempotency_key"].endswith("_d1")
 
     letters = cli_json(tmp_env, "dlq", "list")
@@ -102,9 +102,11 @@ async def test_a_dead_letter_replayed_after_the_period_was_paid_by_dunning_charg
     await run_worker_until_settled(db, tmp_env, tmp_path / "w3.log")
 
     assert succeeded_per_period(gateway_url) == {("1", PERIOD.isoformat()): 1}
-    job = await db.fetchrow("SELECT state, last_error FROM billing_jobs WHERE id = $1", first["id"])
+    job = await testkit.fetchrow(
+        db, "SELECT state, last_error FROM billing_jobs WHERE id = $1", first["id"]
+    )
     assert job["state"] == "already_paid" and paid["gateway_charge_id"] in job["last_error"]
-    invoice = await db.fetchrow("SELECT status, gateway_charge_id FROM invoices")
+    invoice = await testkit.fetchrow(db, "SELECT status, gateway_charge_id FROM invoices")
     assert invoice["gateway_charge_id"] == paid["gateway_charge_id"]
 
 
@@ -123,7 +125,9 @@ async def test_a_card_update_between_retries_keeps_the_frozen_request_and_record
     testkit.billq("jobs", "retry", str(job_id), env=tmp_env)
     await run_worker_until_settled(db, tmp_env, tmp_path / "w.log")
 
-    job = await db.fetchrow("SELECT state, payment_method FROM billing_jobs WHERE id = $1", job_id)
+    job = await testkit.fetchrow(
+        db, "SELECT state, payment_method FROM billing_jobs WHERE id = $1", job_id
+    )
     assert job["state"] == "succeeded" and job["payment_method"] == "pm_card_visa"
     assert await db.fetchval("SELECT gateway_charge_id FROM charges") == taken
     assert await db.fetchval("SELECT status FROM invoices") == "paid"
@@ -152,7 +156,7 @@ async def test_cancelling_a_retrying_job_whose_first_call_charged_records_the_ch
     refused = testkit.billq("jobs", "cancel", str(charged_job), env=tmp_env, check=False)
     assert refused.returncode == 1 and "already charged" in refused.stderr
     assert refused.stderr.count("\n") == 1
-    job = await db.fetchrow("SELECT state FROM billing_jobs WHERE id = $1", charged_job)
+    job = await testkit.fetchrow(db, "SELECT state FROM billing_jobs WHERE id = $1", charged_job)
     assert job["state"] == "succeeded"
     assert await db.fetchval("SELECT gateway_charge_id FROM charges") == taken
 
@@ -161,7 +165,9 @@ async def test_cancelling_a_retrying_job_whose_first_call_charged_records_the_ch
         "UPDATE billing_jobs SET state = 'retrying', attempts = 1 WHERE id = $1", clean_job
     )
     assert "cancelled" in testkit.billq("jobs", "cancel", str(clean_job), env=tmp_env).stdout
-    row = await db.fetchrow("SELECT state, cancelled_at FROM billing_jobs WHERE id = $1", clean_job)
+    row = await testkit.fetchrow(
+        db, "SELECT state, cancelled_at FROM billing_jobs WHERE id = $1", clean_job
+    )
     assert row["state"] == "dead" and row["cancelled_at"] is not None
     again = testkit.billq("jobs", "retry", str(clean_job), env=tmp_env, check=False)
     assert again.returncode == 1 and "cancelled by an operator" in again.stderr
@@ -304,7 +310,7 @@ async def test_audit_finds_money_taken_but_not_recorded_and_repair_records_it(
         testkit.billq("audit", "--repair", "--json", env=tmp_env, check=False).stdout
     )
     assert [x["account_id"] for x in repaired["repaired"]] == [3]
-    job = await db.fetchrow("SELECT state FROM billing_jobs WHERE account_id = 3")
+    job = await testkit.fetchrow(db, "SELECT state FROM billing_jobs WHERE account_id = 3")
     assert job["state"] == "succeeded"
     assert await db.fetchval("SELECT status FROM invoices WHERE account_id = 3") == "paid"
     assert await db.fetchval("SELECT next_billing_at FROM accounts WHERE id = 3") == dt.datetime(

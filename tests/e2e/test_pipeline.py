@@ -55,7 +55,8 @@ async def test_every_due_account_is_charged_exactly_once_by_two_workers(
         codes = [testkit.stop_process(w) for w in workers]
     assert codes == [0, 0]
     await assert_charged_once(db, gateway_url, settings, expect_charged=147)
-    states = dict(await db.fetch("SELECT state, count(*) FROM billing_jobs GROUP BY state"))
+    by_state = await db.fetch("SELECT state, count(*) FROM billing_jobs GROUP BY state")
+    states = {r["state"]: r["count"] for r in by_state}
     assert states == {"succeeded": 147, "failed": 3}
     past_due = {r["id"] for r in await db.fetch("SELECT id FROM accounts WHERE status='past_due'")}
     assert past_due == declining
@@ -279,7 +280,7 @@ async def test_sharded_distributors_run_at_once_and_feed_one_run(
     assert not any(s["locked"] for s in summaries)  # each shard has its own lock
     assert sorted(s["due"] for s in summaries) == [30, 30, 30]
     assert len({s["run_id"] for s in summaries}) == 1
-    run = await db.fetchrow("SELECT * FROM billing_runs")
+    run = await testkit.fetchrow(db, "SELECT * FROM billing_runs")
     assert (run["due"], run["published"], run["shards_done"], run["state"]) == (
         90,
         90,

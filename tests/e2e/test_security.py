@@ -26,7 +26,7 @@ async def test_with_signing_on_forged_and_unsigned_messages_are_dead_lettered_ne
     await seed(db, 5)
     # Rotation: the distributor still signs with the old key; workers accept new and old.
     distribute({**tmp_env, "BILLQ_SIGNING_KEYS": "old-key-2025"})
-    job = await db.fetchrow("SELECT * FROM billing_jobs WHERE account_id = 1")
+    job = await testkit.fetchrow(db, "SELECT * FROM billing_jobs WHERE account_id = 1")
     body = json.dumps(
         {
             "schema_version": 1,

@@ -76,12 +76,23 @@ async def _deliver(
     return consumer, got, frontier
 
 
-async def _ready_after_close(channel: AbstractChannel, consumer: AbstractQueue) -> int:
-    """Close the consuming channel: whatever it had not acked becomes ready again."""
+async def _ready_after_close(
+    channel: AbstractChannel, consumer: AbstractQueue, expected: int, timeout: float = 10
+) -> int:
+    """Close the consuming channel: whatever it had not acked becomes ready again.
+
+    Polls the ready count until it is ``expected`` or ``timeout`` passes, and returns the last
+    count seen. The broker returns a closed channel's unacked deliveries in one step, so the
+    count goes from 0 straight to its final value: a wrong value never passes for ``expected``.
+    """
     await consumer.channel.close()
-    await asyncio.sleep(0.3)
-    queue = await channel.declare_queue(consumer.name, passive=True)
-    return queue.declaration_result.message_count or 0
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        queue = await channel.declare_queue(consumer.name, passive=True)
+        ready = queue.declaration_result.message_count or 0
+        if ready == expected or asyncio.get_running_loop().time() > deadline:
+            return ready
+        await asyncio.sleep(0.02)
 
 
 def _tags(messages: list[AbstractIncomingMessage], *positions: int) -> list[int]:
@@ -99,7 +110,7 @@ async def test_out_of_order_finishes_ack_only_the_finished_prefix(
     await frontier.finished(_tags(got, 4, 5))  # 3 still open: 4 and 5 wait
     assert frontier.waiting == 3
 
-    assert await _ready_after_close(channel, consumer) == 3  # 3, 4, 5 were never acked
+    assert await _ready_after_close(channel, consumer, 3) == 3  # 3, 4, 5 were never acked
 
 
 async def test_a_requeued_delivery_is_passed_over_not_acked(
@@ -112,7 +123,7 @@ async def test_a_requeued_delivery_is_passed_over_not_acked(
     assert frontier.waiting == 0
 
     # Only the requeued one comes back (redelivered to the still-open consumer channel).
-    assert await _ready_after_close(channel, consumer) == 1
+    assert await _ready_after_close(channel, consumer, 1) == 1
 
 
 async def test_finished_deliveries_behind_a_straggler_are_acked_singly(
@@ -126,7 +137,7 @@ async def test_finished_deliveries_behind_a_straggler_are_acked_singly(
     await frontier.finished(_tags(got, 0, 1))  # the prefix passes over the acked 2 and 3
     assert frontier.waiting == 1
 
-    assert await _ready_after_close(channel, consumer) == 1  # only 4 was never acked
+    assert await _ready_after_close(channel, consumer, 1) == 1  # only 4 was never acked
 
 
 async def test_a_young_head_holds_a_few_finished_deliveries_for_one_multiple_ack(
@@ -138,4 +149,4 @@ async def test_a_young_head_holds_a_few_finished_deliveries_for_one_multiple_ack
     assert frontier.waiting == 6  # held for the head, not acked one by one
     await frontier.finished(_tags(got, 0))
     assert frontier.waiting == 2
-    assert await _ready_after_close(channel, consumer) == 2
+    assert await _ready_after_close(channel, consumer, 2) == 2

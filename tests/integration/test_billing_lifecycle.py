@@ -99,7 +99,7 @@ async def test_a_soft_decline_is_retried_on_schedule_and_then_paid_once(
     await seed(db, range(1, 2), card="pm_card_chargeDeclinedInsufficientFunds")
     async with workers(s):
         assert (await bill(s, db, NOW))["published"] == 1
-        acct = await db.fetchrow("SELECT * FROM accounts WHERE id = 1")
+        acct = await testkit.fetchrow(db, "SELECT * FROM accounts WHERE id = 1")
         assert acct["status"] == "past_due" and acct["dunning_attempt"] == 1
         assert acct["next_billing_at"] == PERIOD  # the period is still unpaid
         retry_at = acct["dunning_next_at"]
@@ -108,7 +108,7 @@ async def test_a_soft_decline_is_retried_on_schedule_and_then_paid_once(
             < retry_at - acct["first_declined_at"]
             < dt.timedelta(days=3, minutes=5)
         )
-        open_invoice = await db.fetchrow("SELECT * FROM invoices WHERE account_id = 1")
+        open_invoice = await testkit.fetchrow(db, "SELECT * FROM invoices WHERE account_id = 1")
         assert open_invoice["status"] == "open"
 
         # Not yet time: nothing is published.
@@ -124,10 +124,10 @@ async def test_a_soft_decline_is_retried_on_schedule_and_then_paid_once(
     assert keys == ["billq_1_2026-03-01", "billq_1_2026-03-01_d1"]
     charges = await db.fetch("SELECT * FROM charges")
     assert [c["idempotency_key"] for c in charges] == ["billq_1_2026-03-01_d1"]
-    acct = await db.fetchrow("SELECT * FROM accounts WHERE id = 1")
+    acct = await testkit.fetchrow(db, "SELECT * FROM accounts WHERE id = 1")
     assert acct["status"] == "active" and acct["dunning_next_at"] is None
     assert acct["next_billing_at"] == dt.datetime(2026, 4, 1, tzinfo=dt.UTC)
-    paid = await db.fetchrow("SELECT * FROM invoices WHERE account_id = 1")
+    paid = await testkit.fetchrow(db, "SELECT * FROM invoices WHERE account_id = 1")
     assert paid["number"] == open_invoice["number"] and paid["status"] == "paid"
     assert paid["gateway_charge_id"] == charges[0]["gateway_charge_id"]
     kinds = [r["kind"] for r in await accounts_repo.events(await _pool(s), 1)]
@@ -154,7 +154,7 @@ async def test_a_hard_decline_stops_retries_at_once(s: Settings, db: asyncpg.Con
     await seed(db, range(1, 2), card="pm_card_chargeDeclinedStolenCard")
     async with workers(s):
         await bill(s, db, NOW)
-        acct = await db.fetchrow("SELECT * FROM accounts WHERE id = 1")
+        acct = await testkit.fetchrow(db, "SELECT * FROM accounts WHERE id = 1")
         assert acct["status"] == "suspended" and acct["dunning_next_at"] is None
         assert (await bill(s, db, NOW + dt.timedelta(days=30)))["published"] == 0
     assert await db.fetchval("SELECT count(*) FROM billing_jobs") == 1
@@ -171,7 +171,7 @@ async def test_the_last_failed_retry_suspends_and_a_new_card_reactivates(
         for _ in range(3):
             retry_at = await db.fetchval("SELECT dunning_next_at FROM accounts WHERE id = 1")
             assert (await bill(s, db, retry_at + dt.timedelta(seconds=1)))["published"] == 1
-        acct = await db.fetchrow("SELECT * FROM accounts WHERE id = 1")
+        acct = await testkit.fetchrow(db, "SELECT * FROM accounts WHERE id = 1")
         assert acct["status"] == "suspended"
         assert await db.fetchval("SELECT status FROM invoices") == "uncollectible"
         assert (await bill(s, db, NOW + dt.timedelta(days=60)))["published"] == 0
@@ -240,7 +240,8 @@ async def test_the_report_totals_equal_the_sum_of_the_charges(
     assert [(r["reason"], r["jobs"]) for r in report["declines"]] == [("expired_card", 4)]
     assert report["dead"] == []
     await runs_repo.settle_run(pool, summary.run_id)
-    assert (await runs_repo.get_run(pool, summary.run_id))["state"] == "completed_with_failures"
+    run = await runs_repo.get_run(pool, summary.run_id)
+    assert run is not None and run["state"] == "completed_with_failures"
 
 
 async def test_a_scheduled_run_is_performed_by_the_first_distribute_at_or_after_its_time(
@@ -254,7 +255,7 @@ async def test_a_scheduled_run_is_performed_by_the_first_distribute_at_or_after_
     summary = await distribute(s, as_of=NOW - dt.timedelta(days=365))  # nothing due then
     assert summary.scheduled_runs == [past.run_id]
     assert summary.published == 0
-    states = dict(await db.fetch("SELECT id, state FROM billing_runs"))
+    states = {r["id"]: r["state"] for r in await db.fetch("SELECT id, state FROM billing_runs")}
     assert states[later.run_id] == "scheduled"
     assert states[past.run_id] == "published"
     assert (

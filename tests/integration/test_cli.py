@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import asyncpg
@@ -19,8 +20,8 @@ def env(settings: Settings) -> dict[str, str]:
     return testkit.env_for(settings)
 
 
-def one_line_error(proc: object, *needles: str) -> str:
-    stderr = proc.stderr  # type: ignore[attr-defined]
+def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    stderr = proc.stderr
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, stderr
     assert "Traceback" not in stderr
@@ -160,7 +161,7 @@ async def test_accounts_import_is_all_or_nothing_and_reimport_keeps_billing_stat
     good.write_text(CSV_GOOD)
     out = testkit.billq("accounts", "import", str(good), env=env).stdout
     assert "inserted=2 updated=0" in out
-    row = await db.fetchrow("SELECT * FROM accounts WHERE id = 1")
+    row = await testkit.fetchrow(db, "SELECT * FROM accounts WHERE id = 1")
     assert row["currency"] == "USD" and row["billing_anchor_day"] == 31
 
     # Billing moved on; a re-import with a new price must not touch the billing state.
@@ -170,7 +171,7 @@ async def test_accounts_import_is_all_or_nothing_and_reimport_keeps_billing_stat
     good.write_text(CSV_GOOD.replace("1500,usd", "1700,usd"))
     out = testkit.billq("accounts", "import", str(good), env=env).stdout
     assert "inserted=0 updated=1 unchanged=1" in out
-    row = await db.fetchrow("SELECT * FROM accounts WHERE id = 1")
+    row = await testkit.fetchrow(db, "SELECT * FROM accounts WHERE id = 1")
     assert row["amount_cents"] == 1700 and row["status"] == "past_due"
     assert row["next_billing_at"].isoformat().startswith("2026-02-28")
 

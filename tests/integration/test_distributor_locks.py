@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import Any
 
 import asyncpg
 import pytest
@@ -34,7 +35,7 @@ async def pending_jobs(pool: asyncpg.Pool, n: int) -> list[int]:
         ["pm_card_visa"] * n,
         [None] * n,
     ]
-    rows = await runs_repo.insert_jobs(pool, run_id, cols)
+    rows = await runs_repo.insert_jobs(pool, run_id, cols)  # type: ignore[arg-type]
     return sorted(r["id"] for r in rows)
 
 
@@ -58,7 +59,9 @@ async def test_marking_published_skips_rows_a_worker_is_claiming_instead_of_wait
                 await asyncio.wait_for(runs_repo.mark_published(pool, jobs[::-1]), 30)
         finally:
             await worker.close()
-        states = dict(await db.fetch("SELECT id, state FROM billing_jobs"))
+        states: dict[Any, Any] = {
+            r[0]: r[1] for r in await db.fetch("SELECT id, state FROM billing_jobs")
+        }
         assert states == {j: ("processing" if j == held else "published") for j in jobs}
     finally:
         await pool.close()

@@ -105,7 +105,9 @@ async def test_shards_of_one_cron_tick_without_as_of_join_one_run_that_completes
     )
     assert a.run_id == b.run_id and a.as_of == b.as_of
     assert a.new_jobs + b.new_jobs == 4
-    run = await db.fetchrow("SELECT state, shards_done FROM billing_runs WHERE id = $1", a.run_id)
+    run = await testkit.fetchrow(
+        db, "SELECT state, shards_done FROM billing_runs WHERE id = $1", a.run_id
+    )
     assert run["state"] == "published" and run["shards_done"] == 2
 
 

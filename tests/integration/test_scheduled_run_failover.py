@@ -9,9 +9,11 @@ from typing import Any
 import aio_pika
 import asyncpg
 import pytest
+import testkit
 
 import distributor.run as run_module
 from distributor.run import distribute, schedule
+from distributor.summary import Summary
 from shared.config import Settings
 
 pytestmark = pytest.mark.integration
@@ -32,7 +34,7 @@ async def test_a_scheduled_run_interrupted_by_a_lost_broker_resumes_instead_of_f
     real_scan, calls = run_module._scan, []
 
     async def scan_losing_the_broker_once(*args: Any) -> None:
-        calls.append(next(a.run_id for a in args if isinstance(a, run_module.Summary)))
+        calls.append(next(a.run_id for a in args if isinstance(a, Summary)))
         if len(calls) == 1:  # the scheduled run's first scan: the broker goes away
             raise aio_pika.exceptions.AMQPConnectionError("Server connection reset")
         await real_scan(*args)
@@ -42,7 +44,9 @@ async def test_a_scheduled_run_interrupted_by_a_lost_broker_resumes_instead_of_f
 
     assert calls[:2] == [scheduled.run_id, scheduled.run_id], calls  # resumed, same run
     assert summary.scheduled_runs == [scheduled.run_id]
-    run = await db.fetchrow("SELECT state, error FROM billing_runs WHERE id = $1", scheduled.run_id)
+    run = await testkit.fetchrow(
+        db, "SELECT state, error FROM billing_runs WHERE id = $1", scheduled.run_id
+    )
     assert run["state"] == "published", run
     jobs = await db.fetchval(
         "SELECT count(*) FROM billing_jobs WHERE run_id = $1", scheduled.run_id

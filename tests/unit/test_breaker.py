@@ -57,7 +57,7 @@ def guarded(gateway: ScriptedGateway, **settings: float) -> BreakerGateway:
         **{"breaker_window": 10, "breaker_probe_min_s": 0.01, "breaker_probe_max_s": 0.02}
         | settings
     )
-    return BreakerGateway(gateway, Breaker(s, lambda: gateway.find_by_idempotency_key("x")))
+    return BreakerGateway(gateway, Breaker(s, lambda: gateway.find_by_idempotency_key("x")))  # type: ignore[arg-type]
 
 
 async def fail(gw: BreakerGateway, n: int) -> None:

@@ -1,0 +1,551 @@
+"""One conformance suite for the payment gateway port, run against every adapter.
+
+``rig`` runs a scenario against each adapter: the in-process gateway (no network, so those
+cases are ``unit``), the sandbox client over aiohttp's and httpx's transports, and the
+Stripe SDK adapter, the last three against the sandbox server in this event loop. ``adapter``
+runs a scenario against the HTTP adapters only: the wire format, authentication, faults and
+answers only a server can give. A scenario only one adapter has stays in its own module
+(``test_sandbox_gateway.py``, ``test_stripe_adapter.py``, ``unit/test_inprocess_gateway.py``).
+
+To extend: a scenario every adapter must pass takes ``rig``; a new HTTP adapter is one entry
+in ``gatewaykit.HTTP_ADAPTERS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import testkit
+from gatewaykit import (
+    API_KEY,
+    HTTP_ADAPTERS,
+    KEY,
+    Seen,
+    all_intents,
+    charge,
+    connect,
+    prune_keys,
+    sandbox,
+    stub,
+)
+
+from shared.errors import GatewayRejected, GatewayUnavailable, OutcomeUnknown
+from shared.gateway import test_cards
+from shared.gateway.inprocess import InProcessGateway
+from shared.gateway.port import (
+    Charged,
+    ChargeOutcome,
+    ChargeRequest,
+    Declined,
+    GatewayCharge,
+    PaymentGateway,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """One charge a gateway holds, in the terms every adapter can show."""
+
+    charge_id: str
+    status: str  # "succeeded", or "requires_payment_method" once declined
+    amount: int
+    currency: str
+    customer: str | None
+    payment_method: str
+    decline_code: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rig:
+    """An adapter and a view of what its gateway holds (newest first)."""
+
+    gateway: PaymentGateway
+    held: Callable[[], Awaitable[list[Held]]]
+
+
+class _ObservedInProcess:
+    """The in-process gateway, with what it answered kept as its ledger.
+
+    It has no ledger to read (it keeps succeeded charges only, and only for its own unit
+    tests); every charge it made was answered through ``charge``, so the answers are one.
+    """
+
+    def __init__(self) -> None:
+        self._gateway = InProcessGateway()
+        self._held: dict[str, Held] = {}
+
+    async def charge(self, request: ChargeRequest) -> ChargeOutcome:
+        outcome = await self._gateway.charge(request)
+        if outcome.charge_id is not None and outcome.charge_id not in self._held:
+            declined = isinstance(outcome, Declined)
+            self._held[outcome.charge_id] = Held(
+                charge_id=outcome.charge_id,
+                status="requires_payment_method" if declined else "succeeded",
+                amount=request.amount_cents,
+                currency=request.currency.lower(),
+                customer=request.customer,
+                payment_method=request.payment_method,
+                decline_code=outcome.decline_code if isinstance(outcome, Declined) else None,
+            )
+        return outcome
+
+    async def find_by_idempotency_key(self, idempotency_key: str) -> ChargeOutcome | None:
+        return await self._gateway.find_by_idempotency_key(idempotency_key)
+
+    def list_charges(self, since: datetime | None) -> AsyncIterator[GatewayCharge]:
+        return self._gateway.list_charges(since)
+
+    async def aclose(self) -> None:
+        await self._gateway.aclose()
+
+    async def held(self) -> list[Held]:
+        return list(reversed(self._held.values()))
+
+
+async def _sandbox_held(url: str) -> list[Held]:
+    return [
+        Held(
+            charge_id=i["id"],
+            status=i["status"],
+            amount=i["amount"],
+            currency=i["currency"],
+            customer=i["customer"],
+            payment_method=i["payment_method"],
+            decline_code=(i["last_payment_error"] or {}).get("decline_code"),
+        )
+        for i in await all_intents(url)
+    ]
+
+
+@contextlib.asynccontextmanager
+async def open_rig(name: str, ledger: Path, **faults: Any) -> AsyncIterator[Rig]:
+    """The named adapter; an HTTP one on a fresh sandbox with these faults."""
+    if name == "inprocess":
+        observed = _ObservedInProcess()
+        yield Rig(observed, observed.held)
+        return
+    async with sandbox(ledger, **faults) as url, connect(name, url) as gateway:
+        yield Rig(gateway, lambda: _sandbox_held(url))
+
+
+RIGS = [
+    pytest.param("inprocess", marks=pytest.mark.unit),
+    *(pytest.param(name, marks=pytest.mark.integration) for name in HTTP_ADAPTERS),
+]
+HTTP = [pytest.param(name, marks=pytest.mark.integration) for name in HTTP_ADAPTERS]
+
+
+@pytest.fixture(params=RIGS)
+def rig_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def rig(rig_name: str, tmp_path: Path) -> AsyncIterator[Rig]:
+    async with open_rig(rig_name, tmp_path / "ledger.sqlite3") as opened:
+        yield opened
+
+
+@pytest.fixture(params=HTTP)
+def adapter(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def gateway(adapter: str, url: str) -> AsyncIterator[PaymentGateway]:
+    async with connect(adapter, url) as gw:
+        yield gw
+
+
+# == every adapter =========================================================================
+
+# -- charging ------------------------------------------------------------------------------
+
+
+async def test_a_visa_charge_succeeds_and_the_gateway_holds_it(rig: Rig) -> None:
+    outcome = await rig.gateway.charge(charge())
+
+    assert isinstance(outcome, Charged)
+    assert outcome.charge_id.startswith("pi_")
+    [held] = await rig.held()
+    assert held.charge_id == outcome.charge_id
+    assert (held.amount, held.currency, held.status) == (1999, "usd", "succeeded")
+    assert (held.customer, held.payment_method) == ("cus_billq1", "pm_card_visa")
+
+
+async def test_a_pm_token_outside_the_table_succeeds(rig: Rig) -> None:
+    assert isinstance(await rig.gateway.charge(charge(card="pm_card_mastercard")), Charged)
+
+
+@pytest.mark.parametrize(
+    ("card", "code", "decline_code"),
+    [
+        ("pm_card_chargeDeclined", "card_declined", "generic_decline"),
+        ("pm_card_chargeDeclinedInsufficientFunds", "card_declined", "insufficient_funds"),
+        ("pm_card_chargeDeclinedExpiredCard", "expired_card", "expired_card"),
+        ("pm_card_chargeDeclinedStolenCard", "card_declined", "stolen_card"),
+        ("pm_card_chargeDeclinedLostCard", "card_declined", "lost_card"),
+        ("pm_card_chargeDeclinedProcessingError", "processing_error", None),
+    ],
+)
+async def test_each_declining_card_is_declined_with_the_codes_dunning_needs(
+    card: str, code: str, decline_code: str | None, rig: Rig
+) -> None:
+    outcome = await rig.gateway.charge(charge(card=card))
+
+    assert isinstance(outcome, Declined)
+    assert (outcome.code, outcome.decline_code) == (code, decline_code)
+    assert outcome.message == test_cards.DECLINING_CARDS[card].message
+    [held] = await rig.held()
+    assert outcome.charge_id == held.charge_id
+    assert held.status == "requires_payment_method"
+    assert held.decline_code == decline_code
+
+
+# -- idempotency ---------------------------------------------------------------------------
+
+
+async def test_a_repeated_key_replays_the_same_charge_and_the_gateway_holds_one(
+    rig: Rig,
+) -> None:
+    first = await rig.gateway.charge(charge())
+    second = await rig.gateway.charge(charge())
+
+    assert isinstance(first, Charged)
+    assert second == first
+    assert [h.charge_id for h in await rig.held()] == [first.charge_id]
+
+
+async def test_a_repeated_key_replays_a_decline_without_charging_again(rig: Rig) -> None:
+    first = await rig.gateway.charge(charge(card="pm_card_chargeDeclined"))
+    second = await rig.gateway.charge(charge(card="pm_card_chargeDeclined"))
+
+    assert isinstance(first, Declined)
+    assert second == first
+    assert len(await rig.held()) == 1
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"amount": 2999},
+        {"currency": "EUR"},
+        {"card": "pm_card_mastercard"},
+        {"customer": "cus_other"},
+        {"account_id": 2},
+        {"metadata": {"billq_job_id": "12"}},
+    ],
+)
+async def test_the_same_key_with_other_parameters_is_rejected_and_charges_nothing(
+    changed: dict[str, Any], rig: Rig
+) -> None:
+    await rig.gateway.charge(charge(amount=1999))
+
+    with pytest.raises(GatewayRejected, match="idempotency_error"):
+        await rig.gateway.charge(charge(**changed))
+    [held] = await rig.held()
+    assert held.amount == 1999
+
+
+async def test_fifty_concurrent_calls_with_one_key_charge_once(
+    rig_name: str, tmp_path: Path
+) -> None:
+    # Latency keeps all fifty in flight together.
+    async with open_rig(rig_name, tmp_path / "l.sqlite3", latency_ms=50) as rig:
+        outcomes = await asyncio.gather(*(rig.gateway.charge(charge()) for _ in range(50)))
+
+        assert len(set(outcomes)) == 1
+        assert isinstance(outcomes[0], Charged)
+        assert [h.charge_id for h in await rig.held()] == [outcomes[0].charge_id]
+
+
+# -- invalid requests ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"amount": 0},
+        {"amount": -5},
+        {"amount": 100_000_000},
+        {"currency": "XQZ"},
+        {"card": "tok_visa"},
+    ],
+)
+async def test_invalid_parameters_are_rejected_and_leave_the_key_free(
+    bad: dict[str, Any], rig: Rig
+) -> None:
+    with pytest.raises(GatewayRejected, match="invalid_request_error"):
+        await rig.gateway.charge(charge(**bad))
+
+    assert await rig.held() == []
+    # Validation failures never started, so the key is still free (as with Stripe).
+    assert isinstance(await rig.gateway.charge(charge()), Charged)
+
+
+async def test_an_unknown_payment_method_is_rejected_without_echoing_it(rig: Rig) -> None:
+    with pytest.raises(GatewayRejected, match="No such PaymentMethod") as caught:
+        await rig.gateway.charge(charge(card="tok_secret_card_4242"))
+
+    assert "tok_secret_card_4242" not in str(caught.value)
+
+
+# -- looking a charge up -------------------------------------------------------------------
+
+
+async def test_find_by_idempotency_key_returns_charged_declined_or_none(rig: Rig) -> None:
+    charged = await rig.gateway.charge(charge(key="it's-a-key"))
+    declined = await rig.gateway.charge(charge(key="k-d", card="pm_card_chargeDeclinedLostCard"))
+
+    assert await rig.gateway.find_by_idempotency_key("it's-a-key") == charged
+    assert await rig.gateway.find_by_idempotency_key("k-d") == declined
+    assert await rig.gateway.find_by_idempotency_key("never-used") is None
+
+
+async def test_list_charges_lists_the_succeeded_charges_newest_first_with_billq_metadata(
+    rig: Rig,
+) -> None:
+    period = {"billq_period": "2026-03-01", "billq_attempt": "1"}
+    older = await rig.gateway.charge(charge(key="k1", account_id=7, metadata=period))
+    await rig.gateway.charge(charge(key="k2", card="pm_card_chargeDeclined"))
+    newer = await rig.gateway.charge(charge(key="k3", amount=500, currency="eur"))
+
+    listed = [c async for c in rig.gateway.list_charges(None)]
+    since = datetime.now(UTC) - timedelta(hours=1)
+    recent = [c.charge_id async for c in rig.gateway.list_charges(since)]
+    future = [c async for c in rig.gateway.list_charges(datetime.now(UTC) + timedelta(hours=1))]
+
+    assert isinstance(older, Charged) and isinstance(newer, Charged)
+    assert [c.charge_id for c in listed] == [newer.charge_id, older.charge_id]
+    last, first = listed
+    assert (first.idempotency_key, first.account_id, first.period_start) == ("k1", 7, "2026-03-01")
+    assert (first.amount, first.currency) == (1999, "USD")
+    assert (last.idempotency_key, last.account_id, last.period_start) == ("k3", 1, None)
+    assert (last.amount, last.currency) == (500, "EUR")
+    assert recent == [newer.charge_id, older.charge_id]
+    assert future == []
+
+
+# == the HTTP adapters =====================================================================
+
+# -- the wire format -----------------------------------------------------------------------
+
+
+async def test_a_charge_is_a_confirmed_off_session_payment_intent_with_billq_metadata(
+    url: str, gateway: PaymentGateway, seen: list[Seen]
+) -> None:
+    outcome = await gateway.charge(charge(account_id=42))
+
+    assert isinstance(outcome, Charged)
+    [intent] = await all_intents(url)
+    assert intent["id"] == outcome.charge_id
+    assert intent["object"] == "payment_intent"
+    assert intent["last_payment_error"] is None
+    assert isinstance(intent["created"], int)
+    assert intent["metadata"] == {
+        "billq_job_id": "11",
+        "billq_idempotency_key": KEY,
+        "billq_account_id": "42",
+    }
+    [post] = [s for s in seen if s.method == "POST"]
+    assert post.path == "/v1/payment_intents"
+    assert post.headers["Idempotency-Key"] == KEY
+    assert post.headers["Authorization"] == f"Bearer {API_KEY}"
+    assert post.form == {
+        "amount": "1999",
+        "currency": "usd",
+        "payment_method": "pm_card_visa",
+        "confirm": "true",
+        "off_session": "true",
+        "customer": "cus_billq1",
+        "metadata[billq_job_id]": "11",
+        "metadata[billq_idempotency_key]": KEY,
+        "metadata[billq_account_id]": "42",
+    }
+
+
+async def test_without_a_customer_none_is_sent(gateway: PaymentGateway, seen: list[Seen]) -> None:
+    assert isinstance(await gateway.charge(charge(customer=None)), Charged)
+
+    [post] = [s for s in seen if s.method == "POST"]
+    assert "customer" not in post.form
+
+
+async def test_billq_metadata_wins_over_caller_metadata(url: str, gateway: PaymentGateway) -> None:
+    await gateway.charge(charge(metadata={"billq_idempotency_key": "forged", "plan": "pro"}))
+
+    [intent] = await all_intents(url)
+    assert intent["metadata"]["billq_idempotency_key"] == KEY
+    assert intent["metadata"]["plan"] == "pro"
+
+
+async def test_a_repeated_key_sends_the_same_idempotency_key_each_time(
+    gateway: PaymentGateway, seen: list[Seen]
+) -> None:
+    await gateway.charge(charge())
+    await gateway.charge(charge())
+
+    assert [s.headers["Idempotency-Key"] for s in seen if s.method == "POST"] == [KEY, KEY]
+
+
+async def test_find_prefers_the_success_over_an_earlier_decline_under_one_key(
+    adapter: str, ledger: Path
+) -> None:
+    async with sandbox(ledger) as base, connect(adapter, base) as gw:
+        await gw.charge(charge(card="pm_card_chargeDeclined"))
+    prune_keys(ledger)
+    async with sandbox(ledger) as base, connect(adapter, base) as gw:
+        paid = await gw.charge(charge())  # the pruned key ran again, this time paid
+        assert len(await all_intents(base)) == 2
+        assert isinstance(paid, Charged)
+        assert await gw.find_by_idempotency_key(KEY) == paid
+
+
+# -- authentication ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("api_key", ["sk_live_secret123", "rk_test_nope", "sk_test_"])
+async def test_a_bad_api_key_is_rejected_without_echoing_it(
+    adapter: str, url: str, api_key: str
+) -> None:
+    async with connect(adapter, url, api_key=api_key) as gw:
+        with pytest.raises(GatewayRejected, match="authentication_error") as caught:
+            await gw.charge(charge())
+        with pytest.raises(GatewayRejected, match="authentication_error"):
+            await gw.find_by_idempotency_key(KEY)
+
+    assert api_key not in str(caught.value)
+    assert await all_intents(url) == []
+
+
+# -- faults --------------------------------------------------------------------------------
+
+
+async def test_fail_rate_one_is_gateway_unavailable_and_a_later_retry_charges(
+    adapter: str, ledger: Path
+) -> None:
+    async with sandbox(ledger, fail_rate=1) as base:
+        async with connect(adapter, base) as gw:
+            with pytest.raises(GatewayUnavailable, match="500"):
+                await gw.charge(charge())
+        assert await all_intents(base) == []
+
+    async with sandbox(ledger) as base, connect(adapter, base) as gw:
+        outcome = await gw.charge(charge())
+        assert isinstance(outcome, Charged)
+        assert [i["id"] for i in await all_intents(base)] == [outcome.charge_id]
+
+
+async def test_a_timeout_is_outcome_unknown_and_the_retry_gets_the_stored_charge(
+    adapter: str, ledger: Path
+) -> None:
+    async with sandbox(ledger, timeout_rate=1) as base:
+        async with connect(adapter, base, timeout=0.3) as gw:
+            with pytest.raises(OutcomeUnknown, match="ReadTimeout"):
+                await gw.charge(charge())
+        stopping = time.monotonic()
+    # A silent request must not hold the server's shutdown.
+    assert time.monotonic() - stopping < 3
+
+    # Restarted on the same ledger without faults: the key replays the charge that ran.
+    async with sandbox(ledger) as base, connect(adapter, base) as gw:
+        [stored] = await all_intents(base)
+        assert stored["status"] == "succeeded"
+        assert await gw.charge(charge()) == Charged(charge_id=stored["id"])
+        assert len(await all_intents(base)) == 1
+
+
+async def test_a_connection_dropped_while_waiting_is_outcome_unknown(
+    adapter: str, ledger: Path
+) -> None:
+    async with contextlib.AsyncExitStack() as outlives_the_server:
+        async with sandbox(ledger, timeout_rate=1) as base:
+            gw = await outlives_the_server.enter_async_context(connect(adapter, base, timeout=30))
+            pending = asyncio.create_task(gw.charge(charge()))
+
+            async def stored() -> bool:  # the charge ran; its answer is being withheld
+                return bool(await all_intents(base))
+
+            await testkit.wait_until(stored, timeout=5, interval=0.02)
+        # The server stopped and reset the connection: the charge ran, the client cannot know.
+        with pytest.raises(OutcomeUnknown):
+            await asyncio.wait_for(pending, 5)
+
+
+async def test_nobody_listening_is_gateway_unavailable(adapter: str) -> None:
+    async with connect(adapter, f"http://127.0.0.1:{testkit.free_port()}") as gw:
+        with pytest.raises(GatewayUnavailable, match="ConnectError|ClientConnectorError"):
+            await gw.charge(charge())
+        with pytest.raises(GatewayUnavailable):
+            await gw.find_by_idempotency_key(KEY)
+
+
+async def test_an_unusable_url_is_gateway_rejected(adapter: str) -> None:
+    async with connect(adapter, "ftp://127.0.0.1:1") as gw:
+        with pytest.raises(GatewayRejected, match="URL unusable"):
+            await gw.charge(charge())
+
+
+# -- answers the sandbox never gives: a scripted stub --------------------------------------
+
+JSON = {"Content-Type": "application/json"}
+REPLAYED = {"Idempotent-Replayed": "true"}
+API_ERROR = b'{"error": {"type": "api_error", "message": "boom"}}'
+HTML = b"<html>bad gateway</html>"
+
+
+def _error(kind: str, **fields: str) -> bytes:
+    body = ", ".join(f'"{k}": "{v}"' for k, v in {"type": kind, **fields}.items())
+    return f'{{"error": {{{body}}}}}'.encode()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "expected"),
+    [
+        # The sandbox stores no 5xx, so it never replays one: Stripe does (its first answer).
+        (500, API_ERROR, {**JSON, **REPLAYED}, OutcomeUnknown),
+        (502, HTML, REPLAYED, OutcomeUnknown),  # an unreadable body; the header still counts
+        (500, API_ERROR, JSON, GatewayUnavailable),
+        (503, HTML, {}, GatewayUnavailable),
+        (429, _error("invalid_request_error", code="rate_limit"), JSON, GatewayUnavailable),
+        (409, _error("invalid_request_error", code="lock_timeout"), JSON, GatewayUnavailable),
+        (400, API_ERROR, JSON, GatewayRejected),
+        (401, API_ERROR, JSON, GatewayRejected),
+        (403, _error("invalid_request_error", message="no"), JSON, GatewayRejected),
+        (404, _error("invalid_request_error", message="gone"), JSON, GatewayRejected),
+        (200, HTML, {}, OutcomeUnknown),  # it ran, but the answer is unreadable
+        (200, b'{"object": "payment_intent"}', JSON, OutcomeUnknown),  # no id
+        (
+            200,
+            b'{"id": "pi_1", "object": "payment_intent", "status": "processing"}',
+            JSON,
+            GatewayRejected,
+        ),
+    ],
+)
+async def test_answers_map_to_the_error_tree(
+    adapter: str, status: int, body: bytes, headers: dict[str, str], expected: type[Exception]
+) -> None:
+    async with stub(status, body, headers) as base, connect(adapter, base) as gw:
+        with pytest.raises(expected):
+            await gw.charge(charge())
+
+
+async def test_error_messages_never_carry_the_card_or_the_api_key(adapter: str) -> None:
+    card = "pm_card_very_secret_token"
+    echo = _error("invalid_request_error", message=f"bad {card} for {API_KEY}")
+    async with stub(400, echo, JSON) as base, connect(adapter, base) as gw:
+        with pytest.raises(GatewayRejected) as caught:
+            await gw.charge(charge(card=card))
+
+    assert "invalid_request_error" in str(caught.value)
+    assert card not in str(caught.value)
+    assert API_KEY not in str(caught.value)

@@ -1,0 +1,99 @@
+"""The ack frontier without a broker: which ``multiple`` acks leave, in which order.
+
+``tests/integration/test_ack_frontier.py`` checks the same rules against a real quorum queue;
+here a fake channel records the acks, so every ordering can be tried quickly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import cast
+
+import pytest
+import structlog
+from aio_pika.abc import AbstractChannel
+
+from worker.acks import AckFrontier
+
+pytestmark = pytest.mark.unit
+
+
+class FakeChannel:
+    """Records ``basic_ack(tag, multiple)``; can be made to fail like a closed channel."""
+
+    def __init__(self, *, broken: bool = False) -> None:
+        self.acks: list[tuple[int, bool]] = []
+        self.broken = broken
+
+    async def get_underlay_channel(self) -> FakeChannel:
+        return self
+
+    async def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        await asyncio.sleep(0)  # another finisher may run meanwhile, as with a real frame
+        if self.broken:
+            raise RuntimeError("channel closed")
+        self.acks.append((tag, multiple))
+
+
+def frontier(channel: FakeChannel, tags: range) -> AckFrontier:
+    f = AckFrontier(cast(AbstractChannel, channel))
+    for tag in tags:
+        f.delivered(tag)
+    return f
+
+
+async def test_only_the_finished_prefix_is_acked_with_one_multiple_ack() -> None:
+    channel = FakeChannel()
+    f = frontier(channel, range(1, 7))
+
+    await f.finished([2, 3])  # 1 still open: nothing may be acked
+    assert channel.acks == []
+    await f.finished([1])  # 1..3 finished
+    await f.finished([5, 6])  # 4 still open: 5 and 6 wait
+
+    assert channel.acks == [(3, True)]
+    assert f.waiting == 3
+
+
+async def test_a_settled_delivery_is_passed_over_and_never_the_acked_tag() -> None:
+    channel = FakeChannel()
+    f = frontier(channel, range(1, 5))
+
+    await f.finished([1, 3], settled=[2])
+    assert channel.acks == [(3, True)]
+    await f.finished([], settled=[4])  # nothing left to ack: no frame at all
+
+    assert channel.acks == [(3, True)]
+    assert f.waiting == 0
+
+
+async def test_concurrent_finishers_ack_in_increasing_order_and_cover_everything() -> None:
+    channel = FakeChannel()
+    tags = list(range(1, 201))
+    f = frontier(channel, range(1, 201))
+    random.Random(7).shuffle(tags)
+
+    await asyncio.gather(*(f.finished([t]) for t in tags))
+
+    acked = [tag for tag, _ in channel.acks]
+    assert acked == sorted(acked)
+    assert acked[-1] == 200
+    assert all(multiple for _, multiple in channel.acks)
+    assert f.waiting == 0
+
+
+async def test_an_ack_on_a_closed_channel_is_logged_and_not_raised() -> None:
+    f = frontier(FakeChannel(broken=True), range(1, 3))
+
+    with structlog.testing.capture_logs() as logs:
+        await f.finished([1, 2])
+
+    assert logs == [
+        {
+            "event": "ack.failed",
+            "log_level": "info",
+            "error": "RuntimeError",
+            "will_be_redelivered": True,
+        }
+    ]
