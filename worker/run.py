@@ -17,6 +17,7 @@ import asyncpg
 import psutil
 import structlog
 
+from shared import hooks
 from shared.backoff import Backoff
 from shared.config import Settings
 from shared.db import runs_repo, workers_repo
@@ -60,6 +61,7 @@ class Heartbeat:
         self.recycle_reason: str | None = None
         self.db_ok = False
         self._process = psutil.Process()
+        self._hooks: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         host, pid = socket.gethostname(), os.getpid()
@@ -78,12 +80,29 @@ class Heartbeat:
                 self._metrics.last_heartbeat.set(time.time())
                 # Runs complete by themselves: whoever heartbeats notices the last job ending.
                 await runs_repo.settle_open_runs(self._pool)
+                self._deliver_hooks()
             except TransientError as exc:
                 self.db_ok = False
                 log.warning("worker.heartbeat_failed", error=type(exc).__name__)
             self._check_limits()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=HEARTBEAT_S)
+
+    def close(self) -> None:
+        if self._hooks is not None:
+            self._hooks.cancel()  # an unfinished attempt is retried when its lease lapses
+
+    def _deliver_hooks(self) -> None:
+        """Run hooks go out beside the heartbeat, one delivery at a time: a slow receiver
+        never delays liveness."""
+        if self._settings.run_webhook_url and (self._hooks is None or self._hooks.done()):
+            self._hooks = asyncio.create_task(self._hooks_once())
+
+    async def _hooks_once(self) -> None:
+        try:
+            await hooks.deliver_due(self._pool, self._settings)
+        except TransientError as exc:
+            log.warning("worker.hooks_failed", error=type(exc).__name__)
 
     def _check_limits(self) -> None:
         s = self._settings
@@ -163,6 +182,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> int:
             await consumer.run(stop)
         finally:
             beat.cancel()
+            heartbeat.close()
         try:
             await workers_repo.deregister(pool, worker_id)
         except Exception as exc:
