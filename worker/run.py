@@ -1,7 +1,8 @@
 """Wire the worker: pool, gateway, handler, consumer, heartbeat, health; run until stopped.
 
 Exit codes: 0 after a clean stop (SIGTERM/SIGINT); 3 when the worker recycled itself
-(memory or message limit reached — supervisor restarts it); 1 on a fatal start-up error.
+(memory or message limit reached, or ``billq workers restart`` — supervisor restarts it);
+1 on a fatal start-up error.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from shared.errors import TransientError
 from shared.gateway.factory import make_gateway
 from worker.breaker import Breaker, guarded
 from worker.consumer import Consumer
+from worker.control import ControlListener
 from worker.handler import Handler
 from worker.health import HealthServer
 from worker.metrics import Metrics
@@ -177,11 +179,14 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> int:
             health = HealthServer(metrics, ready)
             await health.start(settings.metrics_host, settings.metrics_port)
         beat = asyncio.create_task(heartbeat.run())
+        # Fleet restart: its own connection, beside the heartbeat (worker/control.py).
+        listen = asyncio.create_task(ControlListener(settings, heartbeat.recycle).run(stop))
         log.info("worker.started", concurrency=settings.concurrency)
         try:
             await consumer.run(stop)
         finally:
             beat.cancel()
+            listen.cancel()
             heartbeat.close()
         try:
             await workers_repo.deregister(pool, worker_id)
