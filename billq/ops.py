@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 from aio_pika.abc import AbstractConnection
 
-from billq import output
+from billq import fleet, output
 from shared.billing.jobs import JOB_STATES
 from shared.config import Settings
 from shared.entrypoint import positive_int
@@ -164,28 +164,6 @@ def _jobs_cancel(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _workers_restart(args: argparse.Namespace, settings: Settings) -> int:
-    from shared import operations
-    from shared.amqp import control
-
-    async def main(pool: asyncpg.Pool, conn: AbstractConnection) -> bool:
-        sent = await control.publish_restart(conn, settings, by=_actor())
-        outcome = "sent" if sent else "no worker listening"
-        await operations.record_action(
-            pool, _actor(), "workers.restart", settings.queue_prefix, outcome
-        )
-        return sent
-
-    if asyncio.run(_with(settings, main)):
-        print(
-            f"restart sent to every worker of prefix {settings.queue_prefix!r}: each finishes "
-            "its in-flight charges and exits 3"
-        )
-    else:
-        print(f"no worker of prefix {settings.queue_prefix!r} is listening: nothing to restart")
-    return 0
-
-
 def _workers(args: argparse.Namespace, settings: Settings) -> int:
     from shared import views
 
@@ -285,7 +263,7 @@ def register(sub: Any) -> None:
         help="every worker of this prefix, on every host, finishes its in-flight charges "
         "and exits 3 (its supervisor starts it again)",
     )
-    r.set_defaults(handler=_workers_restart)
+    r.set_defaults(handler=fleet.workers_restart)
 
     p = sub.add_parser("scale-hint", help="workers needed to finish open jobs by a deadline")
     p.add_argument("--deadline", type=_deadline, required=True, help="ISO 8601")
