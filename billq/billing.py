@@ -22,6 +22,7 @@ RUN_COLUMNS = (
     "declined",
     "dead",
     "in_flight",
+    "hook",
     "started_at",
     "finished_at",
 )

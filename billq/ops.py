@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 from aio_pika.abc import AbstractConnection
 
-from billq import output
+from billq import fleet, output
 from shared.billing.jobs import JOB_STATES
 from shared.config import Settings
 from shared.entrypoint import positive_int
@@ -252,9 +252,18 @@ def register(sub: Any) -> None:
     p.add_argument("id", type=positive_int, metavar="ID")
     p.set_defaults(handler=_jobs_cancel)
 
-    p = sub.add_parser("workers", help="live and stale workers from their heartbeats")
+    p = sub.add_parser(
+        "workers", help="live and stale workers from their heartbeats; `workers restart`"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_workers)
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", parser_class=type(p))
+    r = verbs.add_parser(
+        "restart",
+        help="every worker of this prefix, on every host, finishes its in-flight charges "
+        "and exits 3 (its supervisor starts it again)",
+    )
+    r.set_defaults(handler=fleet.workers_restart)
 
     p = sub.add_parser("scale-hint", help="workers needed to finish open jobs by a deadline")
     p.add_argument("--deadline", type=_deadline, required=True, help="ISO 8601")

@@ -22,6 +22,7 @@ from distributor.outbox import Outbox
 from distributor.plan import DueAccount, Shard, blocked_reason, paced, plan_job
 from distributor.reconcile import ReconcileSummary, reconcile
 from distributor.summary import Summary
+from shared import hooks
 from shared.amqp import topology
 from shared.amqp.connection import broker_lost, connect_any
 from shared.amqp.publisher import Publisher
@@ -30,7 +31,7 @@ from shared.billing.jobs import TERMINAL
 from shared.config import Settings
 from shared.db import accounts_repo, runs_repo
 from shared.db.pool import connect, create_pool
-from shared.errors import BillqError, BrokerUnavailable, PublishFailed
+from shared.errors import BillqError, BrokerUnavailable, PublishFailed, TransientError
 from shared.gateway.factory import make_gateway
 
 log = structlog.get_logger("billq.distributor")
@@ -85,11 +86,21 @@ async def distribute(
                 ),
             )
         finally:
+            await _deliver_hooks(pool, settings)
             await pool.close()
     finally:
         await lock_conn.close()  # releases the advisory lock
     summary.duration_s = round(time.perf_counter() - started, 3)
     return summary
+
+
+async def _deliver_hooks(pool: asyncpg.Pool, settings: Settings) -> None:
+    """Runs this pass settled (failed, empty, orphans) announce themselves now; workers'
+    heartbeats deliver the rest."""
+    try:
+        await hooks.deliver_due(pool, settings)
+    except TransientError as exc:
+        log.warning("distribute.hooks_failed", error=type(exc).__name__)
 
 
 async def _with_broker_failover(

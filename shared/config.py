@@ -193,6 +193,30 @@ class Settings(BaseSettings):
         """Backoff tier for the retry after ``attempt`` (1-based); the last tier repeats."""
         return self.retry_delays[min(max(attempt, 1), len(self.retry_delays)) - 1]
 
+    # Run hooks (issue 14): a signed POST when a run settles.
+    run_webhook_url: str | None = Field(
+        None, description="POST a signed event here when a run settles (run hooks); off if unset."
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key for the run hook's Billq-Signature header."
+    )
+
+    @field_validator("run_webhook_url", mode="before")
+    @classmethod
+    def _check_webhook_url(cls, value: Any) -> Any:
+        if value == "":
+            return None  # BILLQ_RUN_WEBHOOK_URL= turns hooks off
+        if isinstance(value, str) and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_signed(self) -> Settings:
+        # An unsigned hook could be forged by anyone who can reach the receiver.
+        if self.run_webhook_url and not self.webhook_secret:
+            raise ValueError("BILLQ_RUN_WEBHOOK_URL needs BILLQ_WEBHOOK_SECRET (events are signed)")
+        return self
+
 
 def load_settings(**overrides: Any) -> Settings:
     """Build the settings; a bad value raises ``ConfigError`` naming the setting.

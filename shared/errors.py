@@ -8,7 +8,8 @@ Every failure is classified where it happens, so the worker routes by class::
     │   ├── OutcomeUnknown          the gateway may or may not have charged
     │   ├── DatabaseUnavailable     connection lost, serialization failure, deadlock
     │   ├── BrokerUnavailable       no RabbitMQ broker in BILLQ_AMQP_URL answered
-    │   └── PublishFailed           RabbitMQ did not confirm a publish in time
+    │   ├── PublishFailed           RabbitMQ did not confirm a publish in time
+    │   └── HookDeliveryFailed      a run hook's receiver did not answer 2xx (retried later)
     ├── FatalError              retrying cannot help: dead-letter with the reason
     │   ├── InvalidMessage          undecodable body or schema violation
     │   ├── UnknownJob              message names a job or account that does not exist
@@ -65,6 +66,10 @@ class BrokerUnavailable(TransientError):
 
 class PublishFailed(TransientError):
     """RabbitMQ did not confirm the publish in time."""
+
+
+class HookDeliveryFailed(TransientError):
+    """The run hook receiver did not accept the event; it is retried with backoff."""
 
 
 class FatalError(BillqError):

@@ -108,7 +108,11 @@ async def delete_topology(settings: Settings) -> None:
             # Quorum queues refuse the default if_unused/if_empty delete at connection level.
             with contextlib.suppress(aio_pika.exceptions.AMQPError):
                 await channel.queue_delete(q, if_unused=False, if_empty=False)
-        for ex in (names.work_exchange(p), names.dead_letter_exchange(p)):
+        for ex in (
+            names.work_exchange(p),
+            names.dead_letter_exchange(p),
+            names.control_exchange(p),
+        ):
             channel = await conn.channel()
             with contextlib.suppress(aio_pika.exceptions.AMQPError):
                 await channel.exchange_delete(ex)

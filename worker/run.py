@@ -1,7 +1,8 @@
 """Wire the worker: pool, gateway, handler, consumer, heartbeat, health; run until stopped.
 
 Exit codes: 0 after a clean stop (SIGTERM/SIGINT); 3 when the worker recycled itself
-(memory or message limit reached — supervisor restarts it); 1 on a fatal start-up error.
+(memory or message limit reached, or ``billq workers restart`` — supervisor restarts it);
+1 on a fatal start-up error.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncpg
 import psutil
 import structlog
 
+from shared import hooks
 from shared.backoff import Backoff
 from shared.config import Settings
 from shared.db import runs_repo, workers_repo
@@ -26,6 +28,7 @@ from shared.errors import TransientError
 from shared.gateway.factory import make_gateway
 from worker.breaker import Breaker, guarded
 from worker.consumer import Consumer
+from worker.control import ControlListener
 from worker.handler import Handler
 from worker.health import HealthServer
 from worker.metrics import Metrics
@@ -60,6 +63,7 @@ class Heartbeat:
         self.recycle_reason: str | None = None
         self.db_ok = False
         self._process = psutil.Process()
+        self._hooks: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         host, pid = socket.gethostname(), os.getpid()
@@ -78,12 +82,29 @@ class Heartbeat:
                 self._metrics.last_heartbeat.set(time.time())
                 # Runs complete by themselves: whoever heartbeats notices the last job ending.
                 await runs_repo.settle_open_runs(self._pool)
+                self._deliver_hooks()
             except TransientError as exc:
                 self.db_ok = False
                 log.warning("worker.heartbeat_failed", error=type(exc).__name__)
             self._check_limits()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=HEARTBEAT_S)
+
+    def close(self) -> None:
+        if self._hooks is not None:
+            self._hooks.cancel()  # an unfinished attempt is retried when its lease lapses
+
+    def _deliver_hooks(self) -> None:
+        """Run hooks go out beside the heartbeat, one delivery at a time: a slow receiver
+        never delays liveness."""
+        if self._settings.run_webhook_url and (self._hooks is None or self._hooks.done()):
+            self._hooks = asyncio.create_task(self._hooks_once())
+
+    async def _hooks_once(self) -> None:
+        try:
+            await hooks.deliver_due(self._pool, self._settings)
+        except TransientError as exc:
+            log.warning("worker.hooks_failed", error=type(exc).__name__)
 
     def _check_limits(self) -> None:
         s = self._settings
@@ -158,11 +179,15 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> int:
             health = HealthServer(metrics, ready)
             await health.start(settings.metrics_host, settings.metrics_port)
         beat = asyncio.create_task(heartbeat.run())
+        # Fleet restart: its own connection, beside the heartbeat (worker/control.py).
+        listen = asyncio.create_task(ControlListener(settings, heartbeat.recycle).run(stop))
         log.info("worker.started", concurrency=settings.concurrency)
         try:
             await consumer.run(stop)
         finally:
             beat.cancel()
+            listen.cancel()
+            heartbeat.close()
         try:
             await workers_repo.deregister(pool, worker_id)
         except Exception as exc:

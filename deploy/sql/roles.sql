@@ -56,3 +56,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON workers TO billq_worker;
 GRANT USAGE ON SEQUENCE charges_id_seq, invoices_id_seq, account_events_id_seq
     TO billq_worker;
 GRANT EXECUTE ON FUNCTION billq_next_invoice_number(integer) TO billq_worker, billq_distributor;
+
+-- Run hooks: whoever settles a run writes its event (trigger) and delivers it.
+GRANT SELECT, INSERT, UPDATE ON run_hook_events TO billq_distributor, billq_worker;
+GRANT USAGE ON SEQUENCE run_hook_events_id_seq TO billq_distributor, billq_worker;

@@ -23,3 +23,8 @@ def retry_queue(prefix: str, delay_s: float) -> str:
 
 def dead_letter_queue(prefix: str) -> str:
     return f"{prefix}.charge.dead"
+
+
+def control_exchange(prefix: str) -> str:
+    """Fanout to every worker of this prefix (``billq workers restart``)."""
+    return f"{prefix}.control"

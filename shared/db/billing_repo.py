@@ -13,9 +13,16 @@ SELECT r.id, r.as_of, r.state, r.started_at, r.finished_at, r.due, r.published,
        count(j.id) FILTER (WHERE j.state = 'already_paid') AS already_paid,
        r.blocked,
        count(j.id) FILTER (WHERE j.state IN ('pending', 'published', 'processing', 'retrying'))
-           AS in_flight
+           AS in_flight,
+       -- The run hook of its latest settlement: pending, retrying, delivered or failed.
+       CASE WHEN h.state = 'pending' AND h.attempts > 0 THEN 'retrying' ELSE h.state END
+           AS hook,
+       h.event_id AS hook_event_id, h.attempts AS hook_attempts, h.last_error AS hook_error
   FROM billing_runs r LEFT JOIN billing_jobs j ON j.run_id = r.id
- GROUP BY r.id ORDER BY r.id DESC LIMIT $1
+  LEFT JOIN LATERAL (SELECT e.event_id, e.state, e.attempts, e.last_error
+                       FROM run_hook_events e WHERE e.run_id = r.id
+                      ORDER BY e.id DESC LIMIT 1) h ON true
+ GROUP BY r.id, h.event_id, h.state, h.attempts, h.last_error ORDER BY r.id DESC LIMIT $1
 """
 
 BILLED = """
