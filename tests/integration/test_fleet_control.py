@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 
 import aio_pika
 import asyncpg
@@ -26,7 +27,10 @@ async def test_a_restart_reaches_every_listener_of_the_prefix_and_no_other(
     got: list[tuple[str, str]] = []
     stop = asyncio.Event()
     listeners = [
-        (name, ControlListener(s, lambda reason, name=name: got.append((name, reason))))
+        (
+            name,
+            ControlListener(s, functools.partial(lambda n, reason: got.append((n, reason)), name)),
+        )
         for name, s in (("a", settings), ("b", settings), ("other", other))
     ]
     tasks = [asyncio.create_task(li.run(stop)) for _, li in listeners]

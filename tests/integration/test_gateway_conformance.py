@@ -482,7 +482,7 @@ async def test_a_connection_dropped_while_waiting_is_outcome_unknown(
 
 async def test_nobody_listening_is_gateway_unavailable(adapter: str) -> None:
     async with connect(adapter, f"http://127.0.0.1:{testkit.free_port()}") as gw:
-        with pytest.raises(GatewayUnavailable, match="ConnectError|ClientConnectorError"):
+        with pytest.raises(GatewayUnavailable, match=r"ConnectError|ClientConnectorError"):
             await gw.charge(charge())
         with pytest.raises(GatewayUnavailable):
             await gw.find_by_idempotency_key(KEY)

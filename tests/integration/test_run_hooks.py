@@ -99,6 +99,7 @@ async def test_a_settled_run_is_posted_signed_and_retried_under_one_event_id(
             " FROM run_hook_events WHERE run_id = $1",
             run.run_id,
         )
+        assert row is not None
         assert row["attempts"] == 1 and row["later"] and "500" in row["last_error"]
         assert await settle_and_deliver() == hooks.Delivery(0, 0)
         assert len(receiver.requests) == 1
