@@ -19,6 +19,7 @@ Every failure is classified where it happens, so the worker routes by class::
     ├── ActionRefused           an operator action not allowed in the job's state (exit 1)
     ├── ImportRejected          an import file has bad rows; nothing imported (exit 1)
     └── ConfigError             bad setting or CLI argument: one clear line, exit 2
+        └── BrokerRefused           a broker would not open BILLQ_AMQP_URL's virtual host
 
 ``shared.entrypoint`` maps the tree to exit codes: ConfigError → 2, any other BillqError → 1.
 
@@ -107,3 +108,7 @@ class ImportRejected(BillqError):
 
 class ConfigError(BillqError):
     """A setting or command-line argument is invalid."""
+
+
+class BrokerRefused(ConfigError):
+    """RabbitMQ would not open the virtual host (missing, or the user is not permitted)."""

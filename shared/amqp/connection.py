@@ -10,18 +10,26 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Sequence
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
+import structlog
 from aio_pika.abc import AbstractConnection
 
-from shared.errors import BrokerUnavailable, ConfigError
+from shared.errors import BrokerRefused, BrokerUnavailable, ConfigError
+
+log = structlog.get_logger("billq.amqp")
 
 
 def safe_url(url: str) -> str:
     """host:port/vhost, without credentials, for logs and errors."""
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port or 5672}{parts.path or '/'}"
+
+
+def _vhost(url: str) -> str:
+    path = urlsplit(url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
 
 
 def broker_lost(exc: BaseException) -> bool:
@@ -41,6 +49,7 @@ async def connect_any(urls: Sequence[str], *, timeout: float = 10.0) -> Abstract
 
     Raises:
         ConfigError: credentials refused.
+        BrokerRefused: a broker answered but would not open the virtual host.
         BrokerUnavailable: none answered.
     """
     last: BaseException | None = None
@@ -49,6 +58,15 @@ async def connect_any(urls: Sequence[str], *, timeout: float = 10.0) -> Abstract
             return await aio_pika.connect(url, timeout=timeout)
         except aio_pika.exceptions.ProbableAuthenticationError:
             raise ConfigError(f"BILLQ_AMQP_URL: {safe_url(url)} refused the credentials") from None
+        except aio_pika.exceptions.InvalidFrameError:
+            # The broker spoke AMQP and authenticated us, then answered the Connection.Open of
+            # the URL's virtual host with Connection.Close (530 NOT_ALLOWED): the vhost does not
+            # exist or this user has no permission on it. A vhost is cluster-wide, so trying the
+            # other URLs cannot help.
+            raise BrokerRefused(
+                f"BILLQ_AMQP_URL: {safe_url(url)} would not open the virtual host "
+                f"{_vhost(url)!r}: it does not exist or the user is not permitted on it"
+            ) from None
         except Exception as exc:
             # Any failure to open the connection means "not this broker, not now" — a peer
             # that closes the socket at once even surfaces as StopAsyncIteration from aiormq.
@@ -63,15 +81,30 @@ async def connect_any(urls: Sequence[str], *, timeout: float = 10.0) -> Abstract
 async def connect_with_retry(
     urls: Sequence[str], *, stop: asyncio.Event, max_backoff: float = 5.0
 ) -> AbstractConnection | None:
-    """Keep trying every URL with capped backoff until connected or ``stop`` is set."""
-    for attempt in itertools.count():
+    """Keep trying every URL with capped backoff until connected or ``stop`` is set.
+
+    A refused virtual host is waited for too (it may be being created, or a node may be
+    starting); every failed attempt logs ``broker.waiting`` at warning level with what it
+    waits for, so an unreachable broker is never silent.
+    """
+    for attempt in itertools.count(1):
         try:
-            return await connect_any(urls)
-        except BrokerUnavailable:
-            delay = min(max_backoff, 0.25 * 2**attempt)
+            conn = await connect_any(urls)
+        except (BrokerUnavailable, BrokerRefused) as exc:
+            delay = min(max_backoff, 0.25 * 2 ** min(attempt - 1, 16))
+            log.warning(
+                "broker.waiting",
+                brokers=[safe_url(u) for u in urls],
+                reason=str(exc),
+                attempt=attempt,
+                retry_in_s=delay,
+            )
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
                 return None
             except TimeoutError:
                 continue
+        if attempt > 1:
+            log.info("broker.connected", after_attempts=attempt)
+        return conn
     return None  # pragma: no cover - itertools.count never ends
