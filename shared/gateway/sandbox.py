@@ -30,6 +30,7 @@ import httpx
 import orjson
 
 from shared.errors import GatewayRejected, GatewayUnavailable, OutcomeUnknown
+from shared.gateway.amounts import to_gateway_units
 from shared.gateway.port import (
     Charged,
     ChargeOutcome,
@@ -75,7 +76,7 @@ class SandboxGateway:
             GatewayRejected: invalid request, idempotency mismatch or authentication failure.
         """
         form = {
-            "amount": str(request.amount_cents),
+            "amount": str(_amount(request)),
             "currency": request.currency.lower(),
             "payment_method": request.payment_method,
             "confirm": "true",
@@ -303,3 +304,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _amount(request: ChargeRequest) -> int:
+    """billq's ISO minor units as the gateway counts them (see shared.gateway.amounts)."""
+    try:
+        return to_gateway_units(request.amount_cents, request.currency)
+    except ValueError as exc:
+        raise GatewayRejected(f"gateway 400 invalid_request_error: Invalid amount: {exc}") from None

@@ -41,6 +41,7 @@ from shared.errors import (
     OutcomeUnknown,
     TransientError,
 )
+from shared.gateway.amounts import to_gateway_units
 from shared.gateway.port import (
     Charged,
     ChargeOutcome,
@@ -103,7 +104,7 @@ class StripeGateway:
             BILLQ_ACCOUNT: str(request.account_id),
         }
         params: PaymentIntentCreateParams = {
-            "amount": request.amount_cents,
+            "amount": _amount(request),
             "currency": request.currency.lower(),
             "payment_method": request.payment_method,
             "confirm": True,
@@ -316,3 +317,11 @@ class _HTTPXClient(stripe.HTTPXClient):
         elif body:
             kwargs["data"] = body
         return [args, kwargs]
+
+
+def _amount(request: ChargeRequest) -> int:
+    """billq's ISO minor units as the gateway counts them (see shared.gateway.amounts)."""
+    try:
+        return to_gateway_units(request.amount_cents, request.currency)
+    except ValueError as exc:
+        raise GatewayRejected(f"gateway 400 invalid_request_error: Invalid amount: {exc}") from None
