@@ -63,6 +63,11 @@ def to_gateway_units(minor: int, currency: str) -> int:
     return amount
 
 
+def accepted_currencies() -> frozenset[str]:
+    """Lower-case codes the gateway charges in (the sandbox's table is Stripe's)."""
+    return test_cards.CURRENCIES
+
+
 def check_chargeable(minor: int, currency: str) -> int:
     """What import checks: the gateway takes this currency and this exact amount.
 
