@@ -109,7 +109,7 @@ def test_good_database_urls_pass(url: str) -> None:
     ],
 )
 def test_bad_amqp_ports_name_the_setting(url: str) -> None:
-    with pytest.raises(ConfigError, match="^BILLQ_AMQP_URL: .*port must be a number") as caught:
+    with pytest.raises(ConfigError, match=r"^BILLQ_AMQP_URL: .*port must be a number") as caught:
         load_settings(amqp_url=url)
     assert "pw" not in str(caught.value)
 
