@@ -33,7 +33,7 @@ LIST_COLUMNS = (
 
 
 Row = tuple[int, dict[str, Any]]
-# A row that could not even be read carries its reason under this key.
+# A row that could not even be read carries its message (after "line N") under this key.
 _ERROR = "__error__"
 
 
@@ -61,7 +61,7 @@ def _csv_rows(path: Path) -> list[Row]:
             except StopIteration:
                 break
             except csv.Error as exc:
-                rows.append((start, {_ERROR: f"column ?: not CSV ({exc})"}))
+                rows.append((start, {_ERROR: f": not CSV ({exc})"}))
                 break  # the reader cannot resynchronise after a malformed record
             if not record:
                 continue  # a blank line
@@ -70,7 +70,7 @@ def _csv_rows(path: Path) -> list[Row]:
                     (
                         start,
                         {
-                            _ERROR: f"column {len(header) + 1}: a field beyond the header's "
+                            _ERROR: f", column {len(header) + 1}: a field beyond the header's "
                             f"{len(header)} columns (extra columns are refused)"
                         },
                     )
@@ -106,13 +106,15 @@ def _jsonl_rows(text: str) -> list[Row]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            rows.append((number, {_ERROR: f"column {exc.colno}: not JSON ({exc.msg})"}))
+            rows.append((number, {_ERROR: f", column {exc.colno}: not JSON ({exc.msg})"}))
             continue
-        except RecursionError:
-            rows.append((number, {_ERROR: "column 1: not JSON (nested too deeply)"}))
+        except (RecursionError, ValueError) as exc:
+            # Nesting deeper than Python's stack, or an integer longer than int() accepts.
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            rows.append((number, {_ERROR: f": not JSON ({reason[:80]})"}))
             continue
         if not isinstance(value, dict):
-            rows.append((number, {_ERROR: "column 1: not a JSON object"}))
+            rows.append((number, {_ERROR: ", column 1: not a JSON object"}))
             continue
         rows.append((number, value))
     return rows
@@ -146,7 +148,7 @@ def validate(rows: list[Row], today: dt.date) -> tuple[list[AccountRow], list[st
     seen: dict[int, int] = {}
     for number, raw in rows:
         if _ERROR in raw:
-            errors.append(f"line {number}, {raw[_ERROR]}")
+            errors.append(f"line {number}{raw[_ERROR]}")
             continue
         try:
             row = parse_row(raw, today=today)

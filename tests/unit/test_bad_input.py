@@ -308,3 +308,13 @@ def test_minor_units_cover_zero_two_and_three_decimal_currencies() -> None:
         3,
         3,
     ]
+
+
+def test_unreadable_records_are_row_errors_by_line(tmp_path: Path) -> None:
+    huge, deep = '{"id": ' + "9" * 5000 + "}", "[" * 100_000
+    _, errors = validate(read_rows(write(tmp_path, "a.jsonl", f"{huge}\n{deep}\n")), TODAY)
+    assert [e.split(":")[0] for e in errors] == ["line 1", "line 2"]
+    assert "nested too deeply" in errors[1]
+    path = write(tmp_path, "a.csv", f'{HEADER}\n1,"{"x" * 200_000}"\n')
+    _, errors = validate(read_rows(path), TODAY)
+    assert errors == ["line 2: not CSV (field larger than field limit (131072))"]
