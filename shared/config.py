@@ -128,7 +128,6 @@ class Settings(BaseSettings):
     job_lease: float = Field(
         120.0,
         gt=0,
-        le=RABBITMQ_CONSUMER_TIMEOUT_S,
         allow_inf_nan=False,
         description="Seconds a claimed job stays locked.",
     )
@@ -249,6 +248,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _timeouts_nest(self) -> Settings:
+        # This check also bounds BILLQ_JOB_LEASE from above (its field only refuses NaN/inf).
         # A delivery held past consumer_timeout closes the channel; a lease shorter than a
         # gateway call would let a second worker take over a job still being charged.
         if not self.gateway_timeout < self.job_lease < RABBITMQ_CONSUMER_TIMEOUT_S:
