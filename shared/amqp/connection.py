@@ -53,24 +53,27 @@ async def connect_any(urls: Sequence[str], *, timeout: float = 10.0) -> Abstract
         BrokerUnavailable: none answered.
     """
     last: BaseException | None = None
+    refused: list[str] = []
     for url in urls:
         try:
             return await aio_pika.connect(url, timeout=timeout)
         except aio_pika.exceptions.ProbableAuthenticationError:
             raise ConfigError(f"BILLQ_AMQP_URL: {safe_url(url)} refused the credentials") from None
-        except aio_pika.exceptions.InvalidFrameError:
-            # The broker spoke AMQP and authenticated us, then answered the Connection.Open of
-            # the URL's virtual host with Connection.Close (530 NOT_ALLOWED): the vhost does not
-            # exist or this user has no permission on it. A vhost is cluster-wide, so trying the
-            # other URLs cannot help.
-            raise BrokerRefused(
-                f"BILLQ_AMQP_URL: {safe_url(url)} would not open the virtual host "
-                f"{_vhost(url)!r}: it does not exist or the user is not permitted on it"
-            ) from None
+        except aio_pika.exceptions.InvalidFrameError as exc:
+            # The broker spoke AMQP, then answered the Connection.Open of the URL's virtual
+            # host with Connection.Close (530 NOT_ALLOWED): the vhost does not exist or this
+            # user has no permission on it. Another node may still answer: try the rest first.
+            refused.append(url)
+            last = exc
         except Exception as exc:
             # Any failure to open the connection means "not this broker, not now" — a peer
             # that closes the socket at once even surfaces as StopAsyncIteration from aiormq.
             last = exc
+    if refused and len(refused) == len(urls):
+        raise BrokerRefused(
+            f"BILLQ_AMQP_URL: {safe_url(refused[0])} would not open the virtual host "
+            f"{_vhost(refused[0])!r}: it does not exist or the user is not permitted on it"
+        )
     raise BrokerUnavailable(
         "BILLQ_AMQP_URL: no broker answered at "
         + ", ".join(safe_url(u) for u in urls)
