@@ -17,6 +17,9 @@ import testkit
 
 from shared.amqp.connection import connect_with_retry
 from shared.config import Settings
+from shared.errors import GatewayRejected
+from shared.gateway.port import Charged, ChargeRequest
+from shared.gateway.sandbox import SandboxGateway
 
 pytestmark = pytest.mark.integration
 
@@ -241,3 +244,37 @@ async def test_a_worker_waiting_for_a_broker_says_so_at_warning_level_with_backo
     assert [e["retry_in_s"] for e in waits[:3]] == [0.25, 0.5, 0.5]
     with contextlib.suppress(Exception):
         task.cancel()
+
+
+@pytest.mark.parametrize(
+    ("minor", "currency", "sent"),
+    [(465830, "JPY", 465830), (5, "ISK", 500), (5120, "KWD", 5120), (1999, "USD", 1999)],
+)
+async def test_the_gateway_receives_stripes_units_for_each_currency(
+    gateway_url: str, minor: int, currency: str, sent: int
+) -> None:
+    gateway = SandboxGateway(gateway_url, "sk_test_billq", timeout=5.0)
+    try:
+        outcome = await gateway.charge(
+            ChargeRequest(f"billq_1_{currency}", 1, minor, currency, "pm_card_visa")
+        )
+    finally:
+        await gateway.aclose()
+    assert isinstance(outcome, Charged)
+    [intent] = testkit.ledger(gateway_url)
+    assert (intent["amount"], intent["currency"]) == (sent, currency.lower())
+
+
+async def test_an_amount_the_gateway_would_round_is_refused_and_nothing_is_charged(
+    gateway_url: str,
+) -> None:
+    gateway = SandboxGateway(gateway_url, "sk_test_billq", timeout=5.0)
+    try:
+        for minor, currency in ((5124, "KWD"), (550, "MGA")):
+            with pytest.raises(GatewayRejected, match="Invalid amount"):
+                await gateway.charge(
+                    ChargeRequest(f"billq_1_{currency}", 1, minor, currency, "pm_card_visa")
+                )
+    finally:
+        await gateway.aclose()
+    assert testkit.ledger(gateway_url) == []
