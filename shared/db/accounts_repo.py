@@ -58,7 +58,7 @@ WITH wanted AS (
                                   THEN greatest(a.next_billing_at, w.resume_at)
                                   ELSE a.next_billing_at END,
            dunning_attempt = CASE WHEN w.status = 'active' THEN 0 ELSE a.dunning_attempt END,
-           dunning_next_at = CASE WHEN w.status = 'active' THEN NULL ELSE a.dunning_next_at END,
+           dunning_next_at = NULL,  -- as `accounts cancel` does; a reactivation starts afresh
            first_declined_at = CASE WHEN w.status = 'active' THEN NULL
                                     ELSE a.first_declined_at END,
            updated_at = now()

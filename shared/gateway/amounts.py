@@ -63,6 +63,18 @@ def to_gateway_units(minor: int, currency: str) -> int:
     return amount
 
 
+def from_gateway_units(amount: int, currency: str) -> int:
+    """The inverse of ``to_gateway_units``: a listed charge's amount in billq's ISO minor units.
+
+    Stripe only takes ISK in whole krónur, so the division is exact for every amount it holds.
+    """
+    code = currency.upper()
+    iso, sent = minor_units(code), stripe_decimals(code)
+    if sent >= iso:
+        return amount // _POWERS[sent - iso]
+    return amount * _POWERS[iso - sent]
+
+
 def accepted_currencies() -> frozenset[str]:
     """Lower-case codes the gateway charges in (the sandbox's table is Stripe's)."""
     return test_cards.CURRENCIES

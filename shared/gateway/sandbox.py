@@ -30,7 +30,7 @@ import httpx
 import orjson
 
 from shared.errors import GatewayRejected, GatewayUnavailable, OutcomeUnknown
-from shared.gateway.amounts import to_gateway_units
+from shared.gateway.amounts import from_gateway_units, to_gateway_units
 from shared.gateway.port import (
     Charged,
     ChargeOutcome,
@@ -132,7 +132,10 @@ class SandboxGateway:
                 charge = gateway_charge(
                     intent["id"],
                     int(intent.get("created") or 0),
-                    int(intent.get("amount") or 0),
+                    # Back to billq's ISO minor units, so audit compares like with like.
+                    from_gateway_units(
+                        int(intent.get("amount") or 0), str(intent.get("currency") or "")
+                    ),
                     str(intent.get("currency") or ""),
                     dict(intent.get("metadata") or {}),
                 )

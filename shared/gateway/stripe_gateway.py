@@ -41,7 +41,7 @@ from shared.errors import (
     OutcomeUnknown,
     TransientError,
 )
-from shared.gateway.amounts import to_gateway_units
+from shared.gateway.amounts import from_gateway_units, to_gateway_units
 from shared.gateway.port import (
     Charged,
     ChargeOutcome,
@@ -201,7 +201,8 @@ class StripeGateway:
                 charge = gateway_charge(
                     intent.id,
                     int(intent.created or 0),
-                    int(intent.amount or 0),
+                    # Back to billq's ISO minor units, so audit compares like with like.
+                    from_gateway_units(int(intent.amount or 0), str(intent.currency or "")),
                     str(intent.currency or ""),
                     {
                         str(k): str(v)

@@ -14,7 +14,7 @@ from shared.billing.accounts import parse_row
 from shared.billing.money import format_amount, minor_units
 from shared.config import MAX_RETRY_DELAY_S, Settings, load_settings
 from shared.errors import ConfigError, ImportRejected, InvalidField
-from shared.gateway.amounts import check_chargeable, to_gateway_units
+from shared.gateway.amounts import check_chargeable, from_gateway_units, to_gateway_units
 
 pytestmark = pytest.mark.unit
 
@@ -297,6 +297,7 @@ def test_amounts_are_shown_in_each_currencys_minor_units(
 def test_gateway_amounts_follow_stripes_units(minor: int, currency: str, sent: int) -> None:
     assert to_gateway_units(minor, currency) == sent
     assert check_chargeable(minor, currency) == sent
+    assert from_gateway_units(sent, currency) == minor  # what audit reads back
 
 
 def test_minor_units_cover_zero_two_and_three_decimal_currencies() -> None:
