@@ -8,6 +8,7 @@ at a closed port, so commands that need them fail fast and cleanly. Long-running
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -139,10 +140,16 @@ def run_cli(
             patch.delenv(key)
         for key, value in env.items():
             patch.setenv(key, value)
+        # main() runs asyncio.run(), which unsets this thread's event loop when it ends: put
+        # back the loop the async tests of this session share.
+        policy = asyncio.get_event_loop_policy()
+        loop = policy.get_event_loop()
         try:
             code = main(argv)
         except SystemExit as exc:  # argparse: --help (0) or a bad argument (2)
             code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            policy.set_event_loop(loop)
     out = capsys.readouterr()
     return code, out.err
 
