@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from billq import output
-from shared.billing.accounts import AccountRow, parse_row
+from shared.billing.accounts import COLUMNS, REQUIRED, AccountRow, parse_row, unknown_columns
 from shared.config import Settings
 from shared.entrypoint import positive_int
-from shared.errors import ConfigError, ImportRejected
+from shared.errors import ConfigError, ImportRejected, InvalidField
 
 LIST_COLUMNS = (
     "id",
@@ -32,84 +32,174 @@ LIST_COLUMNS = (
 )
 
 
-def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, row) pairs from a CSV or JSON Lines file.
+Row = tuple[int, dict[str, Any]]
+# A row that could not even be read carries its message (after "line N") under this key.
+_ERROR = "__error__"
+
+
+def _csv_rows(path: Path) -> list[Row]:
+    """CSV records with the line each starts on. The csv module reads the file object itself,
+    so a quoted field keeps its newlines (splitting lines first would cut such a record)."""
+    rows: list[Row] = []
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, strict=True)
+        try:
+            header = [h.strip() for h in next(reader, [])]
+        except csv.Error as exc:
+            raise ImportRejected(
+                f"{path.name}: line 1: not CSV ({exc}); nothing imported"
+            ) from None
+        if not header:
+            raise ConfigError(f"FILE: {path.name} is empty (expected a header line)")
+        problem = _header_problems(header)
+        if problem:
+            raise ImportRejected(f"{path.name}: line 1, {problem}; nothing imported")
+        while True:
+            start = reader.line_num + 1
+            try:
+                record = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                rows.append((start, {_ERROR: f": not CSV ({exc})"}))
+                break  # the reader cannot resynchronise after a malformed record
+            if not record:
+                continue  # a blank line
+            if len(record) > len(header):
+                rows.append(
+                    (
+                        start,
+                        {
+                            _ERROR: f", column {len(header) + 1}: a field beyond the header's "
+                            f"{len(header)} columns (extra columns are refused)"
+                        },
+                    )
+                )
+                continue
+            rows.append((start, dict(zip(header, record, strict=False))))
+    return rows
+
+
+def _header_problems(header: list[str]) -> str:
+    """The header's first problem as "column N: ...", or ""."""
+    for index, name in enumerate(header, start=1):
+        if header.index(name) != index - 1:
+            return f"column {index}: {name!r} is named twice"
+        if unknown_columns([name]):
+            return (
+                f"column {index}: unknown column {name!r} (extra columns are refused; "
+                f"billq reads {', '.join(COLUMNS)})"
+            )
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        return f"column {len(header) + 1}: missing column(s) {', '.join(missing)}"
+    return ""
+
+
+def _jsonl_rows(text: str) -> list[Row]:
+    rows: list[Row] = []
+    # JSON Lines are split on \n only: str.splitlines would also split inside a JSON string
+    # on characters such as U+2028, which JSON allows unescaped.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            rows.append((number, {_ERROR: f", column {exc.colno}: not JSON ({exc.msg})"}))
+            continue
+        except (RecursionError, ValueError) as exc:
+            # Nesting deeper than Python's stack, or an integer longer than int() accepts.
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            rows.append((number, {_ERROR: f": not JSON ({reason[:80]})"}))
+            continue
+        if not isinstance(value, dict):
+            rows.append((number, {_ERROR: ", column 1: not a JSON object"}))
+            continue
+        rows.append((number, value))
+    return rows
+
+
+def read_rows(path: Path) -> list[Row]:
+    """(line number, row) pairs from a CSV or JSON Lines file; a CSV row's line is where its
+    record starts.
 
     Raises:
         ConfigError: the file cannot be read or its format is unknown.
+        ImportRejected: the CSV header is wrong (unknown, repeated or missing columns).
     """
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".ndjson", ".json", ".csv"):
+        raise ConfigError(f"FILE: {path.name}: expected a .csv or .jsonl file")
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        if suffix == ".csv":
+            return _csv_rows(path)
+        return _jsonl_rows(path.read_text(encoding="utf-8-sig"))
     except OSError as exc:
         raise ConfigError(f"FILE: cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"FILE: {path} is not UTF-8 text") from None
-    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        rows: list[tuple[int, dict[str, Any]]] = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                rows.append((number, {"__error__": f"not JSON ({exc.msg})"}))
-                continue
-            rows.append(
-                (number, value if isinstance(value, dict) else {"__error__": "not an object"})
-            )
-        return rows
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        return [(reader.line_num, dict(r)) for r in reader]
-    raise ConfigError(f"FILE: {path.name}: expected a .csv or .jsonl file")
 
 
-def validate(
-    rows: list[tuple[int, dict[str, Any]]], today: dt.date
-) -> tuple[list[AccountRow], list[str]]:
+def validate(rows: list[Row], today: dt.date) -> tuple[list[AccountRow], list[str]]:
+    """The rows that are good, and one message per bad row naming its line and column."""
     good: list[AccountRow] = []
     errors: list[str] = []
     seen: dict[int, int] = {}
     for number, raw in rows:
-        if "__error__" in raw:
-            errors.append(f"line {number}: {raw['__error__']}")
+        if _ERROR in raw:
+            errors.append(f"line {number}{raw[_ERROR]}")
             continue
         try:
             row = parse_row(raw, today=today)
-        except ValueError as exc:
-            errors.append(f"line {number}: {exc}")
+            _check_chargeable(row)
+        except InvalidField as exc:
+            errors.append(f"line {number}, column {exc.column}: {exc.reason}")
             continue
         if row.id in seen:
-            errors.append(f"line {number}: id {row.id} repeats line {seen[row.id]}")
+            errors.append(f"line {number}, column id: id {row.id} repeats line {seen[row.id]}")
             continue
         seen[row.id] = number
         good.append(row)
     return good, errors
 
 
+def _check_chargeable(row: AccountRow) -> None:
+    """The gateway must take the currency and the exact amount, or every charge would die."""
+    from shared.gateway import amounts
+
+    if row.currency.lower() not in amounts.accepted_currencies():
+        raise InvalidField("currency", f"{row.currency} is not accepted by the payment gateway")
+    try:
+        amounts.check_chargeable(row.amount_cents, row.currency)
+    except ValueError as exc:
+        raise InvalidField("amount_cents", str(exc)) from None
+
+
 def _import(args: argparse.Namespace, settings: Settings) -> int:
     from shared.db import accounts_repo
     from shared.db.pool import connect
 
-    rows, errors = validate(read_rows(Path(args.file)), dt.datetime.now(dt.UTC).date())
+    today = dt.datetime.now(dt.UTC).date()
+    rows, errors = validate(read_rows(Path(args.file)), today)
     if errors:
         for line in errors:
             sys.stderr.write(f"billq: {args.file}: {line}\n")
         raise ImportRejected(f"{len(errors)} bad row(s) in {args.file}; nothing imported")
 
-    async def main() -> tuple[int, int]:
+    async def main() -> accounts_repo.ImportCounts:
         conn = await connect(settings)
         try:
             async with conn.transaction():
-                return await accounts_repo.upsert(conn, rows)
+                return await accounts_repo.import_rows(conn, rows, today=today)
         finally:
             await conn.close()
 
-    inserted, updated = asyncio.run(main())
-    unchanged = len(rows) - inserted - updated
+    counts = asyncio.run(main())
     print(
-        f"accounts import: {len(rows)} rows: inserted={inserted} updated={updated} "
-        f"unchanged={unchanged}"
+        f"accounts import: {len(rows)} rows: inserted={counts.inserted} "
+        f"updated={counts.updated} unchanged={len(rows) - counts.changed} "
+        f"cancelled={counts.cancelled} reactivated={counts.reactivated}"
     )
     return 0
 
@@ -218,8 +308,10 @@ def register(sub: Any) -> None:
         "import",
         help="load accounts from CSV or JSON Lines (all or nothing)",
         description="Validate every row first; any bad row (reported by line "
-        "number) imports nothing. Re-importing updates changed accounts by id "
-        "without touching their billing state.",
+        "and column) imports nothing. Re-importing updates changed accounts by id "
+        "without touching their billing state; a status column cancels "
+        "(cancelled) or reactivates (active) an account, never overriding "
+        "billq's own past_due/suspended.",
     )
     p.add_argument("file", help="a .csv or .jsonl file with the accounts contract columns")
     p.set_defaults(handler=_import)

@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import decimal
 import json
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,11 +33,27 @@ def print_json(data: Any) -> None:
     print(json.dumps(plain(data)))
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+def csv_cell(value: Any) -> Any:
+    """One CSV cell, neutralised as OWASP recommends: a text cell that a spreadsheet would
+    read as a formula gets a leading single quote. Numbers (``-5``, ``12.50``) stay numbers."""
+    if not isinstance(value, str) or not value.startswith(_FORMULA_START):
+        return value
+    if _NUMBER.match(value):
+        return value
+    return "'" + value
+
+
 def print_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """Every ``--csv`` output goes through here, so every cell is neutralised."""
     writer = csv.DictWriter(sys.stdout, fieldnames=list(columns), extrasaction="ignore")
     writer.writeheader()
     for r in rows_to_dicts(rows):
-        writer.writerow(r)
+        writer.writerow({k: csv_cell(v) for k, v in r.items()})
 
 
 def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
@@ -50,5 +67,8 @@ def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> No
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
-def money(cents: int, currency: str) -> str:
-    return f"{cents / 100:,.2f} {currency}"
+def money(minor: int, currency: str) -> str:
+    """An amount in the currency's ISO 4217 minor units, for people: ``465,830 JPY``."""
+    from shared.billing.money import format_amount
+
+    return format_amount(minor, currency)

@@ -7,15 +7,100 @@ file, defaults (the local services).
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
 
 # RabbitMQ 3.10's default consumer_timeout: a delivery held longer closes the channel.
 RABBITMQ_CONSUMER_TIMEOUT_S = 1800.0
+# Retry tiers become queue TTLs in milliseconds, which AMQP carries as 32-bit integers.
+MAX_RETRY_DELAY_S = (2**31 - 1) // 1000
+# Dunning retries are days after the first decline; a year covers any sane schedule.
+MAX_DUNNING_DAYS = 366
+# RabbitMQ's own ceiling on a message body (max_message_size, 128 MiB).
+MAX_AMQP_MESSAGE_BYTES = 128 * 1024 * 1024
+MAX_STUCK_AFTER_S = 30 * 86400
+# asyncpg refuses other values of these URL parameters with a client-side error.
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_SESSION_ATTRS = ("any", "primary", "standby", "prefer-standby", "read-write", "read-only")
+
+
+def _check_port(host: str) -> None:
+    """``host[:port]`` (an IPv6 address in brackets): a given port must be 1..65535."""
+    if host.startswith("["):
+        rest = host.partition("]")[2]
+        if not rest:
+            return
+        port = rest.removeprefix(":")
+    elif ":" in host:
+        port = host.rpartition(":")[2]
+    else:
+        return
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port must be a number from 1 to 65535, got {port!r}")
+
+
+def check_postgres_url(url: str) -> None:
+    """Scheme, every host's port, and the URL parameters asyncpg checks itself.
+
+    Raises:
+        ValueError: naming what is wrong (never the password).
+    """
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ValueError("must start with postgresql://")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ValueError(f"not a URL ({exc})") from None
+    # A Postgres URL may list several hosts (host1:5432,host2:5433); check each port.
+    hosts = parts.netloc.rpartition("@")[2]
+    for host in hosts.split(","):
+        if host:
+            _check_port(host)
+    params = dict(parse_qsl(parts.query, keep_blank_values=True))
+    if "port" in params:
+        for port in params["port"].split(","):
+            _check_port(f"h:{port}")
+    if params.get("sslmode", "prefer") not in _SSLMODES:
+        raise ValueError(f"sslmode must be one of {', '.join(_SSLMODES)}")
+    if params.get("target_session_attrs", "any") not in _SESSION_ATTRS:
+        raise ValueError(f"target_session_attrs must be one of {', '.join(_SESSION_ATTRS)}")
+
+
+def check_amqp_url(url: str) -> None:
+    """Scheme, host and port of one broker URL.
+
+    Raises:
+        ValueError: naming what is wrong (never the password).
+    """
+    if not url.startswith(("amqp://", "amqps://")):
+        raise ValueError("each URL must start with amqp:// or amqps://")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{_host_of(url)}: port must be a number from 1 to 65535") from None
+    if not parts.hostname:
+        raise ValueError("each URL must name a host")
+    if port == 0:
+        raise ValueError(f"{_host_of(url)}: port must be a number from 1 to 65535")
+
+
+def _host_of(url: str) -> str:
+    """The host:port part without credentials, for an error message."""
+    return url.split("://", 1)[-1].rpartition("@")[2].split("/", 1)[0]
 
 
 class Settings(BaseSettings):
@@ -37,9 +122,18 @@ class Settings(BaseSettings):
     )
     gateway_url: str = Field("http://127.0.0.1:12111", description="Sandbox / Stripe API base.")
     gateway_api_key: SecretStr = Field(SecretStr("sk_test_billq"), description="Gateway API key.")
-    gateway_timeout: float = Field(10.0, gt=0, description="Seconds for one gateway call.")
-    job_lease: float = Field(120.0, gt=0, description="Seconds a claimed job stays locked.")
-    shutdown_grace: float = Field(30.0, gt=0, description="Seconds to finish in-flight work.")
+    gateway_timeout: float = Field(
+        10.0, gt=0, le=600, allow_inf_nan=False, description="Seconds for one gateway call."
+    )
+    job_lease: float = Field(
+        120.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds a claimed job stays locked.",
+    )
+    shutdown_grace: float = Field(
+        30.0, gt=0, le=3600, allow_inf_nan=False, description="Seconds to finish in-flight work."
+    )
     queue_prefix: str = Field(
         "billq", pattern=r"^[A-Za-z0-9_.\-]{1,100}$", description="Exchange and queue prefix."
     )
@@ -53,7 +147,7 @@ class Settings(BaseSettings):
     )
     max_attempts: int = Field(8, ge=1, le=100, description="Attempts before a job is dead.")
     delivery_limit: int = Field(
-        20, ge=1, description="Quorum queue redeliveries before the broker dead-letters."
+        20, ge=1, le=10000, description="Quorum queue redeliveries before the broker dead-letters."
     )
     concurrency: int = Field(
         64, ge=1, le=10000, description="Charges a worker has in flight (its prefetch window)."
@@ -68,30 +162,47 @@ class Settings(BaseSettings):
         25.0,
         ge=0,
         le=1000,
+        allow_inf_nan=False,
         description="How long a worker gathers deliveries into one claim statement.",
     )
     batch_size: int = Field(1000, ge=1, le=100000, description="Distributor batch size.")
-    publish_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a confirm.")
-    max_message_bytes: int = Field(16384, ge=256, description="Larger bodies are dead-lettered.")
+    publish_timeout: float = Field(
+        30.0, gt=0, le=600, allow_inf_nan=False, description="Seconds to wait for a confirm."
+    )
+    max_message_bytes: int = Field(
+        16384, ge=256, le=MAX_AMQP_MESSAGE_BYTES, description="Larger bodies are dead-lettered."
+    )
     catchup_min_gap: float = Field(
         86400.0,
         ge=0,
         le=366 * 86400,
+        allow_inf_nan=False,
         description="Seconds of wall clock between two new periods billed to one account "
         "(catch-up pacing: an account behind by months is billed one period per gap).",
     )
     stuck_after: float = Field(
-        600.0, gt=0, description="Seconds after which a published job counts as stuck."
+        600.0,
+        gt=0,
+        le=MAX_STUCK_AFTER_S,
+        allow_inf_nan=False,
+        description="Seconds after which a published job counts as stuck.",
     )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Worker /metrics, /healthz, /readyz port (off if unset)."
     )
     metrics_host: str = Field("0.0.0.0", description="Address the metrics port binds to.")
     max_rss_mb: float = Field(
-        0, ge=0, description="Worker recycles itself above this RSS (MB); 0 disables."
+        0,
+        ge=0,
+        le=1_048_576,
+        allow_inf_nan=False,
+        description="Worker recycles itself above this RSS (MB); 0 disables.",
     )
     max_messages: int = Field(
-        0, ge=0, description="Worker recycles itself after this many messages; 0 disables."
+        0,
+        ge=0,
+        le=10**12,
+        description="Worker recycles itself after this many messages; 0 disables.",
     )
     signing_keys: SecretStr | None = Field(
         None, description="Comma-separated HMAC keys; sign with the first, accept any."
@@ -141,28 +252,35 @@ class Settings(BaseSettings):
 
     @field_validator("retry_delays", "dunning_schedule")
     @classmethod
-    def _check_delays(cls, value: list[float]) -> list[float]:
-        if not value or any(d <= 0 for d in value):
-            raise ValueError("must be a non-empty list of positive numbers")
+    def _check_delays(cls, value: list[float], info: ValidationInfo) -> list[float]:
+        # NaN and infinity pass "> 0" checks and then break timers and TTLs far away.
+        limit, unit = (
+            (MAX_RETRY_DELAY_S, "seconds (a 32-bit millisecond TTL)")
+            if info.field_name == "retry_delays"
+            else (MAX_DUNNING_DAYS, "days")
+        )
+        if not value or not all(math.isfinite(d) and 0 < d <= limit for d in value):
+            raise ValueError(
+                f"must be a non-empty list of numbers above 0 and at most {limit} {unit}"
+            )
         return value
 
     @field_validator("amqp_url")
     @classmethod
     def _check_amqp(cls, value: SecretStr) -> SecretStr:
         for url in value.get_secret_value().split(","):
-            if not url.strip().startswith(("amqp://", "amqps://")):
-                raise ValueError("each URL must start with amqp:// or amqps://")
+            check_amqp_url(url.strip())
         return value
 
     @field_validator("database_url")
     @classmethod
     def _check_db(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
-            raise ValueError("must start with postgresql://")
+        check_postgres_url(value.get_secret_value())
         return value
 
     @model_validator(mode="after")
     def _timeouts_nest(self) -> Settings:
+        # This check also bounds BILLQ_JOB_LEASE from above (its field only refuses NaN/inf).
         # A delivery held past consumer_timeout closes the channel; a lease shorter than a
         # gateway call would let a second worker take over a job still being charged.
         if not self.gateway_timeout < self.job_lease < RABBITMQ_CONSUMER_TIMEOUT_S:
@@ -231,4 +349,5 @@ def load_settings(**overrides: Any) -> Settings:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         name = f"BILLQ_{loc.upper()}" if loc else "settings"
-        raise ConfigError(f"{name}: {err['msg']}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{name}: {msg}") from None

@@ -9,6 +9,7 @@ exit code here, and only here::
     2  bad usage: an argument or setting (ConfigError, argparse)
     3  a worker recycled itself (supervisor restarts it)
     130 interrupted
+    141 stdout closed early (``billq runs | head``): quiet, like a tool killed by SIGPIPE
 
 A handler has the signature ``handler(args, settings) -> int`` and may raise ``BillqError``.
 """
@@ -16,6 +17,7 @@ A handler has the signature ``handler(args, settings) -> int`` and may raise ``B
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -29,6 +31,9 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_RECYCLE = 3
 EXIT_INTERRUPTED = 130
+# 128 + SIGPIPE: what the shell reports for `git log | head`'s git, so `set -o pipefail`
+# scripts see billq exactly as they see any Unix tool whose reader went away.
+EXIT_BROKEN_PIPE = 141
 
 
 class Parser(argparse.ArgumentParser):
@@ -80,7 +85,12 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         from shared.logging import configure_logging
 
         configure_logging(settings)
-        return handler(args, settings)
+        code = handler(args, settings)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except ConfigError as exc:
         sys.stderr.write(f"{prog}: error: {exc}\n")
         return EXIT_USAGE
@@ -92,3 +102,17 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     except Exception as exc:  # last resort: one line, never a traceback for operators
         sys.stderr.write(f"{prog}: error: unexpected {type(exc).__name__}: {exc}\n")
         return EXIT_FAILURE
+
+
+def _silence_stdout() -> None:
+    """The reader of stdout went away: drop what is still buffered, quietly.
+
+    Python flushes stdout again at exit; pointing the descriptor at /dev/null keeps that
+    flush from raising a second BrokenPipeError ("Exception ignored ...") on stderr.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a descriptor (captured in tests)
+        pass

@@ -21,8 +21,11 @@ Every failure is classified where it happens, so the worker routes by class::
     │   └── Unroutable              RabbitMQ returned a publish as unroutable
     ├── ActionRefused           an operator action not allowed in the job's state (exit 1)
     ├── ImportRejected          an import file has bad rows; nothing imported (exit 1)
+    ├── InvalidField            one field of an import row (collected per row with its line
+    │                           and column; never escapes a command)
     └── ConfigError             bad setting or CLI argument: one clear line, exit 2
-        └── TopologyMismatch        existing queues were declared with other arguments
+        ├── TopologyMismatch        existing queues were declared with other arguments
+        └── BrokerRefused           a broker would not open BILLQ_AMQP_URL's virtual host
 
 ``shared.entrypoint`` maps the tree to exit codes: ConfigError → 2, any other BillqError → 1.
 
@@ -117,9 +120,22 @@ class ImportRejected(BillqError):
     """The import file has bad rows; nothing was imported."""
 
 
+class InvalidField(BillqError, ValueError):
+    """A field of an import row is invalid."""
+
+    def __init__(self, column: str, reason: str) -> None:
+        self.column = column
+        self.reason = reason
+        super().__init__(f"{column}: {reason}")
+
+
 class ConfigError(BillqError):
     """A setting or command-line argument is invalid."""
 
 
 class TopologyMismatch(ConfigError):
     """RabbitMQ refused a declaration: the queues exist with other arguments."""
+
+
+class BrokerRefused(ConfigError):
+    """RabbitMQ would not open the virtual host (missing, or the user is not permitted)."""

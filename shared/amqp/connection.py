@@ -11,13 +11,16 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Sequence
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
+import structlog
 from aio_pika.abc import AbstractConnection
 
 from shared.backoff import Backoff
-from shared.errors import BrokerUnavailable, ConfigError
+from shared.errors import BrokerRefused, BrokerUnavailable, ConfigError
+
+log = structlog.get_logger("billq.amqp")
 
 
 def safe_url(url: str) -> str:
@@ -51,6 +54,11 @@ def tls_refusal(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
+def _vhost(url: str) -> str:
+    path = urlsplit(url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
 def broker_lost(exc: BaseException) -> bool:
     """Whether a failure means "this broker connection is gone" (try another node)."""
     if isinstance(exc, BrokerUnavailable):
@@ -76,14 +84,22 @@ async def connect_any(urls: Sequence[str], *, timeout: float = 10.0) -> Abstract
 
     Raises:
         ConfigError: credentials refused.
+        BrokerRefused: a broker answered but would not open the virtual host.
         BrokerUnavailable: none answered.
     """
     last: BaseException | None = None
+    refused: list[str] = []
     for url in urls:
         try:
             return await aio_pika.connect(url, timeout=timeout)
         except aio_pika.exceptions.ProbableAuthenticationError:
             raise ConfigError(f"BILLQ_AMQP_URL: {safe_url(url)} refused the credentials") from None
+        except aio_pika.exceptions.InvalidFrameError as exc:
+            # The broker spoke AMQP, then answered the Connection.Open of the URL's virtual
+            # host with Connection.Close (530 NOT_ALLOWED): the vhost does not exist or this
+            # user has no permission on it. Another node may still answer: try the rest first.
+            refused.append(url)
+            last = exc
         except Exception as exc:
             if (refusal := tls_refusal(exc)) is not None:
                 # Never retried, never another node: a certificate does not fix itself.
@@ -93,6 +109,11 @@ async def connect_any(urls: Sequence[str], *, timeout: float = 10.0) -> Abstract
             # Any failure to open the connection means "not this broker, not now" — a peer
             # that closes the socket at once even surfaces as StopAsyncIteration from aiormq.
             last = exc
+    if refused and len(refused) == len(urls):
+        raise BrokerRefused(
+            f"BILLQ_AMQP_URL: {safe_url(refused[0])} would not open the virtual host "
+            f"{_vhost(refused[0])!r}: it does not exist or the user is not permitted on it"
+        )
     raise BrokerUnavailable(
         "BILLQ_AMQP_URL: no broker answered at "
         + ", ".join(safe_url(u) for u in urls)
@@ -105,14 +126,32 @@ async def connect_with_retry(
 ) -> AbstractConnection | None:
     """Keep trying every URL, with jittered capped backoff, until connected or ``stop`` is set.
 
+    A refused virtual host is waited for too (it may be being created, or a node may be
+    starting); every failed attempt logs ``broker.waiting`` at warning level with what it
+    waits for, so an unreachable broker is never silent.
+
     Raises:
-        ConfigError: credentials refused (retrying cannot help).
+        ConfigError: credentials or TLS refused (retrying cannot help).
     """
     backoff = backoff or Backoff()
+    attempt = 0
     while not stop.is_set():
+        attempt += 1
         try:
-            return await connect_any(urls)
-        except BrokerUnavailable:
+            conn = await connect_any(urls)
+        except (BrokerUnavailable, BrokerRefused) as exc:
+            delay = backoff.next()
+            log.warning(
+                "broker.waiting",
+                brokers=[safe_url(u) for u in urls],
+                reason=str(exc),
+                attempt=attempt,
+                retry_in_s=round(delay, 2),
+            )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=backoff.next())
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            continue
+        if attempt > 1:
+            log.info("broker.connected", after_attempts=attempt)
+        return conn
     return None

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import asyncpg
 
 from shared.billing.accounts import AccountRow
+from shared.billing.periods import first_billing_at
+from shared.db.errors import classified
 
 # Re-importing updates what the integrator owns and never the billing state
 # (next_billing_at, status, dunning), so a nightly sync cannot re-bill or un-suspend.
+# Status changes are a separate statement (APPLY_STATUS) with their own events.
 UPSERT = """
 INSERT INTO accounts (id, name, email, amount_cents, currency, billing_interval,
                       billing_anchor_day, next_billing_at, status, payment_method,
-                      gateway_customer)
-SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
-                     $7::smallint[], $8::timestamptz[], $9::text[], $10::text[], $11::text[])
+                      gateway_customer, cancelled_at)
+SELECT u.*, CASE WHEN u.status = 'cancelled' THEN now() END
+  FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
+              $7::smallint[], $8::timestamptz[], $9::text[], $10::text[], $11::text[])
+       AS u(id, name, email, amount_cents, currency, billing_interval, billing_anchor_day,
+            next_billing_at, status, payment_method, gateway_customer)
 ON CONFLICT (id) DO UPDATE SET
     name = EXCLUDED.name, email = EXCLUDED.email, amount_cents = EXCLUDED.amount_cents,
     currency = EXCLUDED.currency, billing_interval = EXCLUDED.billing_interval,
@@ -30,7 +37,43 @@ ON CONFLICT (id) DO UPDATE SET
        (EXCLUDED.name, EXCLUDED.email, EXCLUDED.amount_cents, EXCLUDED.currency,
         EXCLUDED.billing_interval, EXCLUDED.billing_anchor_day, EXCLUDED.payment_method,
         EXCLUDED.gateway_customer)
-RETURNING (xmax = 0) AS inserted
+RETURNING id, (xmax = 0) AS inserted
+"""
+
+# A row's status applies to an existing account only where the integrator owns it:
+# `cancelled` cancels (from any state), `active` reactivates a cancelled account. billq's own
+# dunning states (past_due, suspended) are never overwritten with `active`. A reactivated
+# account is billed from its next anchored date on or after today, never for the months it
+# was cancelled; its dunning restarts from scratch.
+APPLY_STATUS = """
+WITH wanted AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[]) AS w(id, status, resume_at)
+), before AS (
+    SELECT a.id, a.status FROM accounts a JOIN wanted w ON w.id = a.id FOR UPDATE OF a
+), changed AS (
+    UPDATE accounts a
+       SET status = w.status,
+           cancelled_at = CASE WHEN w.status = 'cancelled' THEN now() END,
+           next_billing_at = CASE WHEN w.status = 'active'
+                                  THEN greatest(a.next_billing_at, w.resume_at)
+                                  ELSE a.next_billing_at END,
+           dunning_attempt = CASE WHEN w.status = 'active' THEN 0 ELSE a.dunning_attempt END,
+           dunning_next_at = NULL,  -- as `accounts cancel` does; a reactivation starts afresh
+           first_declined_at = CASE WHEN w.status = 'active' THEN NULL
+                                    ELSE a.first_declined_at END,
+           updated_at = now()
+      FROM wanted w JOIN before b ON b.id = w.id
+     WHERE a.id = w.id
+       AND ((w.status = 'cancelled' AND b.status <> 'cancelled')
+            OR (w.status = 'active' AND b.status = 'cancelled'))
+    RETURNING a.id, a.status
+), events AS (
+    INSERT INTO account_events (account_id, kind, from_status, to_status, reason)
+    SELECT c.id, CASE WHEN c.status = 'cancelled' THEN 'cancelled' ELSE 'reactivated' END,
+           b.status, c.status, 'accounts import'
+      FROM changed c JOIN before b ON b.id = c.id
+)
+SELECT id, status FROM changed
 """
 
 LIST = """
@@ -78,8 +121,42 @@ SELECT b.status AS before, u.status AS after FROM before b JOIN upd u ON u.id = 
 """
 
 
-async def upsert(conn: asyncpg.Connection, rows: Sequence[AccountRow]) -> tuple[int, int]:
-    """(inserted, updated) — unchanged rows count as neither."""
+@dataclass(frozen=True, slots=True)
+class ImportCounts:
+    inserted: int
+    updated: int
+    cancelled: int
+    reactivated: int
+    changed: int  # rows inserted, updated or with a status change (each counted once)
+
+
+@classified
+async def import_rows(
+    conn: asyncpg.Connection, rows: Sequence[AccountRow], *, today: dt.date
+) -> ImportCounts:
+    """Upsert the rows, then apply the statuses they name; run inside one transaction."""
+    inserted, updated, touched = await _upsert(conn, rows)
+    given = [r for r in rows if r.status_given]
+    result = await conn.fetch(
+        APPLY_STATUS,
+        [r.id for r in given],
+        [r.status for r in given],
+        [first_billing_at(today, r.billing_interval, r.billing_anchor_day) for r in given],
+    )
+    cancelled = sum(1 for r in result if r["status"] == "cancelled")
+    return ImportCounts(
+        inserted=inserted,
+        updated=updated,
+        cancelled=cancelled,
+        reactivated=len(result) - cancelled,
+        changed=len(touched | {r["id"] for r in result}),
+    )
+
+
+async def _upsert(
+    conn: asyncpg.Connection, rows: Sequence[AccountRow]
+) -> tuple[int, int, set[int]]:
+    """(inserted, updated, their ids) — unchanged rows count as neither."""
     result = await conn.fetch(
         UPSERT,
         [r.id for r in rows],
@@ -95,7 +172,7 @@ async def upsert(conn: asyncpg.Connection, rows: Sequence[AccountRow]) -> tuple[
         [r.gateway_customer for r in rows],
     )
     inserted = sum(1 for r in result if r["inserted"])
-    return inserted, len(result) - inserted
+    return inserted, len(result) - inserted, {r["id"] for r in result}
 
 
 async def list_accounts(

@@ -40,8 +40,24 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSIENT)
 
 
+# Raised while connecting, these mean the URL itself is wrong: asyncpg checks some URL
+# parameters on the client (sslmode, target_session_attrs, ports) and passes every other one to
+# the server as a run-time setting, which refuses unknown names or bad values.
+_BAD_URL: tuple[type[BaseException], ...] = (
+    asyncpg.ClientConfigurationError,
+    asyncpg.UndefinedObjectError,
+    asyncpg.InvalidParameterValueError,
+    asyncpg.CantChangeRuntimeParamError,
+    ValueError,
+    OverflowError,
+)
+
+
 def classify(exc: BaseException, *, setting: str | None = None) -> BaseException:
-    """Map a driver exception to the billq tree; unknown ones pass through unchanged."""
+    """Map a driver exception to the billq tree; unknown ones pass through unchanged.
+
+    ``setting`` names the URL setting when the error comes from opening a connection.
+    """
     if isinstance(exc, BillqError):
         return exc
     where = f"{setting}: " if setting else ""
@@ -54,6 +70,9 @@ def classify(exc: BaseException, *, setting: str | None = None) -> BaseException
     if isinstance(exc, FileNotFoundError):
         # Only opening a connection reads files: the ones the URL's TLS parameters name.
         return ConfigError(f"{where}a file named by sslrootcert, sslcert or sslkey is missing")
+    if setting is not None and isinstance(exc, _BAD_URL):
+        # The driver's text names the parameter; it never contains the password.
+        return ConfigError(f"{where}refused by the database client or server: {exc}")
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
         return ConfigError(f"{where}database does not exist (run `billq migrate`)")
     if isinstance(

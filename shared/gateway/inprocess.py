@@ -14,6 +14,7 @@ from datetime import datetime
 
 from shared.errors import GatewayRejected
 from shared.gateway import test_cards
+from shared.gateway.amounts import to_gateway_units
 from shared.gateway.port import (
     Charged,
     ChargeOutcome,
@@ -132,7 +133,12 @@ def _parameters(request: ChargeRequest) -> tuple[object, ...]:
 
 def _validate(request: ChargeRequest) -> None:
     # The sandbox server refuses these with 400 invalid_request_error; keep the fakes alike.
-    if not 1 <= request.amount_cents <= test_cards.MAX_AMOUNT:
+    try:
+        # The amount as the sandbox server would receive it (JPY whole yen, ISK in hundredths, ...).
+        amount = to_gateway_units(request.amount_cents, request.currency)
+    except ValueError as exc:
+        raise GatewayRejected(f"gateway 400 invalid_request_error: Invalid amount: {exc}") from None
+    if not 1 <= amount <= test_cards.MAX_AMOUNT:
         raise GatewayRejected("gateway 400 invalid_request_error: Invalid amount.")
     if request.currency.lower() not in test_cards.CURRENCIES:
         raise GatewayRejected(

@@ -38,6 +38,7 @@ from shared.errors import (
     GatewayUnavailable,
     OutcomeUnknown,
 )
+from shared.gateway.amounts import from_gateway_units, to_gateway_units
 from shared.gateway.port import (
     Charged,
     ChargeOutcome,
@@ -102,7 +103,7 @@ class SandboxGateway:
             GatewayRejected: invalid request or idempotency mismatch.
         """
         form = {
-            "amount": str(request.amount_cents),
+            "amount": str(_amount(request)),
             "currency": request.currency.lower(),
             "payment_method": request.payment_method,
             "confirm": "true",
@@ -161,7 +162,10 @@ class SandboxGateway:
                 charge = gateway_charge(
                     intent["id"],
                     int(intent.get("created") or 0),
-                    int(intent.get("amount") or 0),
+                    # Back to billq's ISO minor units, so audit compares like with like.
+                    from_gateway_units(
+                        int(intent.get("amount") or 0), str(intent.get("currency") or "")
+                    ),
                     str(intent.get("currency") or ""),
                     dict(intent.get("metadata") or {}),
                 )
@@ -385,3 +389,11 @@ class _HttpxSend:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _amount(request: ChargeRequest) -> int:
+    """billq's ISO minor units as the gateway counts them (see shared.gateway.amounts)."""
+    try:
+        return to_gateway_units(request.amount_cents, request.currency)
+    except ValueError as exc:
+        raise GatewayRejected(f"gateway 400 invalid_request_error: Invalid amount: {exc}") from None

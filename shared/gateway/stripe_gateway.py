@@ -42,6 +42,7 @@ from shared.errors import (
     OutcomeUnknown,
     TransientError,
 )
+from shared.gateway.amounts import from_gateway_units, to_gateway_units
 from shared.gateway.port import (
     Charged,
     ChargeOutcome,
@@ -104,7 +105,7 @@ class StripeGateway:
             BILLQ_ACCOUNT: str(request.account_id),
         }
         params: PaymentIntentCreateParams = {
-            "amount": request.amount_cents,
+            "amount": _amount(request),
             "currency": request.currency.lower(),
             "payment_method": request.payment_method,
             "confirm": True,
@@ -201,7 +202,8 @@ class StripeGateway:
                 charge = gateway_charge(
                     intent.id,
                     int(intent.created or 0),
-                    int(intent.amount or 0),
+                    # Back to billq's ISO minor units, so audit compares like with like.
+                    from_gateway_units(int(intent.amount or 0), str(intent.currency or "")),
                     str(intent.currency or ""),
                     # A StripeObject is not a mapping (no .items()): to_dict() is its dict.
                     {str(k): str(v) for k, v in intent.metadata.to_dict().items()}
@@ -320,3 +322,11 @@ class _HTTPXClient(stripe.HTTPXClient):
         elif body:
             kwargs["data"] = body
         return [args, kwargs]
+
+
+def _amount(request: ChargeRequest) -> int:
+    """billq's ISO minor units as the gateway counts them (see shared.gateway.amounts)."""
+    try:
+        return to_gateway_units(request.amount_cents, request.currency)
+    except ValueError as exc:
+        raise GatewayRejected(f"gateway 400 invalid_request_error: Invalid amount: {exc}") from None

@@ -150,11 +150,11 @@ async def test_accounts_import_is_all_or_nothing_and_reimport_keeps_billing_stat
     proc = testkit.billq("accounts", "import", str(bad), env=env, check=False)
     assert proc.returncode == 1
     lines = proc.stderr.splitlines()
-    assert any("line 3:" in ln and "amount_cents" in ln for ln in lines)
-    assert any("line 4:" in ln and "currency" in ln for ln in lines)
-    assert any("line 5:" in ln and "email" in ln for ln in lines)
-    assert any("line 6:" in ln and "billing_interval" in ln for ln in lines)
-    assert any("line 7:" in ln and "repeats line 2" in ln for ln in lines)
+    assert any("line 3, column amount_cents:" in ln for ln in lines)
+    assert any("line 4, column currency:" in ln for ln in lines)
+    assert any("line 5, column email:" in ln for ln in lines)
+    assert any("line 6, column billing_interval:" in ln for ln in lines)
+    assert any("line 7, column id:" in ln and "repeats line 2" in ln for ln in lines)
     assert await db.fetchval("SELECT count(*) FROM accounts") == 0
 
     good = tmp_path / "good.csv"
@@ -170,7 +170,7 @@ async def test_accounts_import_is_all_or_nothing_and_reimport_keeps_billing_stat
     )
     good.write_text(CSV_GOOD.replace("1500,usd", "1700,usd"))
     out = testkit.billq("accounts", "import", str(good), env=env).stdout
-    assert "inserted=0 updated=1 unchanged=1" in out
+    assert "inserted=0 updated=1 unchanged=1 cancelled=0 reactivated=0" in out
     row = await testkit.fetchrow(db, "SELECT * FROM accounts WHERE id = 1")
     assert row["amount_cents"] == 1700 and row["status"] == "past_due"
     assert row["next_billing_at"].isoformat().startswith("2026-02-28")
