@@ -65,10 +65,10 @@ from shared.config import Settings
 from shared.db import accounts_repo
 from shared.db.jobs_repo import JobsRepo
 from shared.db.pool import create_pool
-from shared.errors import ActionRefused, ConfigError, InvalidMessage
+from shared.errors import ActionRefused, ConfigError
 from shared.gateway.factory import make_gateway
 from shared.gateway.port import ChargeOutcome, ChargeRequest, PaymentGateway
-from shared.messages import HANDOFF_HEADER, parse_message
+from shared.messages import HANDOFF_HEADER
 from worker.handler import Delivery, Handler
 from worker.outcome import Dead, Retry
 
@@ -564,63 +564,34 @@ class MoneyMachine(RuleBasedStateMachine):
         finally:
             self._fault("none")
 
-    async def _jobs_retry(self, pick: int) -> None:
+    async def _job(self, pick: int) -> int | None:
         ids = await self._job_ids()
-        if not ids:
+        return ids[pick % len(ids)] if ids else None
+
+    async def _jobs_retry(self, pick: int) -> None:
+        if (job_id := await self._job(pick)) is None:
             return
-        job_id = ids[pick % len(ids)]
-        try:  # as `billq jobs retry ID`
-            state, rows = await operations.prepare_retry(self.pool, job_id)
-        except (ActionRefused, ConfigError):
-            return
-        for row in rows:
-            handoff = row["attempts"] if state == "retrying" else None
-            await self.outbox.publish_one(row, handoff=handoff)
-        await operations.record_action(self.pool, ACTOR, "jobs.retry", str(job_id), state)
+        with contextlib.suppress(ActionRefused, ConfigError):  # what the CLI runs
+            await operations.retry_job(self.pool, self.conn, self.settings, job_id, ACTOR)
 
     async def _jobs_cancel(self, pick: int) -> None:
-        ids = await self._job_ids()
-        if not ids:
+        if (job_id := await self._job(pick)) is None:
             return
-        job_id = ids[pick % len(ids)]
-        try:  # as `billq jobs cancel ID`
-            result = await operations.cancel(self.pool, self.gateway, job_id, ACTOR)
-        except (ActionRefused, ConfigError):
-            return
-        if result.startswith("unresolved:"):
-            job = await self.pool.fetchrow(
-                "SELECT id, account_id, period_start, idempotency_key, run_id FROM billing_jobs"
-                " WHERE id = $1",
-                job_id,
-            )
-            await self.outbox.publish_one(job, handoff=int(result.split(":", 1)[1]))
+        with contextlib.suppress(ActionRefused, ConfigError):  # what the CLI runs
+            await operations.cancel_job(self.pool, self.conn, self.settings, job_id, ACTOR)
 
-    @precondition(lambda self: self.letters > 0)
     @rule(pick=st.none() | st.integers(0, 100))
     def dlq_replay(self, pick: int | None) -> None:
         self.tally.rules["dlq_replay"] += 1
         self.run(self._dlq_replay(pick))
 
     async def _dlq_replay(self, pick: int | None) -> None:
-        # As `billq dlq replay --all` (pick None) or `billq dlq replay ID`.
+        # What `billq dlq replay --all` (pick None) or `billq dlq replay ID` runs.
         letters = await dlq.read(self.conn, self.settings, 100_000)
         if not letters:
             return
-        chosen = letters if pick is None else [letters[pick % len(letters)]]
-        named = []
-        for letter in chosen:
-            if letter.job_id is None:
-                continue
-            try:
-                msg = parse_message(letter.body, max_bytes=self.settings.max_message_bytes)
-            except InvalidMessage:
-                named.append(operations.LetterJob(letter.id, letter.job_id, None, None))
-                continue
-            named.append(
-                operations.LetterJob(letter.id, msg.job_id, msg.account_id, msg.idempotency_key)
-            )
-        await operations.revive_for_replay(self.pool, named)
-        await dlq.replay(self.conn, self.settings, {x.id for x in chosen})
+        ids = None if pick is None else {letters[pick % len(letters)].id}
+        await operations.replay_dead_letters(self.pool, self.conn, self.settings, ids, ACTOR)
 
 
 def machine_settings(settings: Settings) -> Settings:
