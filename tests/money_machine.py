@@ -33,11 +33,12 @@ import asyncio
 import contextlib
 import datetime as dt
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aio_pika
+import asyncpg
 import httpx
 import hypothesis
 from aio_pika.abc import AbstractIncomingMessage
@@ -63,7 +64,7 @@ from shared.audit import audit
 from shared.billing.accounts import AccountRow
 from shared.config import Settings
 from shared.db import accounts_repo
-from shared.db.jobs_repo import JobsRepo
+from shared.db.jobs_repo import PgJobsRepo
 from shared.db.pool import create_pool
 from shared.errors import ActionRefused, ConfigError
 from shared.gateway.factory import make_gateway
@@ -164,7 +165,7 @@ class MoneyMachine(RuleBasedStateMachine):
 
     # --- plumbing -------------------------------------------------------------------
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def run(self, coro: Awaitable[T]) -> T:
         return self.loop.run_until_complete(coro)
 
     async def _setup(self) -> None:
@@ -206,11 +207,13 @@ class MoneyMachine(RuleBasedStateMachine):
         self.outbox = Outbox(self.pool, self.publisher, self.settings)
         self.gateway = make_gateway(self.settings)
         self._closers.append(self.gateway.aclose)
-        jobs = JobsRepo(self.pool, worker_id="stateful-worker", lease_s=self.settings.job_lease)
+        jobs = PgJobsRepo(self.pool, worker_id="stateful-worker", lease_s=self.settings.job_lease)
         self.handler = Handler(self.settings, jobs, self.gateway)
-        self.crashing = Handler(self.settings, jobs, _CrashAfterCharge(self.gateway))  # type: ignore[arg-type]
+        self.crashing = Handler(self.settings, jobs, _CrashAfterCharge(self.gateway))
         async with self.pool.acquire() as conn, conn.transaction():
-            await accounts_repo.upsert(conn, [self._row(a) for a in ACCOUNTS])
+            await accounts_repo.upsert(
+                cast(asyncpg.Connection, conn), [self._row(a) for a in ACCOUNTS]
+            )
 
     def _close(self) -> None:
         for close in reversed(self._closers):
@@ -543,7 +546,7 @@ class MoneyMachine(RuleBasedStateMachine):
 
     async def _reimport(self, row: AccountRow) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
-            await accounts_repo.upsert(conn, [row])
+            await accounts_repo.upsert(cast(asyncpg.Connection, conn), [row])
 
     # --- operators ------------------------------------------------------------------------
 
@@ -618,7 +621,7 @@ def run_machine(
         return MoneyMachine(machine_settings(settings), tally)
 
     run_state_machine_as_test(
-        machine,
+        machine,  # type: ignore[arg-type]  # a factory: documented, typed as the class
         settings=hypothesis.settings(
             max_examples=examples,
             stateful_step_count=steps,
