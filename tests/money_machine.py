@@ -211,8 +211,10 @@ class MoneyMachine(RuleBasedStateMachine):
         self.handler = Handler(self.settings, jobs, self.gateway)
         self.crashing = Handler(self.settings, jobs, _CrashAfterCharge(self.gateway))
         async with self.pool.acquire() as conn, conn.transaction():
-            await accounts_repo.upsert(
-                cast(asyncpg.Connection, conn), [self._row(a) for a in ACCOUNTS]
+            await accounts_repo.import_rows(
+                cast(asyncpg.Connection, conn),
+                [self._row(a) for a in ACCOUNTS],
+                today=dt.datetime.now(dt.UTC).date(),
             )
 
     def _close(self) -> None:
@@ -546,7 +548,9 @@ class MoneyMachine(RuleBasedStateMachine):
 
     async def _reimport(self, row: AccountRow) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
-            await accounts_repo.upsert(cast(asyncpg.Connection, conn), [row])
+            await accounts_repo.import_rows(
+                cast(asyncpg.Connection, conn), [row], today=dt.datetime.now(dt.UTC).date()
+            )
 
     # --- operators ------------------------------------------------------------------------
 
