@@ -223,16 +223,26 @@ class Settings(BaseSettings):
         description="Share of the window failing (5xx, timeouts, refused, 401) that opens it.",
     )
     breaker_probe_min_s: float = Field(
-        1.0, gt=0, description="First delay before probing an open breaker's gateway."
+        1.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="First delay before probing an open breaker's gateway.",
     )
     breaker_probe_max_s: float = Field(
-        30.0, gt=0, description="Longest delay between probes of an open breaker's gateway."
+        30.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="Longest delay between probes of an open breaker's gateway.",
     )
     breaker_hold_s: float = Field(
         # Long, because each return costs one redelivery of the broker's delivery limit;
         # below consumer_timeout (checked once a minute), which would close the channel.
         1200.0,
         gt=0,
+        lt=1800,
+        allow_inf_nan=False,
         description="Seconds an open breaker holds deliveries before returning them to the queue.",
     )
     dashboard_token: SecretStr | None = Field(

@@ -37,6 +37,16 @@ def clean_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
         yield
 
 
+@pytest.fixture(autouse=True)
+def _in_process_commands_leave_logging_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """billq's entry points configure structlog once per process, with loggers cached on first
+    use; a command a test runs in-process (``billq.main.main``) must not rebind the loggers that
+    later tests capture with ``structlog.testing.capture_logs``."""
+    import shared.logging
+
+    monkeypatch.setattr(shared.logging, "configure_logging", lambda settings: None)
+
+
 @pytest.fixture(scope="session")
 def template_db() -> Iterator[str]:
     name = testkit.unique("billq_tpl")
