@@ -158,7 +158,10 @@ def run_cli(
         # main() runs asyncio.run(), which unsets this thread's event loop when it ends: put
         # back the loop the async tests of this session share.
         policy = asyncio.get_event_loop_policy()
-        loop = policy.get_event_loop()
+        try:
+            loop: asyncio.AbstractEventLoop | None = policy.get_event_loop()
+        except RuntimeError:  # an earlier asyncio.run() left this thread without one
+            loop = None
         try:
             code = main(argv)
         except SystemExit as exc:  # argparse: --help (0) or a bad argument (2)
