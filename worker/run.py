@@ -185,8 +185,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> int:
         try:
             await consumer.run(stop)
         finally:
+            stop.set()  # the consumer is done (or failed): every side loop ends with it
             beat.cancel()
             listen.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.gather(listen, return_exceptions=True), 5.0)
             heartbeat.close()
         try:
             await workers_repo.deregister(pool, worker_id)
