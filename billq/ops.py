@@ -80,15 +80,6 @@ def _dlq_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _actor() -> str:
-    import getpass
-
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no passwd entry (containers)
-        return "cli"
-
-
 def _dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
     from shared import operations
 
@@ -97,7 +88,7 @@ def _dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
 
     async def main(pool: asyncpg.Pool, conn: AbstractConnection) -> dict[str, Any]:
         wanted = None if args.all else set(args.ids)
-        return await operations.replay_dead_letters(pool, conn, settings, wanted, _actor())
+        return await operations.replay_dead_letters(pool, conn, settings, wanted, fleet.actor())
 
     result = asyncio.run(_with(settings, main))
     if args.json:
@@ -148,7 +139,7 @@ def _jobs_retry(args: argparse.Namespace, settings: Settings) -> int:
     from shared import operations
 
     state = asyncio.run(
-        _with(settings, lambda p, c: operations.retry_job(p, c, settings, args.id, _actor()))
+        _with(settings, lambda p, c: operations.retry_job(p, c, settings, args.id, fleet.actor()))
     )
     print(f"job {args.id}: was {state}; republished")
     return 0
@@ -158,7 +149,7 @@ def _jobs_cancel(args: argparse.Namespace, settings: Settings) -> int:
     from shared import operations
 
     asyncio.run(
-        _with(settings, lambda p, c: operations.cancel_job(p, c, settings, args.id, _actor()))
+        _with(settings, lambda p, c: operations.cancel_job(p, c, settings, args.id, fleet.actor()))
     )
     print(f"job {args.id}: cancelled (dead)")
     return 0
