@@ -224,9 +224,14 @@ async def server_versions() -> dict[str, str]:
 
 
 def queue_names(prefix: str) -> dict[str, str]:
-    names = {"work": f"{prefix}.charge", "dead": f"{prefix}.charge.dead"}
+    names = {
+        "work": f"{prefix}.charge",
+        "priority": f"{prefix}.charge.priority",
+        "dead": f"{prefix}.charge.dead",
+    }
     for d in DEFAULT_RETRY_DELAYS:
         names[f"retry.{d}s"] = f"{prefix}.charge.retry.{d}s"
+        names[f"priority.retry.{d}s"] = f"{prefix}.charge.priority.retry.{d}s"
     return names
 
 

@@ -105,6 +105,14 @@ async def report(pool: asyncpg.Pool, run_id: int) -> dict[str, Any]:
     }
 
 
+# The lane of a job is names.routing_key_for_job's: dunning retries travel the priority lane.
+PROCESSING_BY_LANE = """
+SELECT count(*) FILTER (WHERE dunning_attempt = 0) AS work,
+       count(*) FILTER (WHERE dunning_attempt > 0) AS priority
+  FROM billing_jobs WHERE state = 'processing'
+"""
+
+
 async def queues(
     pool: asyncpg.Pool, conn: AbstractConnection, settings: Settings
 ) -> list[dict[str, Any]]:
@@ -112,12 +120,13 @@ async def queues(
     from shared.amqp.inspect import queue_depths
 
     depths = await queue_depths(conn, settings)
-    processing = await pool.fetchval("SELECT count(*) FROM billing_jobs WHERE state = 'processing'")
+    row = await pool.fetchrow(PROCESSING_BY_LANE)
+    processing: dict[str, int] = dict(row) if row is not None else {}
     rows = []
     for d in depths:
         # Without the management plugin the broker does not report unacked counts;
-        # jobs in 'processing' are exactly the deliveries workers hold.
-        unacked = int(processing) if d.role == "work" else 0
+        # jobs in 'processing' are exactly the deliveries workers hold, per lane.
+        unacked = int(processing.get(d.role, 0))
         rows.append(
             {
                 "queue": d.name,
