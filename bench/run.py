@@ -29,12 +29,14 @@ from typing import Any
 from bench import infra
 
 RESULTS = infra.ROOT / "bench" / "results"
+# The priority lane row's bulk run (issue 14: "during a 50,000-account run").
+PRIORITY_N = 50_000
 
 
 @dataclass
 class Row:
     name: str
-    kind: str  # distributor | billq | floor
+    kind: str  # distributor | billq | floor | priority
     accounts: int
     processes: int = 1
     concurrency: int = 0
@@ -228,9 +230,16 @@ class Bench:
         return dict(row)
 
     async def check(
-        self, db: str, prefix: str, n: int, ledger: Path | None = None
+        self,
+        db: str,
+        prefix: str,
+        n: int,
+        ledger: Path | None = None,
+        *,
+        advanced_extra: int = 0,
     ) -> dict[str, Any]:
-        """Every account charged exactly once, every job succeeded, every queue empty."""
+        """Every account charged exactly once, every job succeeded, every queue empty.
+        ``advanced_extra``: accounts seen advanced to another period (the priority row's)."""
         conn = await infra.connect(db)
         try:
             counts = await conn.fetchrow(
@@ -258,7 +267,7 @@ class Bench:
         ok = (
             charges == accounts == keys == n
             and not_done == 0
-            and advanced == n
+            and advanced + advanced_extra == n
             and checks["queue_messages_left"] == 0
         )
         if ledger is not None:
@@ -455,6 +464,11 @@ class Bench:
                 infra.stop_process(p)
             await self.cleanup(db, prefix)
 
+    async def priority(self, n: int) -> None:
+        from bench import priority
+
+        await priority.measure(self, n)
+
     # --- the whole run --------------------------------------------------------------
 
     async def run(self) -> dict[str, Any]:
@@ -545,6 +559,7 @@ class Bench:
                 ),
             ),
         ]
+        steps.append(("priority", lambda: self.priority(min(self.n, PRIORITY_N))))
         try:
             for name, step in steps:
                 if self.args.only and not any(name.startswith(o) for o in self.args.only):
@@ -629,6 +644,9 @@ class Bench:
         io = [r for r in self.rows if r.gateway == "sandbox 200ms"]
         if io:
             target("1 proc at 200 ms gateway, accounts/s", round(max(r.rate for r in io)), 1000)
+        prio = next((r for r in self.rows if r.kind == "priority"), None)
+        if prio is not None and prio.p99_ms is not None:
+            target("priority charge during a bulk run, p99 ms", round(prio.p99_ms), 1000, False)
         conc512 = [r for r in self.rows if r.kind == "billq" and r.concurrency == 512]
         if conc512:
             worst = round(max(r.peak_rss_mb for r in conc512))
@@ -716,7 +734,7 @@ def main() -> None:
         metavar="NAME",
         help="run only measurements whose name starts with NAME (repeatable): distributor, "
         "floor-single, floor-batched, inproc1, inproc2, inproc3, pipeline2, pipeline-default, "
-        "sandbox0, sandbox200, sandbox200spiky, storm",
+        "sandbox0, sandbox200, sandbox200spiky, storm, priority",
     )
     args = p.parse_args()
     if args.n < 1 or args.io_n < 1:

@@ -255,7 +255,14 @@ class Consumer:
             started.append((lane, waiting[:n]))
             self._pending[lane] = waiting[n:]
             self._busy[lane] += n
+        self._lane_gauges()
         return started
+
+    def _lane_gauges(self) -> None:
+        if self._metrics:
+            for lane in names.LANES:
+                self._metrics.lane_in_flight.labels(lane).set(self._busy[lane])
+                self._metrics.lane_waiting.labels(lane).set(len(self._pending[lane]))
 
     def _resume(self) -> None:
         """The breaker closed: what it held starts now."""
@@ -337,6 +344,7 @@ class Consumer:
     def _done_one(self, message: AbstractIncomingMessage, started: float) -> None:
         lane = self._lane(message)
         self._busy[lane] = max(0, self._busy[lane] - 1)
+        self._lane_gauges()
         if self._pending["priority"]:
             self._flush()  # the freed slot: a waiting priority delivery takes it now
         elif self._pending["bulk"]:
