@@ -401,12 +401,13 @@ class MoneyMachine(RuleBasedStateMachine):
         p = self.settings.queue_prefix
         channel = await self.conn.channel()
         try:
-            for name, attr in (
-                (names.work_queue(p), "ready"),
-                (names.dead_letter_queue(p), "letters"),
-            ):
+            counts = {}
+            for name in (names.work_queue(p), names.priority_queue(p), names.dead_letter_queue(p)):
                 declared = await channel.declare_queue(name, passive=True)
-                setattr(self, attr, declared.declaration_result.message_count or 0)
+                counts[name] = declared.declaration_result.message_count or 0
+            # Both lanes feed the worker batches (``_take`` reads the priority lane first).
+            self.ready = counts[names.work_queue(p)] + counts[names.priority_queue(p)]
+            self.letters = counts[names.dead_letter_queue(p)]
         finally:
             await channel.close()
 
@@ -552,7 +553,7 @@ class MoneyMachine(RuleBasedStateMachine):
             )
         else:
             when = CANCEL_AT[at]()
-        await accounts_repo.cancel(self.pool, account, when)
+        await accounts_repo.cancel(self.pool, account, when, ACTOR)
 
     async def _reimport(self, row: AccountRow) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
