@@ -11,11 +11,14 @@ jobs were still open when each priority job was published (it must be "during" t
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import subprocess
 import time
 from typing import TYPE_CHECKING, Any
+
+import asyncpg
 
 from bench import infra
 
@@ -53,9 +56,19 @@ SELECT min(open), max(open) FROM (
 """
 
 
+async def connect(database: str) -> asyncpg.Connection:
+    """A connection, waiting while a shared Postgres has no free connection slot."""
+    for _ in range(ATTEMPTS * 6):
+        try:
+            return await infra.connect(database)
+        except asyncpg.TooManyConnectionsError:
+            await asyncio.sleep(1.0)
+    return await infra.connect(database)
+
+
 async def seed_due_retries(database: str, first: int, count: int) -> None:
     """Accounts past due since ``PRIORITY_DUE_AT`` whose first dunning retry is due."""
-    conn = await infra.connect(database)
+    conn = await connect(database)
     try:
         rows = [
             (
@@ -119,7 +132,7 @@ async def retries_while_bulk_runs(
 ) -> int:
     """Rounds of due dunning retries while the bulk backlog is big; how many were added."""
     added = 0
-    conn = await infra.connect(db)
+    conn = await connect(db)
     try:
         while True:
             open_bulk = await conn.fetchval(OPEN_BULK)
@@ -134,7 +147,7 @@ async def retries_while_bulk_runs(
 
 async def priority_figures(db: str) -> tuple[Any, Any, int]:
     """Latency of the priority jobs, bulk jobs open at their publish, accounts advanced."""
-    conn = await infra.connect(db)
+    conn = await connect(db)
     try:
         prio = await conn.fetchrow(FIGURES)
         during = await conn.fetchrow(BULK_OPEN_AT_PUBLISH)
