@@ -157,6 +157,12 @@ BEGIN
     END LOOP;
 END $$;
 
+-- Per-row pages (a run's dead jobs, /jobs?run=&state=) page newest or oldest first by id
+-- within a run and state: the index gives them in order, so LIMIT reads only what it shows.
+-- It replaces (run_id, state), whose every use it also serves: no extra index to update.
+CREATE INDEX billing_jobs_run_state_id_idx ON billing_jobs (run_id, state, id);
+DROP INDEX billing_jobs_run_state_idx;
+
 -- The fold: deltas out, summed into run_summaries, in one transaction. SECURITY DEFINER so
 -- the least-privilege roles may fold without rights on the summary tables; one folder at a
 -- time (a concurrent caller skips: the next fold takes what it left).
