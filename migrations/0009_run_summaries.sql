@@ -189,6 +189,21 @@ BEGIN
     RETURN folded;
 END $$;
 
+-- A run hook's payload (migration 0008) freezes the run's counts and billed money when it
+-- settles: from its summaries too, not a count over its jobs inside the settling commit.
+CREATE OR REPLACE FUNCTION run_hook_on_settle() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO run_hook_events (run_id, type, payload)
+    SELECT NEW.id, 'run.' || NEW.state, to_jsonb(p)
+      FROM (SELECT NEW.id AS run_id, NEW.state AS state, NEW.as_of AS as_of,
+                   NEW.finished_at AS finished_at, NEW.error AS error,
+                   coalesce((SELECT jsonb_object_agg(s.key, s.n) FROM run_summary_totals s
+                              WHERE s.run_id = NEW.id AND s.kind = 'state'), '{}') AS jobs,
+                   coalesce((SELECT jsonb_object_agg(s.key, s.amount) FROM run_summary_totals s
+                              WHERE s.run_id = NEW.id AND s.kind = 'billed'), '{}') AS billed) p;
+    RETURN NEW;
+END $$;
+
 -- Backfill: existing runs, recounted once (this transaction holds the triggers' tables, so
 -- no job changes between the recount and the first delta).
 INSERT INTO run_summaries (run_id, kind, key, n)
