@@ -43,9 +43,10 @@ SELECT key AS reason, n AS jobs
   FROM run_summary_totals WHERE run_id = $1 AND kind = 'decline' ORDER BY n DESC, key
 """
 
+# The first $2 (NULL: all) through billing_jobs_run_state_id_idx, already in id order.
 DEAD = """
 SELECT id AS job_id, account_id, last_error AS reason
-  FROM billing_jobs WHERE run_id = $1 AND state = 'dead' ORDER BY id
+  FROM billing_jobs WHERE run_id = $1 AND state = 'dead' ORDER BY id LIMIT $2
 """
 
 BLOCKED = """
@@ -75,11 +76,13 @@ async def runs(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
     return list(await pool.fetch(RUNS, limit))
 
 
-async def report(pool: asyncpg.Pool, run_id: int) -> dict[str, list[asyncpg.Record]]:
+async def report(
+    pool: asyncpg.Pool, run_id: int, dead_limit: int | None = None
+) -> dict[str, list[asyncpg.Record]]:
     return {
         "billed": list(await pool.fetch(BILLED, run_id)),
         "declines": list(await pool.fetch(DECLINES, run_id)),
-        "dead": list(await pool.fetch(DEAD, run_id)),
+        "dead": list(await pool.fetch(DEAD, run_id, dead_limit)),
         "blocked": list(await pool.fetch(BLOCKED, run_id)),
     }
 

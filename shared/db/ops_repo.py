@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import asyncpg
 
+# Newest first, one page at a time: ``$5`` is the last id of the previous page (keyset), so
+# a page deep into a million-job run costs what the first one does.
 LIST = """
 SELECT id, run_id, account_id, period_start, idempotency_key, state, attempts, last_error,
        locked_by, created_at, finished_at
@@ -11,6 +15,7 @@ SELECT id, run_id, account_id, period_start, idempotency_key, state, attempts, l
  WHERE ($1::text IS NULL OR state = $1)
    AND ($2::bigint IS NULL OR run_id = $2)
    AND ($3::bigint IS NULL OR account_id = $3)
+   AND ($5::bigint IS NULL OR id < $5)
  ORDER BY id DESC
  LIMIT $4
 """
@@ -109,10 +114,20 @@ SELECT count(*) / $1::float FROM billing_jobs
 """
 
 
-async def list_jobs(
-    pool: asyncpg.Pool, state: str | None, run: int | None, account: int | None, limit: int
-) -> list[asyncpg.Record]:
-    return list(await pool.fetch(LIST, state, run, account, limit))
+@dataclass(frozen=True, slots=True)
+class JobsPage:
+    """Which jobs ``LIST`` returns: the filters (None: any), the page size, and the id the
+    page starts below (None: the newest)."""
+
+    state: str | None
+    run: int | None
+    account: int | None
+    limit: int
+    before: int | None = None
+
+
+async def list_jobs(pool: asyncpg.Pool, page: JobsPage) -> list[asyncpg.Record]:
+    return list(await pool.fetch(LIST, page.state, page.run, page.account, page.limit, page.before))
 
 
 async def get(pool: asyncpg.Pool, job_id: int) -> asyncpg.Record | None:
