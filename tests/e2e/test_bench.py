@@ -68,6 +68,42 @@ def test_the_bench_measures_checks_and_cleans_up(tmp_path: Path) -> None:
     assert _databases_named(tag) == []  # every measurement database dropped
 
 
+def test_the_adapter_rows_and_the_dramatiq_peer_measure_and_check_the_money(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("dramatiq", reason="the bench extra (pip install -e '.[bench]')")
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench", "--n", "300", "--io-n", "200"),
+            *("--results", str(tmp_path), "--only", "dramatiq", "--only", "adapter"),
+        ],
+        cwd=testkit.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "latest.json").read_text())
+    rows = {r["name"]: r for r in result["rows"]}
+    assert set(rows) == {
+        "dramatiq pipeline, 2 proc x 16 threads",
+        "billq drain, inprocess (adapter CPU), 1 proc x 64",
+        "billq drain, sandbox 0ms (adapter CPU), 1 proc x 64",
+        "billq drain, stripe 0ms (adapter CPU), 1 proc x 64",
+    }
+    for row in rows.values():
+        assert row["ok"] and row["checks"]["ok"], row
+    peer = rows["dramatiq pipeline, 2 proc x 16 threads"]["checks"]
+    assert peer["peer_charges"] == peer["accounts_advanced_once"] == 300
+    stripe = rows["billq drain, stripe 0ms (adapter CPU), 1 proc x 64"]["checks"]
+    assert stripe["gateway_keys"] == stripe["gateway_succeeded"] == 50
+    for adapter in ("inprocess", "sandbox", "stripe"):
+        assert result["ratios"][f"cpu_us_per_charge_{adapter}"] > 0
+    tag = proc.stdout.split("tag ", 1)[1].split()[0]
+    assert _databases_named(tag) == []
+
+
 def _databases_named(prefix: str) -> list[str]:
     async def names() -> list[str]:
         conn = await asyncpg.connect(testkit.PG_ADMIN)
