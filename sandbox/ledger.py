@@ -1,4 +1,4 @@
-"""The sandbox's ledger: intents and idempotency records, in memory and in SQLite."""
+"""The sandbox's ledger: intents, refunds and idempotency records, in memory and in SQLite."""
 
 from __future__ import annotations
 
@@ -12,6 +12,13 @@ CREATE TABLE IF NOT EXISTS payment_intents (
     billq_key TEXT,
     body BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS refunds (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    payment_intent TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,
@@ -22,6 +29,8 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 _LOAD_INTENTS = "SELECT id, billq_key, body FROM payment_intents ORDER BY seq"
 _LOAD_KEYS = "SELECT key, fingerprint, status, body FROM idempotency_keys"
 _INSERT_INTENT = "INSERT INTO payment_intents (id, billq_key, body) VALUES (?, ?, ?)"
+_LOAD_REFUNDS = "SELECT id, payment_intent, amount, body FROM refunds ORDER BY seq"
+_INSERT_REFUND = "INSERT INTO refunds (id, payment_intent, amount, body) VALUES (?, ?, ?, ?)"
 _INSERT_KEY = "INSERT INTO idempotency_keys (key, fingerprint, status, body) VALUES (?, ?, ?, ?)"
 
 
@@ -40,8 +49,14 @@ class Ledger:
         self.position: dict[str, int] = {}
         self.by_billq_key: defaultdict[str, list[str]] = defaultdict(list)
         self.keys: dict[str, tuple[str, int, bytes]] = {}  # key → (fingerprint, status, body)
+        self.refunds: dict[str, bytes] = {}  # id → JSON, never changed once written
+        self.refund_order: list[str] = []
+        self.refund_intent: dict[str, str] = {}  # refund id → its payment intent
+        self.refunded: defaultdict[str, int] = defaultdict(int)  # intent → amount refunded
         for pi_id, billq_key, body in self._db.execute(_LOAD_INTENTS):
             self._remember(pi_id, billq_key, bytes(body))
+        for re_id, pi_id, amount, body in self._db.execute(_LOAD_REFUNDS):
+            self._remember_refund(re_id, pi_id, amount, bytes(body))
         for key, fingerprint, status, body in self._db.execute(_LOAD_KEYS):
             self.keys[key] = (fingerprint, status, bytes(body))
 
@@ -70,6 +85,30 @@ class Ledger:
         self._remember(pi_id, billq_key, intent)
         if key is not None:
             self.keys[key] = (fingerprint, status, response)
+
+    def _remember_refund(self, re_id: str, pi_id: str, amount: int, body: bytes) -> None:
+        self.refunds[re_id] = body
+        self.refund_order.append(re_id)
+        self.refund_intent[re_id] = pi_id
+        self.refunded[pi_id] += amount
+
+    def add_refund(
+        self,
+        re_id: str,
+        pi_id: str,
+        amount: int,
+        body: bytes,
+        key: str | None,
+        fingerprint: str,
+    ) -> None:
+        # One transaction: a refund is never stored without the key that replays it.
+        with self._db:
+            self._db.execute(_INSERT_REFUND, (re_id, pi_id, amount, body))
+            if key is not None:
+                self._db.execute(_INSERT_KEY, (key, fingerprint, 200, body))
+        self._remember_refund(re_id, pi_id, amount, body)
+        if key is not None:
+            self.keys[key] = (fingerprint, 200, body)
 
     def close(self) -> None:
         self._db.close()
