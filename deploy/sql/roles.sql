@@ -60,3 +60,12 @@ GRANT EXECUTE ON FUNCTION billq_next_invoice_number(integer) TO billq_worker, bi
 -- Run hooks: whoever settles a run writes its event (trigger) and delivers it.
 GRANT SELECT, INSERT, UPDATE ON run_hook_events TO billq_distributor, billq_worker;
 GRANT USAGE ON SEQUENCE run_hook_events_id_seq TO billq_distributor, billq_worker;
+
+-- Refunds: `billq refund` and the API create refund jobs under the charge's row lock (which
+-- needs UPDATE on a column); a worker records refunds and their credit notes.
+GRANT SELECT ON refunds, credit_notes TO billq_distributor;
+GRANT UPDATE (refunded_cents) ON charges TO billq_distributor, billq_worker;
+GRANT SELECT, INSERT ON refunds, credit_notes TO billq_worker;
+GRANT SELECT, INSERT, UPDATE ON credit_note_counters TO billq_worker;
+GRANT USAGE ON SEQUENCE refunds_id_seq, credit_notes_id_seq TO billq_worker;
+GRANT EXECUTE ON FUNCTION billq_next_credit_note_number(integer) TO billq_worker;
