@@ -213,7 +213,7 @@ class _Sandbox:
         # mismatch, as at Stripe (keys are per account, across endpoints).
         signed = params if execute == self._execute else [("/v1/refunds", ""), *params]
         fingerprint = hashlib.sha256(orjson.dumps(sorted(signed))).hexdigest()
-        stored = self.ledger.keys.get(key)
+        stored = self.ledger.key(key)
         if stored is None:
             status, body = execute(params, key, fingerprint)
             return status, body, False
@@ -315,7 +315,7 @@ class _Sandbox:
         try:
             _authenticate(request)
             pi_id = request.match_info["id"]
-            body = self.ledger.intents.get(pi_id)
+            body = self.ledger.intent(pi_id)
             if body is None:
                 raise _missing(pi_id, "id", 404)
         except _ApiError as err:
@@ -328,21 +328,19 @@ class _Sandbox:
             limit = _limit(request.query)
             after = request.query.get("starting_after")
             before = request.query.get("ending_before")
-            order, position = self.ledger.order, self.ledger.position
             if after and before:
                 raise _invalid_error("Pass starting_after or ending_before, not both.")
+            ledger = self.ledger
             if before:  # the `limit` intents just newer than `before`, still newest first
-                start = _position(position, before, "ending_before") + 1
-                end = min(len(order), start + limit)
-                ids, has_more = order[start:end][::-1], end < len(order)
+                newer = ledger.oldest_newer_than(_seq(ledger, before, "ending_before"), limit + 1)
+                bodies, has_more = newer[:limit][::-1], len(newer) > limit
             else:
-                end = _position(position, after, "starting_after") if after else len(order)
-                start = max(0, end - limit)
-                ids, has_more = order[start:end][::-1], start > 0
+                older_than = _seq(ledger, after, "starting_after") if after else None
+                older = ledger.newest(limit + 1, older_than=older_than)
+                bodies, has_more = older[:limit], len(older) > limit
         except _ApiError as err:
             return _respond(err.status, err.body)
-        intents = self.ledger.intents
-        data = b",".join(intents[i] for i in ids)
+        data = b",".join(bodies)
         more = b"true" if has_more else b"false"
         page = b'{"object":"list","data":[%b],"has_more":%b,"url":"/v1/payment_intents"}'
         return _respond(200, page % (data, more))
@@ -365,18 +363,18 @@ class _Sandbox:
         value = re.sub(r"\\(.)", r"\1", match["value"])
         ledger = self.ledger
         if field == BILLQ_KEY:
-            ids = ledger.by_billq_key.get(value, [])[::-1]
+            bodies = ledger.by_billq_key(value)
         else:  # not indexed: only billq's own key is looked up in bulk
-            ids = [
-                i
-                for i in reversed(ledger.order)
-                if orjson.loads(ledger.intents[i])["metadata"].get(field) == value
+            bodies = [
+                body
+                for body in ledger.all_newest_first()
+                if orjson.loads(body)["metadata"].get(field) == value
             ]
         offset = int(page)
-        chunk, rest = ids[offset : offset + limit], ids[offset + limit :]
+        chunk, rest = bodies[offset : offset + limit], bodies[offset + limit :]
         result = {
             "object": "search_result",
-            "data": [orjson.Fragment(ledger.intents[i]) for i in chunk],
+            "data": [orjson.Fragment(body) for body in chunk],
             "has_more": bool(rest),
             "next_page": str(offset + limit) if rest else None,
             "url": "/v1/payment_intents/search",
@@ -389,24 +387,22 @@ class _Sandbox:
             _authenticate(request)
             limit = _limit(request.query)
             ledger = self.ledger
-            ids = ledger.refund_order[::-1]
             pi_id = request.query.get("payment_intent") or _intent_of(
                 ledger, request.query.get("charge")
             )
-            if pi_id is not None:
-                ids = [i for i in ids if ledger.refund_intent[i] == pi_id]
             after = request.query.get("starting_after")
+            older_than = None
             if after:
-                if after not in ledger.refunds:
+                older_than = ledger.refund_seq(after)
+                if older_than is None:
                     raise _invalid_error(f"No such refund: '{after}'", "starting_after")
-                ids = ids[ids.index(after) + 1 :] if after in ids else []
+            bodies = ledger.refunds(limit + 1, pi_id=pi_id, older_than=older_than)
         except _ApiError as err:
             return _respond(err.status, err.body)
-        chunk = ids[:limit]
         result = {
             "object": "list",
-            "data": [orjson.Fragment(ledger.refunds[i]) for i in chunk],
-            "has_more": len(ids) > limit,
+            "data": [orjson.Fragment(body) for body in bodies[:limit]],
+            "has_more": len(bodies) > limit,
             "url": "/v1/refunds",
         }
         return _respond(200, orjson.dumps(result))
@@ -428,7 +424,7 @@ def _refund(params: list[tuple[str, str]], ledger: Ledger) -> dict[str, Any]:
             "payment_intent or charge.",
             code="parameter_missing",
         )
-    stored = ledger.intents.get(pi_id)
+    stored = ledger.intent(pi_id)
     if stored is None:
         raise _missing(pi_id, "payment_intent", 400)
     intent = orjson.loads(stored)
@@ -437,7 +433,7 @@ def _refund(params: list[tuple[str, str]], ledger: Ledger) -> dict[str, Any]:
             f"This PaymentIntent ({pi_id}) does not have a successful charge to refund.",
             "payment_intent",
         )
-    left = intent["amount"] - ledger.refunded.get(pi_id, 0)
+    left = intent["amount"] - ledger.refunded(pi_id)
     if left <= 0:
         raise _invalid_error(
             f"Charge {intent['latest_charge']} has already been refunded.",
@@ -468,9 +464,10 @@ def _intent_of(ledger: Ledger, charge_id: str | None) -> str | None:
     """The intent whose latest charge is ``charge_id`` (a scan: refunds by charge are rare)."""
     if charge_id is None:
         return None
-    for pi_id in reversed(ledger.order):
-        if orjson.loads(ledger.intents[pi_id]).get("latest_charge") == charge_id:
-            return pi_id
+    for body in ledger.all_newest_first():
+        intent = orjson.loads(body)
+        if intent.get("latest_charge") == charge_id:
+            return str(intent["id"])
     raise _invalid_error(f"No such charge: '{charge_id}'", "charge", "resource_missing")
 
 
@@ -579,10 +576,11 @@ def _limit(query: Mapping[str, str]) -> int:
     return int(text)
 
 
-def _position(position: dict[str, int], pi_id: str, param: str) -> int:
-    if pi_id not in position:
+def _seq(ledger: Ledger, pi_id: str, param: str) -> int:
+    seq = ledger.seq(pi_id)
+    if seq is None:
         raise _missing(pi_id, param, 400)
-    return position[pi_id]
+    return seq
 
 
 def _missing(pi_id: str, param: str, status: int) -> _ApiError:
