@@ -77,6 +77,15 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
                 for b in report["billed"]
             ]
             + [
+                {
+                    "section": "refunded",
+                    "key": r["currency"],
+                    "count": r["refunds"],
+                    "amount_cents": r["amount_cents"],
+                }
+                for r in report["refunded"]
+            ]
+            + [
                 {"section": "declines", "key": d["reason"], "count": d["jobs"]}
                 for d in report["declines"]
             ]
@@ -97,6 +106,11 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
         for b in report["billed"]:
             print(
                 f"  {output.money(b['amount_cents'], b['currency']):>20}  ({b['charges']} charges)"
+            )
+        print("refunded (refunds of this run's charges):" + ("" if report["refunded"] else " none"))
+        for r in report["refunded"]:
+            print(
+                f"  {output.money(r['amount_cents'], r['currency']):>20}  ({r['refunds']} refunds)"
             )
         print("declines by reason:" + ("" if report["declines"] else " none"))
         for d in report["declines"]:
@@ -168,7 +182,9 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_runs)
 
-    p = sub.add_parser("report", help="finance summary of a run: billed, declines, dead jobs")
+    p = sub.add_parser(
+        "report", help="finance summary of a run: billed, refunded, declines, dead jobs"
+    )
     p.add_argument("run", type=positive_int, metavar="RUN")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")

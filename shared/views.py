@@ -79,8 +79,8 @@ async def runs(pool: asyncpg.Pool, limit: int) -> list[dict[str, Any]]:
 
 
 async def report(pool: asyncpg.Pool, run_id: int) -> dict[str, Any]:
-    """``billq report RUN --json``: billed per currency, declines by reason, dead jobs,
-    blocked accounts (due but given no job).
+    """``billq report RUN --json``: billed per currency, refunded per currency (refunds of the
+    run's charges), declines by reason, dead jobs, blocked accounts (due but given no job).
 
     Raises:
         ConfigError: there is no such run.
@@ -99,6 +99,7 @@ async def report(pool: asyncpg.Pool, run_id: int) -> dict[str, Any]:
         "as_of": run["as_of"],
         "jobs": counts,
         "billed": rows_to_dicts(parts["billed"]),
+        "refunded": rows_to_dicts(parts["refunded"]),
         "declines": rows_to_dicts(parts["declines"]),
         "dead": rows_to_dicts(parts["dead"]),
         "blocked": rows_to_dicts(parts["blocked"]),

@@ -31,6 +31,13 @@ SELECT c.currency, count(*) AS charges, sum(c.amount_cents)::bigint AS amount_ce
  WHERE j.run_id = $1 GROUP BY c.currency ORDER BY c.currency
 """
 
+# Refunds of the run's charges (made later, through refund jobs of their own), per currency.
+REFUNDED = """
+SELECT r.currency, count(*) AS refunds, sum(r.amount_cents)::bigint AS amount_cents
+  FROM refunds r JOIN charges c ON c.id = r.charge_id JOIN billing_jobs j ON j.id = c.job_id
+ WHERE j.run_id = $1 GROUP BY r.currency ORDER BY r.currency
+"""
+
 DECLINES = """
 SELECT coalesce(decline_code, last_error, 'unknown') AS reason, count(*) AS jobs
   FROM billing_jobs WHERE run_id = $1 AND state = 'failed'
@@ -72,6 +79,7 @@ async def runs(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
 async def report(pool: asyncpg.Pool, run_id: int) -> dict[str, list[asyncpg.Record]]:
     return {
         "billed": list(await pool.fetch(BILLED, run_id)),
+        "refunded": list(await pool.fetch(REFUNDED, run_id)),
         "declines": list(await pool.fetch(DECLINES, run_id)),
         "dead": list(await pool.fetch(DEAD, run_id)),
         "blocked": list(await pool.fetch(BLOCKED, run_id)),
