@@ -41,6 +41,11 @@ class ClaimedJob:
     cancelled_before: bool = False  # the account was cancelled before this period started
     paid_by: str | None = None  # gateway charge id of the period's recorded charge
     busy_with: int | None = None  # another job of this period that holds a live claim
+    # A refund job (kind 'refund'): the billq charge it refunds, that charge's gateway id
+    # (None: the charge row is gone), and the gateway refund already recorded under its key.
+    refund_of: int | None = None
+    refund_charge: str | None = None
+    refunded_by: str | None = None
 
     @property
     def may_have_called_gateway(self) -> bool:
@@ -54,7 +59,16 @@ class ClaimedJob:
         Every path that could charge (first delivery, retry, redelivery, dead-letter replay,
         operator retry, dunning, reconciler) reaches the gateway only through a claim, and
         the claim statement computes these facts under the account's row lock.
+
+        A refund gives money back, so the account's status does not matter; it needs its
+        charge, and must not be recorded already.
         """
+        if self.refund_of is not None:
+            if self.refund_charge is None:
+                return "charge_missing"
+            if self.refunded_by is not None:
+                return "already_refunded"
+            return None
         if self.account_status is None:
             return "account_missing"
         if self.paid_by is not None:
