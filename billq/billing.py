@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import re
 from typing import Any
 
@@ -155,8 +156,9 @@ def _invoices_show(args: argparse.Namespace, settings: Settings) -> int:
     row = asyncio.run(_with_pool(settings, lambda pool: billing_repo.invoice(pool, args.number)))
     if row is None:
         raise ConfigError(f"NUMBER: no invoice {args.number}")
+    notes = json.loads(row["credit_notes"])
     if args.json:
-        output.print_json(dict(row))
+        output.print_json({**dict(row), "credit_notes": notes})
         return 0
     print(f"Invoice {row['number']} — {row['status'].upper()}")
     print(f"  account       {row['account_id']}")
@@ -165,6 +167,11 @@ def _invoices_show(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  charge        {row['gateway_charge_id'] or '-'}")
     print(f"  issued        {output.plain(row['created_at'])}")
     print(f"  paid          {output.plain(row['paid_at']) if row['paid_at'] else '-'}")
+    if notes:
+        print(f"  credited      {output.money(row['credited_cents'], row['currency'])}")
+    for note in notes:
+        amount = output.money(note["amount_cents"], row["currency"])
+        print(f"  credit note   {note['number']}  {amount}  (refund {note['refund_id']})")
     return 0
 
 

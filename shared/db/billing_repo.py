@@ -66,9 +66,15 @@ SELECT number, account_id, period_start, period_end, amount_cents, currency, sta
 """
 
 INVOICE = """
-SELECT number, account_id, period_start, period_end, amount_cents, currency, status,
-       gateway_charge_id, job_id, created_at, paid_at
-  FROM invoices WHERE number = $1
+SELECT i.number, i.account_id, i.period_start, i.period_end, i.amount_cents, i.currency,
+       i.status, i.gateway_charge_id, i.job_id, i.created_at, i.paid_at, i.credited_cents,
+       coalesce((SELECT json_agg(json_build_object(
+                    'number', n.number, 'amount_cents', n.amount_cents,
+                    'refund_id', r.gateway_refund_id, 'created_at', n.created_at)
+                  ORDER BY n.id)
+                  FROM credit_notes n JOIN refunds r ON r.id = n.refund_id
+                 WHERE n.invoice_id = i.id), '[]') AS credit_notes
+  FROM invoices i WHERE i.number = $1
 """
 
 
