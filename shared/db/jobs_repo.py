@@ -65,14 +65,26 @@ SELECT c.*, a.status AS account_status,
         AND (c.period_start::timestamp AT TIME ZONE 'UTC') >= a.cancelled_at) AS cancelled_before,
        (SELECT ch.gateway_charge_id FROM charges ch
          WHERE ch.account_id = c.account_id AND ch.period_start = c.period_start) AS paid_by,
-       (SELECT o.id FROM billing_jobs o
-         WHERE o.account_id = c.account_id AND o.period_start = c.period_start
-           AND o.id <> c.id AND o.state = 'processing' AND o.locked_until > now()
-         LIMIT 1) AS busy_with,
-       -- A refund job: the gateway id of the charge it refunds, and its recorded refund.
-       (SELECT ch.gateway_charge_id FROM charges ch WHERE ch.id = c.refund_of) AS refund_charge,
-       (SELECT r.gateway_refund_id FROM refunds r
-         WHERE c.refund_of IS NOT NULL AND r.idempotency_key = c.idempotency_key) AS refunded_by
+       -- Another period's charge covering some of these days (the anchor or interval
+       -- changed in between): charging would bill those days twice.
+       (SELECT ch.gateway_charge_id FROM charges ch
+         WHERE ch.account_id = c.account_id AND ch.period_start <> c.period_start
+           AND daterange(ch.period_start, ch.period_end) && daterange(c.period_start, c.period_end)
+         LIMIT 1) AS overlaps_paid,
+       -- Busy: a live claim on this period or on one that shares days with it — held from
+       -- before, or taken in this very statement (whose subqueries cannot see its own
+       -- updates): of two such jobs in one batch only the lower id may charge.
+       coalesce(
+           (SELECT o.id FROM billing_jobs o
+             WHERE o.account_id = c.account_id
+               AND daterange(o.period_start, o.period_end)
+                   && daterange(c.period_start, c.period_end)
+               AND o.id <> c.id AND o.state = 'processing' AND o.locked_until > now()
+             LIMIT 1),
+           (SELECT min(o.id) FROM claimed o
+             WHERE o.account_id = c.account_id AND o.id < c.id
+               AND daterange(o.period_start, o.period_end)
+                   && daterange(c.period_start, c.period_end))) AS busy_with
   FROM claimed c LEFT JOIN accounts a ON a.id = c.account_id
 """
 
@@ -94,12 +106,14 @@ WITH input AS (
       FROM input i
      WHERE j.id = i.job_id AND j.attempts = i.attempts AND j.state = 'processing'
        AND NOT EXISTS (SELECT 1 FROM charges c
-                        WHERE c.account_id = j.account_id AND c.period_start = j.period_start
+                        WHERE c.account_id = j.account_id
+                          AND daterange(c.period_start, c.period_end)
+                              && daterange(j.period_start, j.period_end)
                           AND c.idempotency_key <> j.idempotency_key)
     RETURNING j.id, j.account_id, j.period_start, j.period_end, j.amount_cents, j.currency,
               j.idempotency_key, i.charge_id
 ), twice AS (
-    -- The gateway took money for a period another charge already paid (only a charge made
+    -- The gateway took money for days another charge already paid (only a charge made
     -- before the gate existed, or outside billq, can do this): never overwrite the first
     -- charge's records; leave the job saying exactly what to refund (`billq audit` lists it).
     UPDATE billing_jobs j
@@ -110,13 +124,16 @@ WITH input AS (
       FROM input i
      WHERE j.id = i.job_id AND j.attempts = i.attempts AND j.state = 'processing'
        AND EXISTS (SELECT 1 FROM charges c
-                    WHERE c.account_id = j.account_id AND c.period_start = j.period_start
+                    WHERE c.account_id = j.account_id
+                      AND daterange(c.period_start, c.period_end)
+                          && daterange(j.period_start, j.period_end)
                       AND c.idempotency_key <> j.idempotency_key)
     RETURNING j.id
 ), charge AS (
-    INSERT INTO charges (job_id, account_id, period_start, amount_cents, currency,
+    INSERT INTO charges (job_id, account_id, period_start, period_end, amount_cents, currency,
                          idempotency_key, gateway_charge_id)
-    SELECT id, account_id, period_start, amount_cents, currency, idempotency_key, charge_id
+    SELECT id, account_id, period_start, period_end, amount_cents, currency, idempotency_key,
+           charge_id
       FROM done
     ON CONFLICT DO NOTHING
     RETURNING job_id
@@ -307,6 +324,7 @@ class PgJobsRepo:
                 started_at=row["started_at"],
                 cancelled_before=bool(row["cancelled_before"]),
                 paid_by=row["paid_by"],
+                overlaps_paid=row["overlaps_paid"],
                 busy_with=row["busy_with"],
                 refund_of=row["refund_of"],
                 refund_charge=row["refund_charge"],

@@ -59,10 +59,10 @@ async def receiver() -> AsyncIterator[Receiver]:
 async def finish_in_sql(db: asyncpg.Connection, account_id: int) -> None:
     """A worker's record, as far as the run is concerned: a charge and a succeeded job."""
     await db.execute(
-        "INSERT INTO charges (job_id, account_id, period_start, amount_cents, currency,"
-        " idempotency_key, gateway_charge_id)"
-        " SELECT id, account_id, period_start, amount_cents, currency, idempotency_key,"
-        " 'ch_' || id FROM billing_jobs WHERE account_id = $1",
+        "INSERT INTO charges (job_id, account_id, period_start, period_end, amount_cents,"
+        " currency, idempotency_key, gateway_charge_id)"
+        " SELECT id, account_id, period_start, period_end, amount_cents, currency,"
+        " idempotency_key, 'ch_' || id FROM billing_jobs WHERE account_id = $1",
         account_id,
     )
     await db.execute(
