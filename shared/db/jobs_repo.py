@@ -84,7 +84,11 @@ SELECT c.*, a.status AS account_status,
            (SELECT min(o.id) FROM claimed o
              WHERE o.account_id = c.account_id AND o.id < c.id
                AND daterange(o.period_start, o.period_end)
-                   && daterange(c.period_start, c.period_end))) AS busy_with
+                   && daterange(c.period_start, c.period_end))) AS busy_with,
+       -- A refund job: the gateway id of the charge it refunds, and its recorded refund.
+       (SELECT ch.gateway_charge_id FROM charges ch WHERE ch.id = c.refund_of) AS refund_charge,
+       (SELECT r.gateway_refund_id FROM refunds r
+         WHERE c.refund_of IS NOT NULL AND r.idempotency_key = c.idempotency_key) AS refunded_by
   FROM claimed c LEFT JOIN accounts a ON a.id = c.account_id
 """
 
