@@ -12,7 +12,8 @@ SELECT r.id, r.as_of, r.state, r.started_at, r.finished_at, r.due, r.published,
        coalesce(c.already_paid, 0)::bigint AS already_paid,
        r.blocked,
        coalesce(c.in_flight, 0)::bigint AS in_flight,
-       -- The run hook of its latest settlement: pending, retrying, delivered or failed.
+       -- The run hook of its latest settlement: pending, retrying, delivered, failed or
+       -- skipped (settled before any process had a webhook URL).
        CASE WHEN h.state = 'pending' AND h.attempts > 0 THEN 'retrying' ELSE h.state END
            AS hook,
        h.event_id AS hook_event_id, h.attempts AS hook_attempts, h.last_error AS hook_error
