@@ -81,8 +81,9 @@ async def runs(pool: asyncpg.Pool, limit: int) -> list[dict[str, Any]]:
 
 
 async def report(pool: asyncpg.Pool, run_id: int, dead_limit: int | None = None) -> dict[str, Any]:
-    """``billq report RUN --json``: billed per currency, declines by reason, dead jobs (the
-    first ``dead_limit`` by id; all by default), blocked accounts (due but given no job).
+    """``billq report RUN --json``: billed per currency, refunded per currency (refunds of the
+    run's charges), declines by reason, dead jobs (the first ``dead_limit`` by id; all by
+    default), blocked accounts (due but given no job).
 
     Raises:
         ConfigError: there is no such run.
@@ -101,6 +102,7 @@ async def report(pool: asyncpg.Pool, run_id: int, dead_limit: int | None = None)
         "as_of": run["as_of"],
         "jobs": counts,
         "billed": rows_to_dicts(parts["billed"]),
+        "refunded": rows_to_dicts(parts["refunded"]),
         "declines": rows_to_dicts(parts["declines"]),
         "dead": rows_to_dicts(parts["dead"]),
         "blocked": rows_to_dicts(parts["blocked"]),
