@@ -19,6 +19,11 @@ def encode_message(row: asyncpg.Record) -> bytes:
     )
 
 
+def routing_key(row: asyncpg.Record) -> str:
+    """The lane of a billing_jobs row (republished rows keep the lane they were first sent to)."""
+    return names.routing_key_for_job(dunning_attempt=row["dunning_attempt"])
+
+
 class Outbox:
     def __init__(self, pool: asyncpg.Pool, publisher: Publisher, settings: Settings) -> None:
         self._pool = pool
@@ -28,15 +33,20 @@ class Outbox:
         self._key = keys[0] if keys else None
 
     async def publish(self, rows: list[asyncpg.Record]) -> int:
-        """Publish every row concurrently (one confirm window), then mark them published."""
+        """Publish every row concurrently (one confirm window per lane), then mark them
+        published."""
         if not rows:
             return 0
-        await self._publisher.publish_many(
-            self._exchange,
-            names.ROUTING_KEY,
-            [self._item(r, None) for r in rows],
-            message_type=MESSAGE_TYPE,
-        )
+        by_lane: dict[str, list[asyncpg.Record]] = {}
+        for row in rows:
+            by_lane.setdefault(routing_key(row), []).append(row)
+        for key, lane_rows in by_lane.items():
+            await self._publisher.publish_many(
+                self._exchange,
+                key,
+                [self._item(r, None) for r in lane_rows],
+                message_type=MESSAGE_TYPE,
+            )
         await runs_repo.mark_published(self._pool, [r["id"] for r in rows])
         return len(rows)
 
@@ -55,7 +65,7 @@ class Outbox:
         body, message_id, headers = self._item(row, handoff)
         await self._publisher.publish(
             self._exchange,
-            names.ROUTING_KEY,
+            routing_key(row),
             body,
             message_id=message_id,
             message_type=MESSAGE_TYPE,

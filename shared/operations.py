@@ -282,7 +282,7 @@ async def publish_job(
         headers[SIGNATURE_HEADER] = sign(body, keys[0])
     await publisher.publish(
         names.work_exchange(settings.queue_prefix),
-        names.ROUTING_KEY,
+        names.routing_key_for_job(dunning_attempt=row["dunning_attempt"]),
         body,
         message_id=row["idempotency_key"],
         message_type=MESSAGE_TYPE,

@@ -53,7 +53,7 @@ INSERT INTO billing_jobs (run_id, account_id, period_start, period_end, idempote
 SELECT $1, * FROM unnest($2::bigint[], $3::date[], $4::date[], $5::text[], $6::int[], $7::text[],
                          $8::smallint[], $9::text[], $10::text[])
 ON CONFLICT DO NOTHING
-RETURNING id, account_id, period_start, idempotency_key, run_id
+RETURNING id, account_id, period_start, idempotency_key, run_id, dunning_attempt
 """
 
 # Due accounts whose planned job already exists and has ended: why they got nothing.
@@ -85,7 +85,7 @@ RETURNING id
 
 # Orphans only: skip jobs of a sharded run whose other shards may still be publishing.
 PENDING_BATCH = """
-SELECT id, account_id, period_start, idempotency_key, run_id
+SELECT id, account_id, period_start, idempotency_key, run_id, dunning_attempt
   FROM billing_jobs
  WHERE state = 'pending' AND id > $1
    AND run_id NOT IN (SELECT r.id FROM billing_runs r
@@ -274,9 +274,13 @@ async def finish_run(
     await pool.execute(COMPLETE_EMPTY_RUN, run_id)
 
 
+# From the run's summary rows (migration 0009), not a count over its million jobs.
 RUN_COUNTS = """
-SELECT state, count(*) AS n FROM billing_jobs WHERE run_id = $1 GROUP BY state
+SELECT key AS state, n FROM run_summary_totals WHERE run_id = $1 AND kind = 'state'
 """
+
+# Appended deltas into the summary rows (a no-op while another caller folds).
+FOLD_SUMMARIES = "SELECT billq_fold_run_summaries()"
 
 LATEST_RUN = "SELECT id FROM billing_runs ORDER BY id DESC LIMIT 1"
 
@@ -319,6 +323,13 @@ async def get_run(pool: asyncpg.Pool, run_id: int) -> asyncpg.Record | None:
 
 async def run_counts(pool: asyncpg.Pool, run_id: int) -> dict[str, int]:
     return {r["state"]: int(r["n"]) for r in await pool.fetch(RUN_COUNTS, run_id)}
+
+
+@classified
+async def fold_summaries(pool: asyncpg.Pool) -> int:
+    """Fold the summary deltas workers appended; figures are exact either way (readers sum
+    both), folding keeps the delta table short. Returns the deltas folded."""
+    return int(await pool.fetchval(FOLD_SUMMARIES) or 0)
 
 
 async def settle_run(pool: asyncpg.Pool, run_id: int) -> None:
