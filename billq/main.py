@@ -3,7 +3,7 @@
 One parser holds every command; each area registers its own (``billq.accounts``,
 ``billq.admin``, ``billq.billing``, ``billq.ops``) and the entry-point packages contribute
 theirs (``distributor.cli``, ``worker.cli``, ``sandbox.cli``,
-``dashboard.cli``). Errors become one line and an
+``dashboard.cli``, ``api.cli``). Errors become one line and an
 exit code in ``shared.entrypoint``.
 """
 
@@ -15,6 +15,7 @@ from shared.entrypoint import Parser, add_connection_arguments, run
 
 
 def build_parser() -> Parser:
+    from api import cli as api_cli
     from billq import accounts, admin, audit, billing, ops
     from dashboard import cli as dashboard_cli
     from distributor import cli as distributor_cli
@@ -37,6 +38,7 @@ def build_parser() -> Parser:
         audit.register,
         sandbox_cli.register,
         dashboard_cli.register,
+        api_cli.register,
     ):
         register(sub)
     return parser

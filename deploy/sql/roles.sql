@@ -60,3 +60,7 @@ GRANT EXECUTE ON FUNCTION billq_next_invoice_number(integer) TO billq_worker, bi
 -- Run hooks: whoever settles a run writes its event (trigger) and delivers it.
 GRANT SELECT, INSERT, UPDATE ON run_hook_events TO billq_distributor, billq_worker;
 GRANT USAGE ON SEQUENCE run_hook_events_id_seq TO billq_distributor, billq_worker;
+
+-- billq api and billq charge run as the distributor: one-off jobs and the callers'
+-- idempotency records (written in the transaction that creates the job).
+GRANT SELECT, INSERT, UPDATE ON api_idempotency_keys TO billq_distributor;

@@ -5,6 +5,14 @@ from __future__ import annotations
 ROUTING_KEY = "charge"
 
 
+def routing_key_for(kind: str) -> str:
+    """The routing key a job of this kind is published with (``shared.billing.kinds``).
+
+    The one place that decides a job's lane: the distributor, the outbox repair, the
+    reconciler, operators' replays and the API all publish through it."""
+    return ROUTING_KEY
+
+
 def work_exchange(prefix: str) -> str:
     return prefix
 

@@ -41,6 +41,7 @@ class ClaimedJob:
     cancelled_before: bool = False  # the account was cancelled before this period started
     paid_by: str | None = None  # gateway charge id of the period's recorded charge
     busy_with: int | None = None  # another job of this period that holds a live claim
+    kind: str = "period"  # shared.billing.kinds: what the job charges for
 
     @property
     def may_have_called_gateway(self) -> bool:

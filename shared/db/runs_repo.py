@@ -26,14 +26,15 @@ SELECT a.id, a.next_billing_at, a.billing_interval, a.billing_anchor_day, a.amou
   LEFT JOIN LATERAL (
       -- The newest period this account got a first job for (catch-up pacing).
       SELECT j.period_start, j.created_at FROM billing_jobs j
-       WHERE j.account_id = a.id AND j.dunning_attempt = 0
+       WHERE j.account_id = a.id AND j.kind = 'period' AND j.dunning_attempt = 0
        ORDER BY j.period_start DESC LIMIT 1) last ON true
  WHERE a.status IN ('active', 'past_due') AND a.next_billing_at <= $1
    AND (a.next_billing_at, a.id) > ($4, $5)
    AND (a.dunning_next_at IS NULL OR a.dunning_next_at <= $1)
    AND (a.cancelled_at IS NULL OR a.next_billing_at < a.cancelled_at)
    AND ($2::int IS NULL OR a.id % $2 = $3)
-   AND NOT EXISTS (SELECT 1 FROM billing_jobs j WHERE j.account_id = a.id AND j.run_id = $6)
+   AND NOT EXISTS (SELECT 1 FROM billing_jobs j
+                    WHERE j.account_id = a.id AND j.kind = 'period' AND j.run_id = $6)
  ORDER BY a.next_billing_at, a.id
  LIMIT $7
 """
@@ -84,14 +85,15 @@ RETURNING id
 """
 
 # Orphans only: skip jobs of a sharded run whose other shards may still be publishing.
+# Jobs of no run (one-off charges the API committed but did not get to publish) are orphans.
 PENDING_BATCH = """
-SELECT id, account_id, period_start, idempotency_key, run_id
+SELECT id, kind, account_id, period_start, idempotency_key, run_id
   FROM billing_jobs
  WHERE state = 'pending' AND id > $1
-   AND run_id NOT IN (SELECT r.id FROM billing_runs r
+   AND (run_id IS NULL OR run_id NOT IN (SELECT r.id FROM billing_runs r
                        WHERE r.state = 'running' AND r.shards > 1
                          AND r.shards_done < r.shards
-                         AND r.started_at > now() - make_interval(secs => $3))
+                         AND r.started_at > now() - make_interval(secs => $3)))
  ORDER BY id
  LIMIT $2
 """
