@@ -36,12 +36,11 @@ class State:
         Raises:
             BrokerUnavailable: no broker answered (the job waits for the outbox repair).
         """
-        from shared.amqp.connection import connect_any
+        from shared.oneoff import open_publisher
 
         async with self._lock:
             if self._broker is None or self._broker.is_closed or self._publisher is None:
-                self._broker = await connect_any(self.settings.amqp_urls)
-                self._publisher = Publisher(self._broker, timeout=self.settings.publish_timeout)
+                self._broker, self._publisher = await open_publisher(self.settings)
             return self._publisher
 
     async def close(self) -> None:

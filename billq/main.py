@@ -16,7 +16,7 @@ from shared.entrypoint import Parser, add_connection_arguments, run
 
 def build_parser() -> Parser:
     from api import cli as api_cli
-    from billq import accounts, admin, audit, billing, ops
+    from billq import accounts, admin, audit, billing, charges, ops
     from dashboard import cli as dashboard_cli
     from distributor import cli as distributor_cli
     from sandbox import cli as sandbox_cli
@@ -36,6 +36,7 @@ def build_parser() -> Parser:
         billing.register,
         ops.register,
         audit.register,
+        charges.register,
         sandbox_cli.register,
         dashboard_cli.register,
         api_cli.register,

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 import structlog
+from aio_pika.abc import AbstractConnection
 
 from shared.amqp.publisher import Publisher
 from shared.billing import kinds
@@ -93,6 +94,17 @@ def _int(data: dict[str, Any], name: str, low: int, high: int) -> int:
     return value
 
 
+def _storable(value: object) -> bool:
+    """Text Postgres can store: no NUL, no lone surrogate (JSON allows both)."""
+    if not isinstance(value, str) or len(value) > MAX_DESCRIPTION or "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse(data: Any) -> ChargeRequest:
     """A request body (decoded JSON) as a ``ChargeRequest``.
 
@@ -124,11 +136,9 @@ def parse(data: Any) -> ChargeRequest:
         param = "currency" if "currency" in str(exc) else "amount"
         raise InvalidRequest(str(exc).replace("amount_cents", "amount"), param=param) from None
     description = data.get("description")
-    if description is not None and (
-        not isinstance(description, str) or len(description) > MAX_DESCRIPTION
-    ):
+    if description is not None and not _storable(description):
         raise InvalidRequest(
-            f"description must be a string of at most {MAX_DESCRIPTION} characters",
+            f"description must be text of at most {MAX_DESCRIPTION} characters",
             param="description",
         )
     return ChargeRequest(account_id, amount, currency, description or None)
@@ -240,6 +250,28 @@ async def create(pool: asyncpg.Pool, request: ChargeRequest, caller_key: str) ->
         await idempotency_repo.store(conn, caller_key, 201, body, job_id)
     log.info("oneoff.created", job_id=job_id, account_id=request.account_id, idempotency_key=key)
     return Created(201, body, False, job_id)
+
+
+async def open_publisher(settings: Settings) -> tuple[AbstractConnection, Publisher]:
+    """A broker connection and a confirming publisher on it, the topology declared first (as
+    every billq publisher does: a mandatory publish to queues not yet declared bounces).
+
+    Raises:
+        BrokerUnavailable: no broker answered.
+        TopologyMismatch: the queues exist with other arguments.
+    """
+    from shared.amqp import topology
+    from shared.amqp.connection import connect_any
+
+    conn = await connect_any(settings.amqp_urls)
+    try:
+        channel = await conn.channel()
+        await topology.declare(channel, settings)
+        await channel.close()
+    except BaseException:
+        await conn.close()
+        raise
+    return conn, Publisher(conn, timeout=settings.publish_timeout)
 
 
 async def publish(

@@ -85,3 +85,26 @@ def test_a_one_off_message_carries_its_kind_and_a_period_message_keeps_its_old_s
     assert (
         ChargeMessage.model_validate({**parsed.model_dump(), "kind": "period"}).to_bytes() == period
     )
+
+
+def test_the_audit_matches_one_off_charges_by_key_apart_from_the_same_days_period() -> None:
+    from shared.billing.audit import Recorded, Taken, compare
+
+    day = "2026-12-02"
+    one = kinds.oneoff_idempotency_key(1, "a")
+    two = kinds.oneoff_idempotency_key(1, "b")
+    taken = [
+        Taken("pi_p", 1, day, f"billq_1_{day}", 1000, "USD"),
+        Taken("pi_1", 1, None, one, 500, "USD", kind="oneoff"),
+        Taken("pi_2", 1, None, two, 700, "USD", kind="oneoff"),
+    ]
+    recorded = [
+        Recorded("pi_p", 1, day, f"billq_1_{day}", 10),
+        Recorded("pi_1", 1, day, one, 11, kind="oneoff"),
+    ]
+    found = compare(taken, recorded)
+    assert found.checked == 3 and not found.double_taken and not found.recorded_not_taken
+    assert [(x["kind"], x["charge_id"], x["period_start"]) for x in found.taken_not_recorded] == [
+        ("oneoff", "pi_2", None)
+    ]
+    assert compare(taken[:2], recorded).clean
