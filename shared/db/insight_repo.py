@@ -16,6 +16,7 @@ WITH declined AS (
 SELECT j.dunning_attempt AS attempt, j.state, count(*) AS n
   FROM declined d
   JOIN billing_jobs j ON j.account_id = d.account_id AND j.period_start = d.period_start
+                     AND j.kind = 'period'
  WHERE j.dunning_attempt > 0
  GROUP BY 1, 2 ORDER BY 1, 2
 """
@@ -49,9 +50,19 @@ SELECT span.t0, span.secs,
  GROUP BY 1, 2, 3 ORDER BY 3
 """
 
+# Period charges through their (account, period) key, one-off charges through theirs.
 CHARGES = """
-SELECT id, job_id, period_start, amount_cents, currency, gateway_charge_id, created_at
-  FROM charges WHERE account_id = $1 ORDER BY period_start DESC LIMIT $2
+SELECT * FROM (
+    (SELECT id, kind, job_id, period_start, amount_cents, currency, gateway_charge_id,
+            created_at
+       FROM charges WHERE account_id = $1 AND kind = 'period'
+      ORDER BY period_start DESC LIMIT $2)
+    UNION ALL
+    (SELECT id, kind, job_id, period_start, amount_cents, currency, gateway_charge_id,
+            created_at
+       FROM charges WHERE account_id = $1 AND kind <> 'period'
+      ORDER BY id DESC LIMIT $2)
+) c ORDER BY period_start DESC, id DESC LIMIT $2
 """
 
 
