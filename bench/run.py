@@ -9,6 +9,8 @@ from the timestamps Postgres recorded on the jobs, not from the bench's own cloc
 - pipeline: accounts ÷ (last committed charge - first publish), workers already waiting
   while the distributor publishes (the number the 10M-in-30-minutes target is about);
 - latency: published → committed per job, p50 / p99.
+
+The ``dashboard`` row (bench/dashboard.py) times pages and API calls, not accounts/s.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class Bench:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.templates: dict[int, str] = {}
         self.rows: list[Row] = []
+        self.dashboard_pages: dict[str, dict[str, Any]] = {}
 
     # --- preparation --------------------------------------------------------------
 
@@ -455,6 +458,23 @@ class Bench:
                 infra.stop_process(p)
             await self.cleanup(db, prefix)
 
+    async def dashboard(self) -> None:
+        """Page and API latency of ``billq dashboard`` with a 1,000,000-job run."""
+        from bench import dashboard
+
+        n = self.args.dashboard_jobs
+        db, prefix = f"{self.tag}_dashboard", f"{self.tag}.dashboard"
+        infra.migrate(db, self.workdir)
+        try:
+            took = await dashboard.seed(db, n)
+            print(f"  seeded a {n:,}-job run in {took:.1f}s ({db})", flush=True)
+            self.dashboard_pages = await asyncio.to_thread(
+                dashboard.measure, db, prefix, self.workdir
+            )
+            dashboard.print_pages(self.dashboard_pages, n)
+        finally:
+            await self.cleanup(db, prefix)
+
     # --- the whole run --------------------------------------------------------------
 
     async def run(self) -> dict[str, Any]:
@@ -463,6 +483,7 @@ class Bench:
         steps: list[tuple[str, Any]] = [
             ("distributor", lambda: self.distributor(self.n)),
             ("distributor-1m", lambda: self.distributor(1_000_000) if self.args.large else None),
+            ("dashboard", self.dashboard),
             ("floor-single", lambda: self.floor("floor_single", processes=2, mode="single")),
             ("floor-batched", lambda: self.floor("floor_batched", processes=2, mode="batched")),
             (
@@ -563,6 +584,9 @@ class Bench:
             "services": await infra.server_versions(),
             "settings": infra.passthrough_settings(),
             "rows": [asdict(r) for r in self.rows],
+            "dashboard": {"jobs": self.args.dashboard_jobs, "pages": self.dashboard_pages}
+            if self.dashboard_pages
+            else None,
             "ratios": self.ratios(),
             "targets": self.targets(),
         }
@@ -629,6 +653,11 @@ class Bench:
         io = [r for r in self.rows if r.gateway == "sandbox 200ms"]
         if io:
             target("1 proc at 200 ms gateway, accounts/s", round(max(r.rate for r in io)), 1000)
+        if self.dashboard_pages:
+            slowest = max(
+                max(f["cold_max_ms"], f["warm_max_ms"]) for f in self.dashboard_pages.values()
+            )
+            target("dashboard slowest page ms (1M-job run)", slowest, 200, False)
         conc512 = [r for r in self.rows if r.kind == "billq" and r.concurrency == 512]
         if conc512:
             worst = round(max(r.peak_rss_mb for r in conc512))
@@ -655,6 +684,10 @@ def print_table(result: dict[str, Any]) -> None:
     for r in result["rows"]:
         if r.get("extra"):
             print(f"  {r['name']}: {r['extra']}")
+    if result.get("dashboard"):
+        from bench import dashboard
+
+        dashboard.print_pages(result["dashboard"]["pages"], result["dashboard"]["jobs"])
     print()
     for k, v in result["ratios"].items():
         print(f"{k}: {v}")
@@ -716,7 +749,13 @@ def main() -> None:
         metavar="NAME",
         help="run only measurements whose name starts with NAME (repeatable): distributor, "
         "floor-single, floor-batched, inproc1, inproc2, inproc3, pipeline2, pipeline-default, "
-        "sandbox0, sandbox200, sandbox200spiky, storm",
+        "sandbox0, sandbox200, sandbox200spiky, storm, dashboard",
+    )
+    p.add_argument(
+        "--dashboard-jobs",
+        type=int,
+        default=1_000_000,
+        help="jobs in the dashboard row's seeded run (default 1,000,000)",
     )
     args = p.parse_args()
     if args.n < 1 or args.io_n < 1:

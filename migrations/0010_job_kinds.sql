@@ -54,3 +54,75 @@ CREATE TABLE api_idempotency_keys (
     job_id        bigint      REFERENCES billing_jobs (id),
     created_at    timestamptz NOT NULL DEFAULT now()
 );
+
+-- Run summaries (migration 0009) count the jobs and charges of distribution runs. A job of
+-- no run (a one-off) is not part of any: the triggers leave it out (its summary row would
+-- have no run), and a dunning retry is matched to its period's first decline only.
+CREATE OR REPLACE FUNCTION run_summaries_on_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    changed text := run_summaries_changed(TG_OP);
+BEGIN
+    EXECUTE format($q$
+    WITH c AS MATERIALIZED (SELECT * FROM (%s) r WHERE r.run_id IS NOT NULL)
+    INSERT INTO run_summary_deltas (run_id, kind, key, attempt, second, n)
+    SELECT run_id, kind, key, attempt, second, sum(sign)
+      FROM (SELECT run_id, 'state' AS kind, state::text AS key, 0 AS attempt, 0::bigint AS second,
+                   sign
+              FROM c
+            UNION ALL
+            SELECT run_id, 'decline', coalesce(decline_code, last_error, 'unknown'), 0, 0, sign
+              FROM c WHERE state = 'failed'
+            UNION ALL
+            SELECT run_id, 'finished', '', 0, floor(extract(epoch FROM finished_at))::bigint, sign
+              FROM c
+             WHERE state IN ('succeeded', 'failed', 'dead', 'already_paid')
+               AND finished_at IS NOT NULL
+            UNION ALL
+            SELECT o.run_id, 'retry', c.state, c.dunning_attempt, 0, c.sign
+              FROM c JOIN billing_jobs o
+                ON o.account_id = c.account_id AND o.period_start = c.period_start
+               AND o.kind = 'period' AND o.dunning_attempt = 0 AND o.state = 'failed'
+             WHERE c.dunning_attempt > 0
+            UNION ALL
+            SELECT c.run_id, 'dunning', a.status, 0, 0, c.sign
+              FROM c JOIN accounts a ON a.id = c.account_id
+             WHERE c.state = 'failed' AND c.dunning_attempt = 0) d
+     GROUP BY run_id, kind, key, attempt, second
+    HAVING sum(sign) <> 0
+    $q$, changed);
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION run_summaries_on_accounts() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO run_summary_deltas (run_id, kind, key, n)
+    SELECT j.run_id, 'dunning', s.status, sum(s.sign)
+      FROM (SELECT n.id, n.status, 1 AS sign
+              FROM new_rows n JOIN old_rows o ON o.id = n.id
+             WHERE n.status IS DISTINCT FROM o.status
+            UNION ALL
+            SELECT o.id, o.status, -1
+              FROM new_rows n JOIN old_rows o ON o.id = n.id
+             WHERE n.status IS DISTINCT FROM o.status) s
+      JOIN billing_jobs j ON j.account_id = s.id
+     WHERE j.run_id IS NOT NULL AND j.dunning_attempt = 0 AND j.state = 'failed'
+       AND j.finished_at IS DISTINCT FROM now()
+     GROUP BY j.run_id, s.status
+    HAVING sum(s.sign) <> 0;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION run_summaries_on_charges() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    changed text := run_summaries_changed(TG_OP);
+BEGIN
+    EXECUTE format($q$
+    INSERT INTO run_summary_deltas (run_id, kind, key, n, amount)
+    SELECT j.run_id, 'billed', c.currency::text, sum(c.sign), sum(c.sign * c.amount_cents)
+      FROM (%s) c JOIN billing_jobs j ON j.id = c.job_id
+     WHERE j.run_id IS NOT NULL
+     GROUP BY j.run_id, c.currency
+    HAVING sum(c.sign) <> 0 OR sum(c.sign * c.amount_cents) <> 0
+    $q$, changed);
+    RETURN NULL;
+END $$;

@@ -190,7 +190,7 @@ class _Sandbox:
 
     def _execute_once(self, key: str, params: list[tuple[str, str]]) -> tuple[int, bytes, bool]:
         fingerprint = hashlib.sha256(orjson.dumps(sorted(params))).hexdigest()
-        stored = self.ledger.keys.get(key)
+        stored = self.ledger.key(key)
         if stored is None:
             status, body = self._execute(params, key, fingerprint)
             return status, body, False
@@ -274,7 +274,7 @@ class _Sandbox:
         try:
             _authenticate(request)
             pi_id = request.match_info["id"]
-            body = self.ledger.intents.get(pi_id)
+            body = self.ledger.intent(pi_id)
             if body is None:
                 raise _missing(pi_id, "id", 404)
         except _ApiError as err:
@@ -287,21 +287,19 @@ class _Sandbox:
             limit = _limit(request.query)
             after = request.query.get("starting_after")
             before = request.query.get("ending_before")
-            order, position = self.ledger.order, self.ledger.position
             if after and before:
                 raise _invalid_error("Pass starting_after or ending_before, not both.")
+            ledger = self.ledger
             if before:  # the `limit` intents just newer than `before`, still newest first
-                start = _position(position, before, "ending_before") + 1
-                end = min(len(order), start + limit)
-                ids, has_more = order[start:end][::-1], end < len(order)
+                newer = ledger.oldest_newer_than(_seq(ledger, before, "ending_before"), limit + 1)
+                bodies, has_more = newer[:limit][::-1], len(newer) > limit
             else:
-                end = _position(position, after, "starting_after") if after else len(order)
-                start = max(0, end - limit)
-                ids, has_more = order[start:end][::-1], start > 0
+                older_than = _seq(ledger, after, "starting_after") if after else None
+                older = ledger.newest(limit + 1, older_than=older_than)
+                bodies, has_more = older[:limit], len(older) > limit
         except _ApiError as err:
             return _respond(err.status, err.body)
-        intents = self.ledger.intents
-        data = b",".join(intents[i] for i in ids)
+        data = b",".join(bodies)
         more = b"true" if has_more else b"false"
         page = b'{"object":"list","data":[%b],"has_more":%b,"url":"/v1/payment_intents"}'
         return _respond(200, page % (data, more))
@@ -324,18 +322,18 @@ class _Sandbox:
         value = re.sub(r"\\(.)", r"\1", match["value"])
         ledger = self.ledger
         if field == BILLQ_KEY:
-            ids = ledger.by_billq_key.get(value, [])[::-1]
+            bodies = ledger.by_billq_key(value)
         else:  # not indexed: only billq's own key is looked up in bulk
-            ids = [
-                i
-                for i in reversed(ledger.order)
-                if orjson.loads(ledger.intents[i])["metadata"].get(field) == value
+            bodies = [
+                body
+                for body in ledger.all_newest_first()
+                if orjson.loads(body)["metadata"].get(field) == value
             ]
         offset = int(page)
-        chunk, rest = ids[offset : offset + limit], ids[offset + limit :]
+        chunk, rest = bodies[offset : offset + limit], bodies[offset + limit :]
         result = {
             "object": "search_result",
-            "data": [orjson.Fragment(ledger.intents[i]) for i in chunk],
+            "data": [orjson.Fragment(body) for body in chunk],
             "has_more": bool(rest),
             "next_page": str(offset + limit) if rest else None,
             "url": "/v1/payment_intents/search",
@@ -446,10 +444,11 @@ def _limit(query: Mapping[str, str]) -> int:
     return int(text)
 
 
-def _position(position: dict[str, int], pi_id: str, param: str) -> int:
-    if pi_id not in position:
+def _seq(ledger: Ledger, pi_id: str, param: str) -> int:
+    seq = ledger.seq(pi_id)
+    if seq is None:
         raise _missing(pi_id, param, 400)
-    return position[pi_id]
+    return seq
 
 
 def _missing(pi_id: str, param: str, status: int) -> _ApiError:

@@ -17,7 +17,7 @@ import asyncpg
 import structlog
 
 from shared.billing.audit import Findings, Taken, compare
-from shared.billing.periods import Interval, next_period_start
+from shared.billing.periods import Interval, period_end
 from shared.db import audit_repo, jobs_repo
 from shared.gateway.port import PaymentGateway
 
@@ -91,7 +91,7 @@ async def _record(pool: asyncpg.Pool, item: dict[str, Any]) -> str | None:
         if shape is None:
             return f"account {item['account_id']} does not exist"
         start = dt.date.fromisoformat(item["period_start"])
-        end = next_period_start(start, cast(Interval, shape[0]), shape[1])
+        end = period_end(start, cast(Interval, shape[0]), shape[1])
         held = await audit_repo.adopt(
             pool, item["account_id"], start, end, key, item["amount"], item["currency"]
         )

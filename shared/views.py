@@ -51,6 +51,7 @@ async def run_status(pool: asyncpg.Pool, run_id: int | None) -> dict[str, Any]:
     rid = run_id if run_id is not None else await runs_repo.latest_run_id(pool)
     if rid is None:
         raise ConfigError("no billing run yet (run `billq distribute`)")
+    await runs_repo.fold_summaries(pool)
     await runs_repo.settle_run(pool, rid)
     run = await runs_repo.get_run(pool, rid)
     if run is None:
@@ -75,6 +76,7 @@ async def runs(pool: asyncpg.Pool, limit: int) -> list[dict[str, Any]]:
     from shared.db import billing_repo, runs_repo
 
     await runs_repo.settle_open_runs(pool)
+    await runs_repo.fold_summaries(pool)
     return [dict(r) for r in await billing_repo.runs(pool, limit)]
 
 

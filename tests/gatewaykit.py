@@ -54,6 +54,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     form: dict[str, str] = field(default_factory=dict)
+    peer: object = None  # the client's (host, port): one per connection it opened
 
 
 @contextlib.asynccontextmanager
@@ -98,7 +99,8 @@ def _recorder(seen: list[Seen]) -> Any:
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
-        seen.append(Seen(request.method, request.path, dict(request.headers), form))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        seen.append(Seen(request.method, request.path, dict(request.headers), form, peer))
         return await handler(request)
 
     return record

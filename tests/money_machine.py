@@ -560,7 +560,7 @@ class MoneyMachine(RuleBasedStateMachine):
             )
         else:
             when = CANCEL_AT[at]()
-        await accounts_repo.cancel(self.pool, account, when)
+        await accounts_repo.cancel(self.pool, account, when, ACTOR)
 
     async def _reimport(self, row: AccountRow) -> None:
         async with self.pool.acquire() as conn, conn.transaction():

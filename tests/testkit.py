@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -347,3 +347,17 @@ async def assert_charged_once(
     depths = await queue_depths(settings)
     work = depths[f"{settings.queue_prefix}.charge"]
     assert work[0] == 0, f"messages left on the work queue: {depths}"
+
+
+@contextlib.asynccontextmanager
+async def workers(settings: Settings, n: int = 1) -> AsyncIterator[None]:
+    """``n`` workers in this process (the ``run_worker`` the CLI runs), stopped cleanly."""
+    from worker.run import run_worker
+
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(run_worker(settings, stop)) for _ in range(n)]
+    try:
+        yield
+    finally:
+        stop.set()
+        assert await asyncio.gather(*tasks) == [0] * n

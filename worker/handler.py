@@ -289,13 +289,23 @@ class Handler:
                 return await self._unresolved(job, f"{refused}, unresolved at the gateway", exc)
             if isinstance(found, Charged):
                 return found
-        if refused == "already_paid":
-            reason = f"already paid: the period's charge is {job.paid_by}; nothing charged"
+        if refused in ("already_paid", "overlaps_paid"):
+            reason = (
+                f"already paid: the period's charge is {job.paid_by}; nothing charged"
+                if refused == "already_paid"
+                else f"overlaps a paid period: charge {job.overlaps_paid} covers some of "
+                f"{job.period_start}..{job.period_end}; nothing charged"
+            )
             try:
                 landed = await self._jobs.record_already_paid(job, reason)
             except TransientError as err:
                 return Retry(self._settings.retry_delay(1), job.attempts, str(err))
-            log.info("job.already_paid", job_id=job.job_id, paid_by=job.paid_by)
+            log.info(
+                "job.already_paid",
+                job_id=job.job_id,
+                paid_by=job.paid_by or job.overlaps_paid,
+                overlap=refused == "overlaps_paid",
+            )
             return Ack("already_paid" if landed else "fenced")
         if refused == "account_missing":
             return await self._dead(job, UnknownJob(f"account {job.account_id} does not exist"))

@@ -61,6 +61,14 @@ GRANT EXECUTE ON FUNCTION billq_next_invoice_number(integer) TO billq_worker, bi
 GRANT SELECT, INSERT, UPDATE ON run_hook_events TO billq_distributor, billq_worker;
 GRANT USAGE ON SEQUENCE run_hook_events_id_seq TO billq_distributor, billq_worker;
 
+-- Run summaries (migration 0009): every job, account and charge change appends its deltas
+-- (triggers run as the writer); status, runs, report and the dashboard read the totals;
+-- billq_fold_run_summaries() folds them (SECURITY DEFINER: no rights on the tables needed).
+GRANT INSERT ON run_summary_deltas TO billq_distributor, billq_worker;
+GRANT SELECT ON run_summaries, run_summary_deltas, run_summary_totals
+    TO billq_distributor, billq_worker;
+GRANT EXECUTE ON FUNCTION billq_fold_run_summaries() TO billq_distributor, billq_worker;
+
 -- billq api and billq charge run as the distributor: one-off jobs and the callers'
 -- idempotency records (written in the transaction that creates the job).
 GRANT SELECT, INSERT, UPDATE ON api_idempotency_keys TO billq_distributor;

@@ -4,37 +4,43 @@ from __future__ import annotations
 
 import asyncpg
 
+# Counts from the runs' summary rows (migration 0009): no scan of their jobs.
 RUNS = """
 SELECT r.id, r.as_of, r.state, r.started_at, r.finished_at, r.due, r.published,
-       count(j.id) AS total,
-       count(j.id) FILTER (WHERE j.state = 'succeeded') AS succeeded,
-       count(j.id) FILTER (WHERE j.state = 'failed') AS declined,
-       count(j.id) FILTER (WHERE j.state = 'dead') AS dead,
-       count(j.id) FILTER (WHERE j.state = 'already_paid') AS already_paid,
+       coalesce(c.total, 0)::bigint AS total, coalesce(c.succeeded, 0)::bigint AS succeeded,
+       coalesce(c.declined, 0)::bigint AS declined, coalesce(c.dead, 0)::bigint AS dead,
+       coalesce(c.already_paid, 0)::bigint AS already_paid,
        r.blocked,
-       count(j.id) FILTER (WHERE j.state IN ('pending', 'published', 'processing', 'retrying'))
-           AS in_flight,
-       -- The run hook of its latest settlement: pending, retrying, delivered or failed.
+       coalesce(c.in_flight, 0)::bigint AS in_flight,
+       -- The run hook of its latest settlement: pending, retrying, delivered, failed or
+       -- skipped (settled before any process had a webhook URL).
        CASE WHEN h.state = 'pending' AND h.attempts > 0 THEN 'retrying' ELSE h.state END
            AS hook,
        h.event_id AS hook_event_id, h.attempts AS hook_attempts, h.last_error AS hook_error
-  FROM billing_runs r LEFT JOIN billing_jobs j ON j.run_id = r.id
+  FROM billing_runs r
+  LEFT JOIN LATERAL (
+      SELECT sum(s.n) AS total,
+             sum(s.n) FILTER (WHERE s.key = 'succeeded') AS succeeded,
+             sum(s.n) FILTER (WHERE s.key = 'failed') AS declined,
+             sum(s.n) FILTER (WHERE s.key = 'dead') AS dead,
+             sum(s.n) FILTER (WHERE s.key = 'already_paid') AS already_paid,
+             sum(s.n) FILTER (WHERE s.key IN ('pending', 'published', 'processing', 'retrying'))
+                 AS in_flight
+        FROM run_summary_totals s WHERE s.run_id = r.id AND s.kind = 'state') c ON true
   LEFT JOIN LATERAL (SELECT e.event_id, e.state, e.attempts, e.last_error
                        FROM run_hook_events e WHERE e.run_id = r.id
                       ORDER BY e.id DESC LIMIT 1) h ON true
- GROUP BY r.id, h.event_id, h.state, h.attempts, h.last_error ORDER BY r.id DESC LIMIT $1
+ ORDER BY r.id DESC LIMIT $1
 """
 
 BILLED = """
-SELECT c.currency, count(*) AS charges, sum(c.amount_cents)::bigint AS amount_cents
-  FROM charges c JOIN billing_jobs j ON j.id = c.job_id
- WHERE j.run_id = $1 GROUP BY c.currency ORDER BY c.currency
+SELECT key AS currency, n AS charges, amount AS amount_cents
+  FROM run_summary_totals WHERE run_id = $1 AND kind = 'billed' ORDER BY key
 """
 
 DECLINES = """
-SELECT coalesce(decline_code, last_error, 'unknown') AS reason, count(*) AS jobs
-  FROM billing_jobs WHERE run_id = $1 AND state = 'failed'
- GROUP BY 1 ORDER BY 2 DESC, 1
+SELECT key AS reason, n AS jobs
+  FROM run_summary_totals WHERE run_id = $1 AND kind = 'decline' ORDER BY n DESC, key
 """
 
 DEAD = """

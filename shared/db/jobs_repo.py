@@ -3,6 +3,9 @@
 Each phase of the worker is one statement (so one implicit transaction):
 claim → (gateway call) → record. Every record is fenced by ``attempts``: a holder
 whose job was taken over changes nothing.
+
+Longer than most modules: the claim's gate and the group commit are long statements, and
+they say for each job kind (period, one-off) what it may touch, here in one place.
 """
 
 from __future__ import annotations
@@ -69,13 +72,30 @@ SELECT c.*, a.status AS account_status,
                      AND ch.kind = 'period')
             ELSE (SELECT ch.gateway_charge_id FROM charges ch
                    WHERE ch.idempotency_key = c.idempotency_key) END AS paid_by,
-       -- Only a period has sibling jobs (its dunning attempts, a replay); a one-off has one.
+       -- Another period's charge covering some of these days (the anchor or interval
+       -- changed in between): charging would bill those days twice. A one-off covers none.
        CASE WHEN c.kind = 'period'
-            THEN (SELECT o.id FROM billing_jobs o
-                   WHERE o.account_id = c.account_id AND o.period_start = c.period_start
-                     AND o.kind = 'period'
-                     AND o.id <> c.id AND o.state = 'processing' AND o.locked_until > now()
-                   LIMIT 1) END AS busy_with
+            THEN (SELECT ch.gateway_charge_id FROM charges ch
+                   WHERE ch.account_id = c.account_id AND ch.kind = 'period'
+                     AND ch.period_start <> c.period_start
+                     AND daterange(ch.period_start, ch.period_end)
+                         && daterange(c.period_start, c.period_end)
+                   LIMIT 1) END AS overlaps_paid,
+       -- Busy: a live claim on this period or on one that shares days with it — held from
+       -- before, or taken in this very statement (whose subqueries cannot see its own
+       -- updates): of two such jobs in one batch only the lower id may charge. A one-off
+       -- is its key's only job.
+       CASE WHEN c.kind = 'period' THEN coalesce(
+            (SELECT o.id FROM billing_jobs o
+              WHERE o.account_id = c.account_id AND o.kind = 'period'
+                AND daterange(o.period_start, o.period_end)
+                    && daterange(c.period_start, c.period_end)
+                AND o.id <> c.id AND o.state = 'processing' AND o.locked_until > now()
+              LIMIT 1),
+            (SELECT min(o.id) FROM claimed o
+              WHERE o.account_id = c.account_id AND o.kind = 'period' AND o.id < c.id
+                AND daterange(o.period_start, o.period_end)
+                    && daterange(c.period_start, c.period_end))) END AS busy_with
   FROM claimed c LEFT JOIN accounts a ON a.id = c.account_id
 """
 
@@ -100,12 +120,14 @@ WITH input AS (
      WHERE j.id = i.job_id AND j.attempts = i.attempts AND j.state = 'processing'
        AND NOT EXISTS (SELECT 1 FROM charges c
                         WHERE j.kind = 'period' AND c.kind = 'period'
-                          AND c.account_id = j.account_id AND c.period_start = j.period_start
+                          AND c.account_id = j.account_id
+                          AND daterange(c.period_start, c.period_end)
+                              && daterange(j.period_start, j.period_end)
                           AND c.idempotency_key <> j.idempotency_key)
     RETURNING j.id, j.kind, j.account_id, j.period_start, j.period_end, j.amount_cents,
               j.currency, j.idempotency_key, j.description, i.charge_id
 ), twice AS (
-    -- The gateway took money for a period another charge already paid (only a charge made
+    -- The gateway took money for days another charge already paid (only a charge made
     -- before the gate existed, or outside billq, can do this): never overwrite the first
     -- charge's records; leave the job saying exactly what to refund (`billq audit` lists it).
     UPDATE billing_jobs j
@@ -117,14 +139,16 @@ WITH input AS (
      WHERE j.id = i.job_id AND j.attempts = i.attempts AND j.state = 'processing'
        AND EXISTS (SELECT 1 FROM charges c
                     WHERE j.kind = 'period' AND c.kind = 'period'
-                      AND c.account_id = j.account_id AND c.period_start = j.period_start
+                      AND c.account_id = j.account_id
+                      AND daterange(c.period_start, c.period_end)
+                          && daterange(j.period_start, j.period_end)
                       AND c.idempotency_key <> j.idempotency_key)
     RETURNING j.id
 ), charge AS (
-    INSERT INTO charges (job_id, kind, account_id, period_start, amount_cents, currency,
-                         idempotency_key, gateway_charge_id)
-    SELECT id, kind, account_id, period_start, amount_cents, currency, idempotency_key,
-           charge_id
+    INSERT INTO charges (job_id, kind, account_id, period_start, period_end, amount_cents,
+                         currency, idempotency_key, gateway_charge_id)
+    SELECT id, kind, account_id, period_start, period_end, amount_cents, currency,
+           idempotency_key, charge_id
       FROM done
     ON CONFLICT DO NOTHING
     RETURNING job_id
@@ -325,6 +349,7 @@ class PgJobsRepo:
                 cancelled_before=bool(row["cancelled_before"]),
                 kind=row["kind"],
                 paid_by=row["paid_by"],
+                overlaps_paid=row["overlaps_paid"],
                 busy_with=row["busy_with"],
             )
             for row in rows

@@ -276,9 +276,13 @@ async def finish_run(
     await pool.execute(COMPLETE_EMPTY_RUN, run_id)
 
 
+# From the run's summary rows (migration 0009), not a count over its million jobs.
 RUN_COUNTS = """
-SELECT state, count(*) AS n FROM billing_jobs WHERE run_id = $1 GROUP BY state
+SELECT key AS state, n FROM run_summary_totals WHERE run_id = $1 AND kind = 'state'
 """
+
+# Appended deltas into the summary rows (a no-op while another caller folds).
+FOLD_SUMMARIES = "SELECT billq_fold_run_summaries()"
 
 LATEST_RUN = "SELECT id FROM billing_runs ORDER BY id DESC LIMIT 1"
 
@@ -321,6 +325,13 @@ async def get_run(pool: asyncpg.Pool, run_id: int) -> asyncpg.Record | None:
 
 async def run_counts(pool: asyncpg.Pool, run_id: int) -> dict[str, int]:
     return {r["state"]: int(r["n"]) for r in await pool.fetch(RUN_COUNTS, run_id)}
+
+
+@classified
+async def fold_summaries(pool: asyncpg.Pool) -> int:
+    """Fold the summary deltas workers appended; figures are exact either way (readers sum
+    both), folding keeps the delta table short. Returns the deltas folded."""
+    return int(await pool.fetchval(FOLD_SUMMARIES) or 0)
 
 
 async def settle_run(pool: asyncpg.Pool, run_id: int) -> None:

@@ -39,6 +39,7 @@ from shared.errors import (
     OutcomeUnknown,
 )
 from shared.gateway.amounts import from_gateway_units, to_gateway_units
+from shared.gateway.http_pool import keepalive_session
 from shared.gateway.port import (
     Charged,
     ChargeOutcome,
@@ -301,20 +302,13 @@ class _AiohttpSend:
     def __init__(self, auth: Mapping[str, str], timeout: float, max_connections: int) -> None:
         self._auth = dict(auth)
         self._limit = max_connections
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
-        )
+        self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         # Created on first use: an aiohttp session belongs to the running event loop.
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._limit),
-                headers=self._auth,
-                timeout=self._timeout,
-                skip_auto_headers=("User-Agent",),
-            )
+            self._session = keepalive_session(self._limit, self._timeout, headers=self._auth)
         return self._session
 
     async def request(

@@ -186,10 +186,11 @@ async def test_an_accounts_charges_are_listed_newest_first_in_pages(
                 SELECT run.id, 1, d::date, (d + interval '1 month')::date,
                        'billq_1_' || d::date, 1001, 'USD', 'succeeded'
                   FROM run, generate_series('2026-01-01'::date, '2026-03-01', '1 month') d
-                RETURNING id, period_start, idempotency_key)
-        INSERT INTO charges (job_id, account_id, period_start, amount_cents, currency,
-                             idempotency_key, gateway_charge_id)
-        SELECT id, 1, period_start, 1001, 'USD', idempotency_key, 'pi_' || id FROM jobs
+                RETURNING id, period_start, period_end, idempotency_key)
+        INSERT INTO charges (job_id, account_id, period_start, period_end, amount_cents,
+                             currency, idempotency_key, gateway_charge_id)
+        SELECT id, 1, period_start, period_end, 1001, 'USD', idempotency_key, 'pi_' || id
+          FROM jobs
         """
     )
     async with apikit.api_client(ready) as client:

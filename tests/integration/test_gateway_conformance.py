@@ -549,3 +549,19 @@ async def test_error_messages_never_carry_the_card_or_the_api_key(adapter: str) 
     assert "invalid_request_error" in str(caught.value)
     assert card not in str(caught.value)
     assert API_KEY not in str(caught.value)
+
+
+async def test_charges_reuse_keep_alive_connections_instead_of_opening_one_each(
+    adapter: str, gateway: PaymentGateway, seen: list[Seen]
+) -> None:
+    # Three rounds of 8 charges in flight: a client that opened a connection per call (or a
+    # client object per call) would show 24 peers; a keep-alive pool shows at most 8.
+    for round_ in range(3):
+        outcomes = await asyncio.gather(
+            *(gateway.charge(charge(f"reuse-{round_}-{i}", account_id=i)) for i in range(8))
+        )
+        assert all(isinstance(o, Charged) for o in outcomes)
+
+    posts = [s for s in seen if s.method == "POST"]
+    assert len(posts) == 24
+    assert len({s.peer for s in posts}) <= 8

@@ -243,6 +243,21 @@ async def test_the_ledger_survives_a_restart(ledger: Path) -> None:
         assert db.execute("SELECT count(*) FROM idempotency_keys").fetchone() == (2,)
 
 
+async def test_the_ledger_serves_reads_from_its_file_and_keeps_no_intent_in_memory(
+    ledger: Path,
+) -> None:
+    # Two servers on one file: what one stores after the other started is there for the other
+    # to replay, get, list and search. A ledger that kept its intents in process memory (a
+    # million-charge soak held ≈ 9 GB that way) would only know its own.
+    async with sandbox(ledger) as first_url, sandbox(ledger) as second_url:
+        async with client(first_url) as first:
+            charged = await first.charge(charge())
+        async with client(second_url) as second:
+            assert await second.charge(charge()) == charged
+            assert await second.find_by_idempotency_key("acct-1:2026-03") == charged
+        assert [i["id"] for i in await all_intents(second_url)] == [charged.charge_id]
+
+
 # -- the adapter's error mapping (no server: httpx.MockTransport) --------------------------
 
 
