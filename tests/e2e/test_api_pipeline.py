@@ -146,6 +146,29 @@ async def test_one_off_charges_over_http_are_charged_once_beside_the_same_days_p
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert json.loads(audit.stdout)["checked"] == 5
 
+    # A one-off whose record was lost (a restore from before it) is found, and recorded.
+    lost = first.json()["id"]
+    await db.execute("DELETE FROM invoices WHERE job_id = $1", lost)
+    await db.execute("DELETE FROM charges WHERE job_id = $1", lost)
+    await db.execute("UPDATE billing_jobs SET state = 'dead' WHERE id = $1", lost)
+    found = testkit.billq("audit", "--json", env=tmp_env, check=False)
+    assert found.returncode == 1
+    [missing] = json.loads(found.stdout)["taken_not_recorded"]
+    assert (missing["kind"], missing["period_start"]) == ("oneoff", None)
+    assert missing["idempotency_key"] == first.json()["idempotency_key"]
+    testkit.billq("audit", "--repair", env=tmp_env, check=False)
+    assert testkit.billq("audit", env=tmp_env, check=False).returncode == 0
+    row = await testkit.fetchrow(
+        db,
+        "SELECT j.state, c.kind FROM billing_jobs j JOIN charges c ON c.job_id = j.id"
+        " WHERE j.id = $1",
+        lost,
+    )
+    assert (row["state"], row["kind"]) == ("succeeded", "oneoff")
+    assert accounts[1]["next_billing_at"] == await db.fetchval(
+        "SELECT next_billing_at FROM accounts WHERE id = 1"
+    )
+
 
 async def test_a_one_off_the_api_committed_but_could_not_publish_is_published_by_distribute(
     db: asyncpg.Connection,
