@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import asyncpg
 
 from shared.amqp import names
@@ -20,8 +18,8 @@ def encode_message(row: asyncpg.Record) -> bytes:
 
 
 def routing_key(row: asyncpg.Record) -> str:
-    """The row's lane (rows of a distribution are period jobs and may not select ``kind``)."""
-    return names.routing_key_for(row.get("kind") or "period")
+    """The lane of a billing_jobs row (republished rows keep the lane they were first sent to)."""
+    return names.routing_key_for_job(dunning_attempt=row["dunning_attempt"], kind=row.get("kind"))
 
 
 class Outbox:
@@ -37,14 +35,14 @@ class Outbox:
         published."""
         if not rows:
             return 0
-        lanes: defaultdict[str, list[asyncpg.Record]] = defaultdict(list)
-        for r in rows:
-            lanes[routing_key(r)].append(r)
-        for key, lane in lanes.items():
+        by_lane: dict[str, list[asyncpg.Record]] = {}
+        for row in rows:
+            by_lane.setdefault(routing_key(row), []).append(row)
+        for key, lane_rows in by_lane.items():
             await self._publisher.publish_many(
                 self._exchange,
                 key,
-                [self._item(r, None) for r in lane],
+                [self._item(r, None) for r in lane_rows],
                 message_type=MESSAGE_TYPE,
             )
         await runs_repo.mark_published(self._pool, [r["id"] for r in rows])

@@ -152,6 +152,15 @@ class Settings(BaseSettings):
     concurrency: int = Field(
         64, ge=1, le=10000, description="Charges a worker has in flight (its prefetch window)."
     )
+    priority_share: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="Share of a worker's BILLQ_CONCURRENCY slots the priority lane may hold "
+        "while the bulk lane has work too (it goes first up to that share; either lane may use "
+        "every slot while the other is idle).",
+    )
     worker_batch_max: int = Field(
         256,
         ge=1,

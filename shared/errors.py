@@ -16,8 +16,9 @@ Every failure is classified where it happens, so the worker routes by class::
     │   ├── AccountNotBillable      cancelled / suspended account
     │   ├── BadSignature            message signing enabled, signature missing or wrong
     │   ├── GatewayRejected         permanent gateway error (invalid request)
-    │   │   └── GatewayMisconfigured    the gateway refused *us* (401/403, unusable URL):
-    │   │                               not the job's fault; the worker's breaker holds work
+    │   │   ├── GatewayMisconfigured    the gateway refused *us* (401/403, unusable URL):
+    │   │   │                           not the job's fault; the worker's breaker holds work
+    │   │   └── RefundRefused           a refund of more than the charge has left
     │   └── Unroutable              RabbitMQ returned a publish as unroutable
     ├── ActionRefused           an operator action not allowed in the job's state (exit 1)
     ├── RequestRefused          an API request (or its CLI twin) refused: HTTP 4xx, exit 1
@@ -110,6 +111,10 @@ class GatewayRejected(FatalError):
 
 class GatewayMisconfigured(GatewayRejected):
     """The gateway refused billq itself (credentials, permissions or an unusable URL)."""
+
+
+class RefundRefused(GatewayRejected):
+    """The refund asks for more than the charge has left to refund; nothing was refunded."""
 
 
 class Unroutable(FatalError):

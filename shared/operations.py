@@ -280,7 +280,7 @@ async def publish_job(
         headers[SIGNATURE_HEADER] = sign(body, keys[0])
     await publisher.publish(
         names.work_exchange(settings.queue_prefix),
-        names.routing_key_for(row.get("kind") or "period"),
+        names.routing_key_for_job(dunning_attempt=row["dunning_attempt"], kind=row.get("kind")),
         body,
         message_id=row["idempotency_key"],
         message_type=MESSAGE_TYPE,

@@ -18,8 +18,9 @@ step:
 The harness stands in for the processes so that a run is deterministic and fast:
 
 - a worker batch is ``Handler.handle_batch`` on deliveries fetched with ``basic.get`` from the
-  work queue; the test then does what the consumer does with each outcome (ack; a retry copy
-  with its hand-off token; a dead letter with billq's headers);
+  priority queue, then the bulk work queue; the test then does what the consumer does with
+  each outcome (ack; a retry copy with its hand-off token; a dead letter with billq's
+  headers);
 - a retry copy is HELD by the test instead of waiting out a delayed retry queue's TTL, and the
   ``release_retry`` rules publish held copies straight to the work exchange, so a copy comes
   back before or after any other step, as a delay tier allows;
@@ -151,7 +152,8 @@ class MoneyMachine(RuleBasedStateMachine):
         self.tally = tally
         self.base = base
         self.loop = asyncio.new_event_loop()
-        self.held: list[tuple[bytes, dict[str, Any], str | None]] = []  # retry copies
+        # Retry copies: body, headers, message id, routing key (the lane they return to).
+        self.held: list[tuple[bytes, dict[str, Any], str | None, str]] = []
         self.seen: set[str] = set()  # succeeded intents already checked
         self.cancelled: dict[int, dt.datetime] = {}  # as of the end of the previous step
         # Refreshed after every step, for the rules' preconditions (skip steps with no effect).
@@ -200,12 +202,15 @@ class MoneyMachine(RuleBasedStateMachine):
         channel = await self.conn.channel()
         await topology.declare(channel, self.settings)
         p = self.settings.queue_prefix
-        queues = [names.work_queue(p), names.dead_letter_queue(p)] + [
-            names.retry_queue(p, t) for t in topology.retry_tiers(self.settings)
+        queues = [names.work_queue(p), names.priority_queue(p), names.dead_letter_queue(p)] + [
+            names.lane_retry_queue(p, lane, t)
+            for lane in names.LANES
+            for t in topology.retry_tiers(self.settings)
         ]
         for q in queues:
             await (await channel.get_queue(q)).purge()
         self.work = await channel.get_queue(names.work_queue(p))
+        self.priority = await channel.get_queue(names.priority_queue(p))
         self.publisher = Publisher(self.conn, timeout=self.settings.publish_timeout)
         self.outbox = Outbox(self.pool, self.publisher, self.settings)
         self.gateway = make_gateway(self.settings)
@@ -297,12 +302,13 @@ class MoneyMachine(RuleBasedStateMachine):
         return [r["id"] for r in await self.pool.fetch("SELECT id FROM billing_jobs ORDER BY id")]
 
     async def _take(self, n: int) -> list[AbstractIncomingMessage]:
-        out = []
-        for _ in range(n):
-            message = await self.work.get(no_ack=False, fail=False)
-            if message is None:
-                break
-            out.append(message)
+        out: list[AbstractIncomingMessage] = []
+        for queue in (self.priority, self.work):  # the priority lane first, as workers do
+            while len(out) < n:
+                message = await queue.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                out.append(message)
         return out
 
     async def _handle(self, handler: Handler, messages: list[AbstractIncomingMessage]) -> None:
@@ -316,7 +322,9 @@ class MoneyMachine(RuleBasedStateMachine):
                 headers.pop(HANDOFF_HEADER, None)
                 if outcome.handoff is not None:
                     headers[HANDOFF_HEADER] = outcome.handoff
-                self.held.append((message.body, headers, message.message_id))
+                self.held.append(
+                    (message.body, headers, message.message_id, message.routing_key or "")
+                )
             elif isinstance(outcome, Dead):
                 headers = dict(message.headers or {})
                 headers["x-billq-error-class"] = outcome.error_class
@@ -324,7 +332,7 @@ class MoneyMachine(RuleBasedStateMachine):
                 headers[dlq.ID_HEADER] = dlq.new_letter_id()
                 await self.publisher.publish(
                     names.dead_letter_exchange(self.settings.queue_prefix),
-                    names.ROUTING_KEY,
+                    message.routing_key or names.ROUTING_KEY,
                     message.body,
                     message_id=message.message_id,
                     headers=headers,
@@ -409,12 +417,13 @@ class MoneyMachine(RuleBasedStateMachine):
         p = self.settings.queue_prefix
         channel = await self.conn.channel()
         try:
-            for name, attr in (
-                (names.work_queue(p), "ready"),
-                (names.dead_letter_queue(p), "letters"),
-            ):
+            counts = {}
+            for name in (names.work_queue(p), names.priority_queue(p), names.dead_letter_queue(p)):
                 declared = await channel.declare_queue(name, passive=True)
-                setattr(self, attr, declared.declaration_result.message_count or 0)
+                counts[name] = declared.declaration_result.message_count or 0
+            # Both lanes feed the worker batches (``_take`` reads the priority lane first).
+            self.ready = counts[names.work_queue(p)] + counts[names.priority_queue(p)]
+            self.letters = counts[names.dead_letter_queue(p)]
         finally:
             await channel.close()
 
@@ -519,11 +528,11 @@ class MoneyMachine(RuleBasedStateMachine):
         copies, self.held = self.held, []
         self.run(self._release(copies))
 
-    async def _release(self, copies: list[tuple[bytes, dict[str, Any], str | None]]) -> None:
-        for body, headers, message_id in copies:
+    async def _release(self, copies: list[tuple[bytes, dict[str, Any], str | None, str]]) -> None:
+        for body, headers, message_id, routing_key in copies:
             await self.publisher.publish(
                 names.work_exchange(self.settings.queue_prefix),
-                names.ROUTING_KEY,
+                names.lane_routing_key(names.lane_of_routing_key(routing_key)),
                 body,
                 message_id=message_id,
                 headers=headers,

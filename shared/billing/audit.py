@@ -8,6 +8,12 @@ None for a one-off). The audit's three findings, each a list of plain dicts (the
 - ``taken_not_recorded``: the gateway holds a succeeded charge for a period with no charge row;
 - ``recorded_not_taken``: a charge row whose gateway charge the gateway does not list;
 - ``double_taken``: more than one succeeded gateway charge for one period.
+
+and two for refunds, matched by the refund's billq key (``billq_refund_…``):
+
+- ``refunded_not_recorded``: the gateway gave money back under a billq key with no ``refunds``
+  row (money moved that billq does not know of, as a charge taken but not recorded);
+- ``refund_recorded_not_refunded``: a ``refunds`` row whose refund the gateway does not list.
 """
 
 from __future__ import annotations
@@ -39,16 +45,40 @@ class Recorded:
     kind: str = "period"
 
 
+@dataclass(frozen=True, slots=True)
+class Refund:
+    """A refund, as the gateway lists it or as ``refunds`` records it."""
+
+    refund_id: str
+    idempotency_key: str
+    amount: int
+    currency: str
+    charge_id: str = ""  # the gateway's charge (payment intent) it refunds
+    job_id: int | None = None  # recorded side only
+
+
+FINDINGS = (
+    "taken_not_recorded",
+    "recorded_not_taken",
+    "double_taken",
+    "refunded_not_recorded",
+    "refund_recorded_not_refunded",
+)
+
+
 @dataclass
 class Findings:
     checked: int = 0
     taken_not_recorded: list[dict[str, Any]] = field(default_factory=list)
     recorded_not_taken: list[dict[str, Any]] = field(default_factory=list)
     double_taken: list[dict[str, Any]] = field(default_factory=list)
+    refunds_checked: int = 0
+    refunded_not_recorded: list[dict[str, Any]] = field(default_factory=list)
+    refund_recorded_not_refunded: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return not (self.taken_not_recorded or self.recorded_not_taken or self.double_taken)
+        return not any(getattr(self, name) for name in FINDINGS)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +86,9 @@ class Findings:
             "taken_not_recorded": self.taken_not_recorded,
             "recorded_not_taken": self.recorded_not_taken,
             "double_taken": self.double_taken,
+            "refunds_checked": self.refunds_checked,
+            "refunded_not_recorded": self.refunded_not_recorded,
+            "refund_recorded_not_refunded": self.refund_recorded_not_refunded,
         }
 
 
@@ -108,3 +141,28 @@ def compare(taken: Iterable[Taken], recorded: Iterable[Recorded]) -> Findings:
                 {**_where(unit), "charge_id": row.charge_id, "job_id": row.job_id}
             )
     return out
+
+
+def compare_refunds(
+    findings: Findings, listed: Iterable[Refund], recorded: Iterable[Refund]
+) -> None:
+    """Add the refund findings: the gateway's billq refunds against ``refunds``, by key."""
+    given = {r.idempotency_key: r for r in listed}
+    rows = {r.idempotency_key: r for r in recorded}
+    findings.refunds_checked = len(set(given) | set(rows))
+    for key, refund in sorted(given.items()):
+        if key not in rows:
+            findings.refunded_not_recorded.append(
+                {
+                    "refund_id": refund.refund_id,
+                    "charge_id": refund.charge_id,
+                    "idempotency_key": key,
+                    "amount": refund.amount,
+                    "currency": refund.currency,
+                }
+            )
+    for key, row in sorted(rows.items()):
+        if key not in given:
+            findings.refund_recorded_not_refunded.append(
+                {"refund_id": row.refund_id, "idempotency_key": key, "job_id": row.job_id}
+            )

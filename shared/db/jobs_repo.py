@@ -16,6 +16,7 @@ import asyncpg
 
 from shared.billing.claims import ClaimedJob, ClaimRequest, JobSnapshot
 from shared.billing.dunning import DeclineDecision
+from shared.db import refunds_repo
 from shared.db.errors import classified
 
 # Seconds without a heartbeat after which a worker's locks may be taken over.
@@ -56,7 +57,7 @@ WITH m AS (
     RETURNING m.ord, j.id, j.kind, j.account_id, j.period_start, j.period_end,
               j.idempotency_key, j.amount_cents, j.currency, j.attempts, j.dunning_attempt,
               j.attempt_base, j.started_at, j.payment_method AS frozen_payment_method,
-              j.gateway_customer AS frozen_customer
+              j.gateway_customer AS frozen_customer, j.refund_of
 )
 SELECT c.*, a.status AS account_status,
        coalesce(c.frozen_payment_method, a.payment_method) AS payment_method,
@@ -95,7 +96,11 @@ SELECT c.*, a.status AS account_status,
             (SELECT min(o.id) FROM claimed o
               WHERE o.account_id = c.account_id AND o.kind = 'period' AND o.id < c.id
                 AND daterange(o.period_start, o.period_end)
-                    && daterange(c.period_start, c.period_end))) END AS busy_with
+                    && daterange(c.period_start, c.period_end))) END AS busy_with,
+       -- A refund job: the gateway id of the charge it refunds, and its recorded refund.
+       (SELECT ch.gateway_charge_id FROM charges ch WHERE ch.id = c.refund_of) AS refund_charge,
+       (SELECT r.gateway_refund_id FROM refunds r
+         WHERE c.refund_of IS NOT NULL AND r.idempotency_key = c.idempotency_key) AS refunded_by
   FROM claimed c LEFT JOIN accounts a ON a.id = c.account_id
 """
 
@@ -351,6 +356,9 @@ class PgJobsRepo:
                 paid_by=row["paid_by"],
                 overlaps_paid=row["overlaps_paid"],
                 busy_with=row["busy_with"],
+                refund_of=row["refund_of"],
+                refund_charge=row["refund_charge"],
+                refunded_by=row["refunded_by"],
             )
             for row in rows
         }
@@ -399,6 +407,10 @@ class PgJobsRepo:
             RECORD_ALREADY_PAID, job.job_id, job.attempts, reason[:1000]
         )
         return status.endswith(" 1")
+
+    async def record_refund(self, job: ClaimedJob, refund_id: str) -> bool:
+        """Commit a refund (see ``shared.db.refunds_repo.record_refund``)."""
+        return await refunds_repo.record_refund(self._pool, job.job_id, job.attempts, refund_id)
 
     @classified
     async def record_dead(self, job_id: int, attempts: int | None, reason: str) -> bool:

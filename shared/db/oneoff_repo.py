@@ -44,7 +44,8 @@ GET_JOB = JOB_COLUMNS + " WHERE j.id = $1"
 
 # What the outbox needs to publish the job.
 OUTBOX_ROW = """
-SELECT id, kind, account_id, period_start, idempotency_key, run_id FROM billing_jobs WHERE id = $1
+SELECT id, kind, account_id, period_start, idempotency_key, run_id, dunning_attempt
+  FROM billing_jobs WHERE id = $1
 """
 
 ACCOUNT_EXISTS = "SELECT EXISTS (SELECT 1 FROM accounts WHERE id = $1)"

@@ -54,7 +54,7 @@ INSERT INTO billing_jobs (run_id, account_id, period_start, period_end, idempote
 SELECT $1, * FROM unnest($2::bigint[], $3::date[], $4::date[], $5::text[], $6::int[], $7::text[],
                          $8::smallint[], $9::text[], $10::text[])
 ON CONFLICT DO NOTHING
-RETURNING id, account_id, period_start, idempotency_key, run_id
+RETURNING id, account_id, period_start, idempotency_key, run_id, dunning_attempt
 """
 
 # Due accounts whose planned job already exists and has ended: why they got nothing.
@@ -87,7 +87,7 @@ RETURNING id
 # Orphans only: skip jobs of a sharded run whose other shards may still be publishing.
 # Jobs of no run (one-off charges the API committed but did not get to publish) are orphans.
 PENDING_BATCH = """
-SELECT id, kind, account_id, period_start, idempotency_key, run_id
+SELECT id, kind, account_id, period_start, idempotency_key, run_id, dunning_attempt
   FROM billing_jobs
  WHERE state = 'pending' AND id > $1
    AND (run_id IS NULL OR run_id NOT IN (SELECT r.id FROM billing_runs r

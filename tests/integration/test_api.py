@@ -65,8 +65,10 @@ async def test_a_one_off_charge_creates_one_published_job_and_its_replay_answers
         assert shown["state"] == "published"
     rows = await db.fetch("SELECT kind, state, run_id FROM billing_jobs")
     assert [tuple(r) for r in rows] == [("oneoff", "published", None)]
+    # An application waits for its one-off: it travels the priority lane, not the bulk one.
     depths = await testkit.queue_depths(ready)
-    assert depths[f"{ready.queue_prefix}.charge"][0] == 1
+    assert depths[f"{ready.queue_prefix}.charge.priority"][0] == 1
+    assert depths[f"{ready.queue_prefix}.charge"][0] == 0
 
 
 async def test_the_same_key_with_another_body_is_a_409_idempotency_error(
