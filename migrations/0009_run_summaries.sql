@@ -157,6 +157,12 @@ BEGIN
     END LOOP;
 END $$;
 
+-- Per-row pages (a run's dead jobs, /jobs?run=&state=) page newest or oldest first by id
+-- within a run and state: the index gives them in order, so LIMIT reads only what it shows.
+-- It replaces (run_id, state), whose every use it also serves: no extra index to update.
+CREATE INDEX billing_jobs_run_state_id_idx ON billing_jobs (run_id, state, id);
+DROP INDEX billing_jobs_run_state_idx;
+
 -- The fold: deltas out, summed into run_summaries, in one transaction. SECURITY DEFINER so
 -- the least-privilege roles may fold without rights on the summary tables; one folder at a
 -- time (a concurrent caller skips: the next fold takes what it left).
@@ -181,6 +187,21 @@ BEGIN
     )
     SELECT count(*) INTO folded FROM d;
     RETURN folded;
+END $$;
+
+-- A run hook's payload (migration 0008) freezes the run's counts and billed money when it
+-- settles: from its summaries too, not a count over its jobs inside the settling commit.
+CREATE OR REPLACE FUNCTION run_hook_on_settle() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO run_hook_events (run_id, type, payload)
+    SELECT NEW.id, 'run.' || NEW.state, to_jsonb(p)
+      FROM (SELECT NEW.id AS run_id, NEW.state AS state, NEW.as_of AS as_of,
+                   NEW.finished_at AS finished_at, NEW.error AS error,
+                   coalesce((SELECT jsonb_object_agg(s.key, s.n) FROM run_summary_totals s
+                              WHERE s.run_id = NEW.id AND s.kind = 'state'), '{}') AS jobs,
+                   coalesce((SELECT jsonb_object_agg(s.key, s.amount) FROM run_summary_totals s
+                              WHERE s.run_id = NEW.id AND s.kind = 'billed'), '{}') AS billed) p;
+    RETURN NEW;
 END $$;
 
 -- Backfill: existing runs, recounted once (this transaction holds the triggers' tables, so

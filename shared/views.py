@@ -80,9 +80,10 @@ async def runs(pool: asyncpg.Pool, limit: int) -> list[dict[str, Any]]:
     return [dict(r) for r in await billing_repo.runs(pool, limit)]
 
 
-async def report(pool: asyncpg.Pool, run_id: int) -> dict[str, Any]:
-    """``billq report RUN --json``: billed per currency, declines by reason, dead jobs,
-    blocked accounts (due but given no job).
+async def report(pool: asyncpg.Pool, run_id: int, dead_limit: int | None = None) -> dict[str, Any]:
+    """``billq report RUN --json``: billed per currency, refunded per currency (refunds of the
+    run's charges), declines by reason, dead jobs (the first ``dead_limit`` by id; all by
+    default), blocked accounts (due but given no job).
 
     Raises:
         ConfigError: there is no such run.
@@ -94,13 +95,14 @@ async def report(pool: asyncpg.Pool, run_id: int) -> dict[str, Any]:
     if run is None:
         raise ConfigError(f"RUN: no billing run {run_id}")
     counts = await runs_repo.run_counts(pool, run_id)
-    parts = await billing_repo.report(pool, run_id)
+    parts = await billing_repo.report(pool, run_id, dead_limit)
     return {
         "run_id": run["id"],
         "state": run["state"],
         "as_of": run["as_of"],
         "jobs": counts,
         "billed": rows_to_dicts(parts["billed"]),
+        "refunded": rows_to_dicts(parts["refunded"]),
         "declines": rows_to_dicts(parts["declines"]),
         "dead": rows_to_dicts(parts["dead"]),
         "blocked": rows_to_dicts(parts["blocked"]),
@@ -173,12 +175,19 @@ async def dead_letter(
 
 
 async def jobs(
-    pool: asyncpg.Pool, state: str | None, run: int | None, account: int | None, limit: int
+    pool: asyncpg.Pool,
+    state: str | None,
+    run: int | None,
+    account: int | None,
+    limit: int,
+    before: int | None = None,
 ) -> list[dict[str, Any]]:
-    """``billq jobs --json``: newest first, filtered by state, run and account."""
+    """``billq jobs --json``: newest first, filtered by state, run and account; ``before``
+    (a job id) gives the next page: the jobs older than the last one shown."""
     from shared.db import ops_repo
 
-    return [dict(r) for r in await ops_repo.list_jobs(pool, state, run, account, limit)]
+    rows = await ops_repo.list_jobs(pool, ops_repo.JobsPage(state, run, account, limit, before))
+    return [dict(r) for r in rows]
 
 
 async def workers(pool: asyncpg.Pool) -> list[dict[str, Any]]:
