@@ -109,10 +109,11 @@ async def report(pool: asyncpg.Pool, run_id: int, dead_limit: int | None = None)
     }
 
 
-# The lane of a job is names.routing_key_for_job's: dunning retries travel the priority lane.
+# The lane of a job is names.routing_key_for_job's: dunning retries and the one-off and
+# refund kinds (names.PRIORITY_KINDS) travel the priority lane.
 PROCESSING_BY_LANE = """
-SELECT count(*) FILTER (WHERE dunning_attempt = 0) AS work,
-       count(*) FILTER (WHERE dunning_attempt > 0) AS priority
+SELECT count(*) FILTER (WHERE NOT (dunning_attempt > 0 OR kind = ANY($1::text[]))) AS work,
+       count(*) FILTER (WHERE dunning_attempt > 0 OR kind = ANY($1::text[])) AS priority
   FROM billing_jobs WHERE state = 'processing'
 """
 
@@ -124,7 +125,9 @@ async def queues(
     from shared.amqp.inspect import queue_depths
 
     depths = await queue_depths(conn, settings)
-    row = await pool.fetchrow(PROCESSING_BY_LANE)
+    from shared.amqp import names
+
+    row = await pool.fetchrow(PROCESSING_BY_LANE, sorted(names.PRIORITY_KINDS))
     processing: dict[str, int] = dict(row) if row is not None else {}
     rows = []
     for d in depths:
