@@ -278,12 +278,10 @@ async def publish_job(
     the hand-off header for a retrying job). Here because ``shared`` cannot import the
     distributor and the dashboard republishes too."""
     from shared.amqp import names
-    from shared.messages import HANDOFF_HEADER, MESSAGE_TYPE, encode_charge
+    from shared.messages import HANDOFF_HEADER, MESSAGE_TYPE, encode_job
     from shared.signing import SIGNATURE_HEADER, sign
 
-    body = encode_charge(
-        row["id"], row["account_id"], row["period_start"], row["idempotency_key"], row["run_id"]
-    )
+    body = encode_job(row)
     headers: dict[str, object] = {}
     if handoff is not None:
         headers[HANDOFF_HEADER] = handoff
@@ -292,7 +290,7 @@ async def publish_job(
         headers[SIGNATURE_HEADER] = sign(body, keys[0])
     await publisher.publish(
         names.work_exchange(settings.queue_prefix),
-        names.routing_key_for_job(dunning_attempt=row["dunning_attempt"]),
+        names.routing_key_for_job(dunning_attempt=row["dunning_attempt"], kind=row.get("kind")),
         body,
         message_id=row["idempotency_key"],
         message_type=MESSAGE_TYPE,

@@ -7,9 +7,11 @@ charge, lost messages, card updates, account cancels, re-imports, ``jobs retry``
 and RabbitMQ and an in-process sandbox gateway, and checks the money invariants after every
 step:
 
-1. at most one succeeded gateway charge per (account, period);
-2. after reconcile + audit(repair) every (account, period) the gateway charged has a
-   ``charges`` row (checked by the ``audit_records_every_charge`` rule and at teardown);
+1. at most one succeeded gateway charge per (account, period) — and per one-off charge
+   (an application's ``POST /v1/charges``, under its caller's key), for the amount asked;
+2. after reconcile + audit(repair) every (account, period) and every one-off the gateway
+   charged has a ``charges`` row (checked by the ``audit_records_every_charge`` rule and at
+   teardown);
 3. no charge is taken, while an account is cancelled, for a period that starts at or after
    its ``cancelled_at``;
 4. no two succeeded gateway charges of one account cover the same day (re-imports change
@@ -63,7 +65,7 @@ from hypothesis.stateful import (
 from distributor.outbox import Outbox
 from distributor.run import distribute, reconcile_once
 from sandbox.server import build_app
-from shared import operations
+from shared import oneoff, operations
 from shared.amqp import dlq, names, topology
 from shared.amqp.publisher import Publisher
 from shared.audit import audit
@@ -73,7 +75,7 @@ from shared.config import Settings
 from shared.db import accounts_repo
 from shared.db.jobs_repo import PgJobsRepo
 from shared.db.pool import create_pool
-from shared.errors import ActionRefused, ConfigError
+from shared.errors import ActionRefused, ConfigError, RequestRefused
 from shared.gateway.factory import make_gateway
 from shared.gateway.port import ChargeOutcome, ChargeRequest, PaymentGateway
 from shared.messages import HANDOFF_HEADER
@@ -166,6 +168,7 @@ class MoneyMachine(RuleBasedStateMachine):
         # Refreshed after every step, for the rules' preconditions (skip steps with no effect).
         self.ready = self.letters = self.jobs = 0
         self.since_audit = 0
+        self.oneoffs: dict[str, tuple[int, int]] = {}  # gateway key → (job id, amount asked)
         self._closers: list[Callable[[], Awaitable[None]]] = []
         try:
             self.run(self._setup())
@@ -305,7 +308,10 @@ class MoneyMachine(RuleBasedStateMachine):
 
     @staticmethod
     def _period(intent: dict[str, Any]) -> tuple[int, str]:
+        """What is charged once: (account, period), or (account, "oneoff:" + key)."""
         meta = intent["metadata"]
+        if meta.get("billq_kind") == "oneoff":
+            return int(meta["billq_account_id"]), "oneoff:" + meta["billq_idempotency_key"]
         return int(meta["billq_account_id"]), meta["billq_period"]
 
     async def _job_ids(self) -> list[int]:
@@ -370,7 +376,11 @@ class MoneyMachine(RuleBasedStateMachine):
         charged = {self._period(i) for i in await self._succeeded()}
         recorded = {
             (r["account_id"], r["period_start"].isoformat())
-            for r in await self.pool.fetch("SELECT account_id, period_start FROM charges")
+            if r["kind"] == "period"
+            else (r["account_id"], "oneoff:" + r["idempotency_key"])
+            for r in await self.pool.fetch(
+                "SELECT kind, account_id, period_start, idempotency_key FROM charges"
+            )
         }
         missing = sorted(charged - recorded)
         assert not missing, (
@@ -401,6 +411,12 @@ class MoneyMachine(RuleBasedStateMachine):
                 continue
             self.seen.add(intent["id"])
             account, period = self._period(intent)
+            if period.startswith("oneoff:"):
+                key = intent["metadata"]["billq_idempotency_key"]
+                assert intent["amount"] == self.oneoffs[key][1], (
+                    f"one-off {key} charged {intent['amount']}, asked {self.oneoffs[key][1]}"
+                )
+                continue  # asked for now: no period for a cancellation to precede
             cancelled = self.cancelled.get(account)
             starts = _instant(dt.date.fromisoformat(period))
             assert cancelled is None or starts < cancelled, (
@@ -632,6 +648,35 @@ class MoneyMachine(RuleBasedStateMachine):
             await accounts_repo.import_rows(
                 cast(asyncpg.Connection, conn), [row], today=dt.datetime.now(dt.UTC).date()
             )
+
+    # --- an application ---------------------------------------------------------------
+
+    @rule(
+        account=st.sampled_from(ACCOUNTS),
+        key=st.sampled_from(("order-1", "order-2", "order-3")),
+        amount=st.sampled_from((500, 700)),
+        published=st.sampled_from((True, True, False)),
+    )
+    def an_application_asks_for_a_one_off_charge(
+        self, account: int, key: str, amount: int, published: bool
+    ) -> None:
+        """What ``POST /v1/charges`` runs; ``published`` False: the API died between its
+        commit and its publish (the next distribute's outbox repair publishes the job)."""
+        self.tally.rules["oneoff" if published else "oneoff_unpublished"] += 1
+        self.run(self._oneoff(account, key, amount, published))
+
+    async def _oneoff(self, account: int, key: str, amount: int, published: bool) -> None:
+        request = oneoff.ChargeRequest(account, amount, "USD", None)
+        try:
+            created = await oneoff.create(self.pool, request, key)
+        except RequestRefused:  # the key used with another body, or a cancelled account
+            return
+        gateway_key = created.body["idempotency_key"]
+        first = self.oneoffs.setdefault(gateway_key, (created.body["id"], amount))
+        assert first[0] == created.body["id"], f"key {key} made a second job"
+        assert created.replayed == (created.job_id is None)
+        if published and created.job_id is not None:
+            await oneoff.publish(self.pool, self.publisher, self.settings, created.job_id)
 
     # --- operators ------------------------------------------------------------------------
 

@@ -79,3 +79,7 @@ GRANT SELECT, INSERT ON refunds, credit_notes TO billq_worker;
 GRANT SELECT, INSERT, UPDATE ON credit_note_counters TO billq_worker;
 GRANT USAGE ON SEQUENCE refunds_id_seq, credit_notes_id_seq TO billq_worker;
 GRANT EXECUTE ON FUNCTION billq_next_credit_note_number(integer) TO billq_worker;
+
+-- billq api and billq charge run as the distributor: one-off jobs and the callers'
+-- idempotency records (written in the transaction that creates the job).
+GRANT SELECT, INSERT, UPDATE ON api_idempotency_keys TO billq_distributor;

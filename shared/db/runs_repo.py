@@ -26,7 +26,7 @@ SELECT a.id, a.next_billing_at, a.billing_interval, a.billing_anchor_day, a.amou
   LEFT JOIN LATERAL (
       -- The newest period this account got a first job for (catch-up pacing).
       SELECT j.period_start, j.created_at FROM billing_jobs j
-       WHERE j.account_id = a.id AND j.dunning_attempt = 0
+       WHERE j.account_id = a.id AND j.kind = 'period' AND j.dunning_attempt = 0
        ORDER BY j.period_start DESC LIMIT 1) last ON true
   -- "A job in this run already", looked up among the account's own few jobs: a LATERAL with
   -- LIMIT is always probed per account. As NOT EXISTS the planner, whose statistics mid-run
@@ -37,7 +37,8 @@ SELECT a.id, a.next_billing_at, a.billing_interval, a.billing_anchor_day, a.amou
   -- id) keeps any index on run_id out of the probe.
   LEFT JOIN LATERAL (
       SELECT true AS found FROM billing_jobs j
-       WHERE j.account_id = a.id AND j.run_id IS NOT DISTINCT FROM $6 LIMIT 1) mine ON true
+       WHERE j.account_id = a.id AND j.kind = 'period' AND j.run_id IS NOT DISTINCT FROM $6
+       LIMIT 1) mine ON true
  WHERE a.status IN ('active', 'past_due') AND a.next_billing_at <= $1
    AND (a.next_billing_at, a.id) > ($4, $5)
    AND (a.dunning_next_at IS NULL OR a.dunning_next_at <= $1)
@@ -96,14 +97,15 @@ RETURNING id
 """
 
 # Orphans only: skip jobs of a sharded run whose other shards may still be publishing.
+# Jobs of no run (one-off charges the API committed but did not get to publish) are orphans.
 PENDING_BATCH = """
-SELECT id, account_id, period_start, idempotency_key, run_id, dunning_attempt
+SELECT id, kind, account_id, period_start, idempotency_key, run_id, dunning_attempt
   FROM billing_jobs
  WHERE state = 'pending' AND id > $1
-   AND run_id NOT IN (SELECT r.id FROM billing_runs r
+   AND (run_id IS NULL OR run_id NOT IN (SELECT r.id FROM billing_runs r
                        WHERE r.state = 'running' AND r.shards > 1
                          AND r.shards_done < r.shards
-                         AND r.started_at > now() - make_interval(secs => $3))
+                         AND r.started_at > now() - make_interval(secs => $3)))
  ORDER BY id
  LIMIT $2
 """
