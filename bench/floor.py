@@ -34,9 +34,10 @@ WITH job AS (
      WHERE id = $1 AND state = 'published'
     RETURNING id, account_id, period_start, period_end, amount_cents, currency, idempotency_key
 ), charge AS (
-    INSERT INTO charges (job_id, account_id, period_start, amount_cents, currency,
+    INSERT INTO charges (job_id, account_id, period_start, period_end, amount_cents, currency,
                          idempotency_key, gateway_charge_id)
-    SELECT id, account_id, period_start, amount_cents, currency, idempotency_key, 'floor'
+    SELECT id, account_id, period_start, period_end, amount_cents, currency, idempotency_key,
+           'floor'
       FROM job
     ON CONFLICT DO NOTHING
 )

@@ -196,10 +196,18 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
             await conn.close()
 
     counts = asyncio.run(main())
+    for kept in counts.kept_cancelled:
+        when = kept.cancelled_at.isoformat() if kept.cancelled_at else "earlier"
+        sys.stderr.write(
+            f"billq: {args.file}: account {kept.account_id}: status active ignored: cancelled by "
+            f"{kept.cancelled_by} ({when}) with `billq accounts cancel`; it stays cancelled — "
+            f"`billq accounts reactivate {kept.account_id}` bills it again\n"
+        )
     print(
         f"accounts import: {len(rows)} rows: inserted={counts.inserted} "
         f"updated={counts.updated} unchanged={len(rows) - counts.changed} "
-        f"cancelled={counts.cancelled} reactivated={counts.reactivated}"
+        f"cancelled={counts.cancelled} reactivated={counts.reactivated} "
+        f"kept_cancelled={len(counts.kept_cancelled)}"
     )
     return 0
 
@@ -285,15 +293,41 @@ def _update_pm(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from billq.fleet import actor
     from shared.db import accounts_repo
 
     at = args.at or dt.datetime.now(dt.UTC)
-    row = asyncio.run(_with_pool(settings, lambda pool: accounts_repo.cancel(pool, args.id, at)))
+    row = asyncio.run(
+        _with_pool(settings, lambda pool: accounts_repo.cancel(pool, args.id, at, actor()))
+    )
     if row is None:
         raise ConfigError(f"ID: no account {args.id}")
     print(
         f"account {args.id}: cancelled effective {at.isoformat()}; status {row['before']} → "
         f"{row['after']}; no period starting at or after it is billed"
+    )
+    return 0
+
+
+def _reactivate(args: argparse.Namespace, settings: Settings) -> int:
+    from billq.fleet import actor
+    from shared.db import accounts_repo
+
+    today = dt.datetime.now(dt.UTC).date()
+    found, row = asyncio.run(
+        _with_pool(
+            settings,
+            lambda pool: accounts_repo.reactivate(pool, args.id, actor(), today=today),
+        )
+    )
+    if not found:
+        raise ConfigError(f"ID: no account {args.id}")
+    if row is None:
+        print(f"account {args.id}: not cancelled and no cancellation scheduled; nothing to undo")
+        return 0
+    print(
+        f"account {args.id}: reactivated; status {row['status']}; billed again from "
+        f"{row['next_billing_at'].isoformat()} (never for the time it was cancelled)"
     )
     return 0
 
@@ -311,7 +345,9 @@ def register(sub: Any) -> None:
         "and column) imports nothing. Re-importing updates changed accounts by id "
         "without touching their billing state; a status column cancels "
         "(cancelled) or reactivates (active) an account, never overriding "
-        "billq's own past_due/suspended.",
+        "billq's own past_due/suspended. An account an operator cancelled "
+        "(`accounts cancel`) stays cancelled whatever the file says: such rows are "
+        "reported (kept_cancelled=N) and `accounts reactivate ID` undoes the cancel.",
     )
     p.add_argument("file", help="a .csv or .jsonl file with the accounts contract columns")
     p.set_defaults(handler=_import)
@@ -341,6 +377,17 @@ def register(sub: Any) -> None:
         "--at", type=_instant("--at"), help="when the cancellation takes effect (default: now)"
     )
     p.set_defaults(handler=_cancel)
+
+    p = verbs.add_parser(
+        "reactivate",
+        help="undo a cancel, an operator's too, or withdraw a scheduled one",
+        description="Reactivate a cancelled account — the only way to undo `accounts cancel` "
+        "(an import's status=active does not) — or withdraw a cancellation scheduled with "
+        "--at. Billed again from its next anchored date on or after today, never for the "
+        "time it was cancelled. Recorded in operator_actions with who did it.",
+    )
+    p.add_argument("id", type=positive_int, metavar="ID")
+    p.set_defaults(handler=_reactivate)
 
     p = verbs.add_parser(
         "update-payment-method", help="replace the card; a past-due or suspended account is retried"

@@ -122,7 +122,9 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     rows = asyncio.run(
         _with(
             settings,
-            lambda p, _c: views.jobs(p, args.state, args.run, args.account, args.limit),
+            lambda p, _c: views.jobs(
+                p, args.state, args.run, args.account, args.limit, args.before
+            ),
             broker=False,
         )
     )
@@ -130,7 +132,17 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> int:
         output.print_json(output.rows_to_dicts(rows))
     else:
         output.print_table(
-            rows, ("id", "run_id", "account_id", "period_start", "state", "attempts", "last_error")
+            rows,
+            (
+                "id",
+                "kind",
+                "run_id",
+                "account_id",
+                "period_start",
+                "state",
+                "attempts",
+                "last_error",
+            ),
         )
     return 0
 
@@ -233,6 +245,12 @@ def register(sub: Any) -> None:
     jobs.add_argument("--run", type=positive_int)
     jobs.add_argument("--account", type=positive_int)
     jobs.add_argument("--limit", type=positive_int, default=100)
+    jobs.add_argument(
+        "--before",
+        type=positive_int,
+        metavar="ID",
+        help="next page: only jobs older than job ID (the last one of the previous page)",
+    )
     jobs.add_argument("--json", action="store_true")
     jobs.set_defaults(handler=_jobs)
     verbs = jobs.add_subparsers(dest="verb", metavar="VERB", parser_class=type(jobs))

@@ -8,7 +8,7 @@
 ``GET /api/queues``            ``billq queues --json``
 ``GET /api/dlq[?error_class]`` ``billq dlq list --json``
 ``GET /api/dlq/{id}``          ``billq dlq show ID --json``
-``GET /api/jobs?state&run&account&limit``  ``billq jobs --json``
+``GET /api/jobs?state&run&account&limit&before``  ``billq jobs --json``
 ``GET /api/accounts/{id}``     ``billq accounts show ID --json`` + charges, invoices
 ``GET /api/workers``           ``billq workers --json``
 ``GET /api/scale-hint?deadline=ISO[&window=S]``  ``billq scale-hint --json``
@@ -56,12 +56,12 @@ async def runs(request: web.Request) -> web.Response:
 
 
 async def run(request: web.Request) -> web.Response:
-    from dashboard.pages import run_data
+    from dashboard.pages import cached_run_data
 
     run_id = _int(request.match_info["id"], "run")
     assert run_id is not None
     try:
-        data = await run_data(state_of(request), run_id)
+        data = await cached_run_data(state_of(request), run_id)
     except ConfigError as exc:
         return fail(404, str(exc))
     return reply({k: data[k] for k in ("status", "report", "dunning", "throughput")})
@@ -110,6 +110,7 @@ async def jobs(request: web.Request) -> web.Response:
         _int(q.get("run"), "run"),
         _int(q.get("account"), "account"),
         min(_int(q.get("limit"), "limit") or 100, 10_000),
+        _int(q.get("before"), "before"),
     )
     return reply(views.rows_to_dicts(rows))
 

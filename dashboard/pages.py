@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -20,6 +21,7 @@ from shared.errors import BillqError, ConfigError
 
 LETTER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_SELECTED = 500
+DEAD_SHOWN = 200  # dead jobs listed on a run page
 
 
 def state_of(request: web.Request) -> State:
@@ -110,20 +112,24 @@ async def run_data(state: State, run_id: int) -> dict[str, Any]:
         "status": status,
         "open_jobs": sum(status["counts"][s] for s in OPEN_STATES),
         "done_jobs": sum(status["counts"][s] for s in TERMINAL),
-        "report": await views.report(state.pool, run_id),
+        # The page lists the first dead jobs; /jobs?state=dead pages through the rest.
+        "report": await views.report(state.pool, run_id, DEAD_SHOWN),
         "dunning": await views.dunning(state.pool, run_id),
         "throughput": await views.throughput(state.pool, run_id),
     }
+
+
+async def cached_run_data(state: State, run_id: int) -> dict[str, Any]:
+    """``run_data`` through the cache (the run page, its live fragment and its API)."""
+    data: dict[str, Any] = await state.cache.get(("run", run_id), lambda: run_data(state, run_id))
+    return data
 
 
 async def _run_or_404(state: State, request: web.Request) -> dict[str, Any]:
     run_id = _int(request.match_info["id"], "run")
     assert run_id is not None
     try:
-        data: dict[str, Any] = await state.cache.get(
-            ("run", run_id), lambda: run_data(state, run_id)
-        )
-        return data
+        return await cached_run_data(state, run_id)
     except ConfigError:
         raise web.HTTPNotFound(text=f"no billing run {run_id}\n") from None
 
@@ -179,14 +185,16 @@ async def jobs_page(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text=f"state: one of {', '.join(JOB_STATES)}\n")
     run, account = _int(q.get("run"), "run"), _int(q.get("account"), "account")
     limit = min(_int(q.get("limit"), "limit") or 100, 1000)
-    rows = await views.jobs(state_of(request).pool, job_state, run, account, limit)
-    return render(
-        request,
-        "jobs.html",
-        jobs=rows,
-        states=JOB_STATES,
-        filters={"state": job_state or "", "run": run or "", "account": account or ""},
+    before = _int(q.get("before"), "before")
+    rows = await views.jobs(state_of(request).pool, job_state, run, account, limit, before)
+    filters = {"state": job_state or "", "run": run or "", "account": account or ""}
+    # Keyset pages: the next one starts after the last job shown (a full page means more).
+    older = (
+        "/jobs?" + urlencode({**{k: v for k, v in filters.items() if v}, "before": rows[-1]["id"]})
+        if len(rows) == limit
+        else None
     )
+    return render(request, "jobs.html", jobs=rows, states=JOB_STATES, filters=filters, older=older)
 
 
 async def account_page(request: web.Request) -> web.Response:

@@ -85,6 +85,23 @@ def build_app(state: State) -> web.Application:
     return app
 
 
+async def warm_up(state: State) -> None:
+    """Do before the first request what it would otherwise pay for: compile every template,
+    import what the handlers import lazily, open the broker connection (best effort: a
+    broker that is down shows on the pages, it does not stop the dashboard)."""
+    import shared.amqp.dlq
+    import shared.amqp.inspect
+    import shared.operations
+    import shared.views  # noqa: F401
+
+    for name in state.templates.list_templates():
+        state.templates.get_template(name)
+    try:
+        await state.broker()
+    except Exception as exc:
+        log.warning("dashboard.broker_unavailable", error=str(exc))
+
+
 async def serve(
     settings: Settings,
     *,
@@ -99,6 +116,7 @@ async def serve(
 
     pool = await create_pool(settings, min_size=1, max_size=4)
     state = State(settings, pool, read_only, finish_within_s, templates())
+    await warm_up(state)
     runner = web.AppRunner(build_app(state), access_log=None)
     await runner.setup()
     try:

@@ -12,7 +12,9 @@ calls :func:`deliver_due`, which POSTs due events to ``BILLQ_RUN_WEBHOOK_URL``:
   request cannot be replayed later (receivers reject an old ``t``);
 * de-duplicable: the body's ``id`` is the same on every retry of one event;
 * bounded: at most ``BATCH`` events and ``CALL_BUDGET_S`` seconds per call, so a slow
-  receiver never stalls the caller (the worker runs it beside its heartbeat anyway).
+  receiver never stalls the caller (the worker runs it beside its heartbeat anyway);
+* no backlog: events of runs that settled before any process first had a URL are marked
+  ``skipped``, never sent (``hooks_repo.SKIP_BACKLOG``).
 """
 
 from __future__ import annotations
@@ -118,6 +120,9 @@ async def deliver_due(
     url, secret = settings.run_webhook_url, settings.webhook_secret
     if url is None or secret is None:
         return result
+    skipped = await hooks_repo.skip_backlog(pool)
+    if skipped:
+        log.info("hook.backlog_skipped", events=skipped)
     rows = await hooks_repo.claim_due(pool, BATCH, CLAIM_LEASE_S)
     if not rows:
         return result

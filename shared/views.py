@@ -51,6 +51,7 @@ async def run_status(pool: asyncpg.Pool, run_id: int | None) -> dict[str, Any]:
     rid = run_id if run_id is not None else await runs_repo.latest_run_id(pool)
     if rid is None:
         raise ConfigError("no billing run yet (run `billq distribute`)")
+    await runs_repo.fold_summaries(pool)
     await runs_repo.settle_run(pool, rid)
     run = await runs_repo.get_run(pool, rid)
     if run is None:
@@ -75,12 +76,14 @@ async def runs(pool: asyncpg.Pool, limit: int) -> list[dict[str, Any]]:
     from shared.db import billing_repo, runs_repo
 
     await runs_repo.settle_open_runs(pool)
+    await runs_repo.fold_summaries(pool)
     return [dict(r) for r in await billing_repo.runs(pool, limit)]
 
 
-async def report(pool: asyncpg.Pool, run_id: int) -> dict[str, Any]:
-    """``billq report RUN --json``: billed per currency, declines by reason, dead jobs,
-    blocked accounts (due but given no job).
+async def report(pool: asyncpg.Pool, run_id: int, dead_limit: int | None = None) -> dict[str, Any]:
+    """``billq report RUN --json``: billed per currency, refunded per currency (refunds of the
+    run's charges), declines by reason, dead jobs (the first ``dead_limit`` by id; all by
+    default), blocked accounts (due but given no job).
 
     Raises:
         ConfigError: there is no such run.
@@ -92,17 +95,26 @@ async def report(pool: asyncpg.Pool, run_id: int) -> dict[str, Any]:
     if run is None:
         raise ConfigError(f"RUN: no billing run {run_id}")
     counts = await runs_repo.run_counts(pool, run_id)
-    parts = await billing_repo.report(pool, run_id)
+    parts = await billing_repo.report(pool, run_id, dead_limit)
     return {
         "run_id": run["id"],
         "state": run["state"],
         "as_of": run["as_of"],
         "jobs": counts,
         "billed": rows_to_dicts(parts["billed"]),
+        "refunded": rows_to_dicts(parts["refunded"]),
         "declines": rows_to_dicts(parts["declines"]),
         "dead": rows_to_dicts(parts["dead"]),
         "blocked": rows_to_dicts(parts["blocked"]),
     }
+
+
+# The lane of a job is names.routing_key_for_job's: dunning retries travel the priority lane.
+PROCESSING_BY_LANE = """
+SELECT count(*) FILTER (WHERE dunning_attempt = 0) AS work,
+       count(*) FILTER (WHERE dunning_attempt > 0) AS priority
+  FROM billing_jobs WHERE state = 'processing'
+"""
 
 
 async def queues(
@@ -112,12 +124,13 @@ async def queues(
     from shared.amqp.inspect import queue_depths
 
     depths = await queue_depths(conn, settings)
-    processing = await pool.fetchval("SELECT count(*) FROM billing_jobs WHERE state = 'processing'")
+    row = await pool.fetchrow(PROCESSING_BY_LANE)
+    processing: dict[str, int] = dict(row) if row is not None else {}
     rows = []
     for d in depths:
         # Without the management plugin the broker does not report unacked counts;
-        # jobs in 'processing' are exactly the deliveries workers hold.
-        unacked = int(processing) if d.role == "work" else 0
+        # jobs in 'processing' are exactly the deliveries workers hold, per lane.
+        unacked = int(processing.get(d.role, 0))
         rows.append(
             {
                 "queue": d.name,
@@ -162,12 +175,19 @@ async def dead_letter(
 
 
 async def jobs(
-    pool: asyncpg.Pool, state: str | None, run: int | None, account: int | None, limit: int
+    pool: asyncpg.Pool,
+    state: str | None,
+    run: int | None,
+    account: int | None,
+    limit: int,
+    before: int | None = None,
 ) -> list[dict[str, Any]]:
-    """``billq jobs --json``: newest first, filtered by state, run and account."""
+    """``billq jobs --json``: newest first, filtered by state, run and account; ``before``
+    (a job id) gives the next page: the jobs older than the last one shown."""
     from shared.db import ops_repo
 
-    return [dict(r) for r in await ops_repo.list_jobs(pool, state, run, account, limit)]
+    rows = await ops_repo.list_jobs(pool, ops_repo.JobsPage(state, run, account, limit, before))
+    return [dict(r) for r in rows]
 
 
 async def workers(pool: asyncpg.Pool) -> list[dict[str, Any]]:

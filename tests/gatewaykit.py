@@ -19,7 +19,7 @@ from aiohttp import web
 
 from sandbox.faults import Faults
 from sandbox.server import build_app
-from shared.gateway.port import ChargeRequest, PaymentGateway
+from shared.gateway.port import ChargeRequest, PaymentGateway, RefundRequest
 from shared.gateway.sandbox import SandboxGateway
 from shared.gateway.stripe_gateway import StripeGateway
 
@@ -43,6 +43,19 @@ def charge(
     )
 
 
+def refund(
+    charge_id: str, amount: int = 1999, key: str = "billq_refund_1_1", **kw: Any
+) -> RefundRequest:
+    """A refund request of (part of) ``charge_id`` with the tests' defaults."""
+    return RefundRequest(
+        idempotency_key=key,
+        charge_id=charge_id,
+        amount_cents=amount,
+        currency=kw.pop("currency", "USD"),
+        metadata=kw.pop("metadata", {"billq_charge_id": "1"}),
+    )
+
+
 # -- the sandbox server, in this event loop ------------------------------------------------
 
 
@@ -54,6 +67,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     form: dict[str, str] = field(default_factory=dict)
+    peer: object = None  # the client's (host, port): one per connection it opened
 
 
 @contextlib.asynccontextmanager
@@ -98,7 +112,8 @@ def _recorder(seen: list[Seen]) -> Any:
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
-        seen.append(Seen(request.method, request.path, dict(request.headers), form))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        seen.append(Seen(request.method, request.path, dict(request.headers), form, peer))
         return await handler(request)
 
     return record
@@ -106,11 +121,20 @@ def _recorder(seen: list[Seen]) -> Any:
 
 async def all_intents(url: str) -> list[dict[str, Any]]:
     """Every payment intent the sandbox at ``url`` holds, newest first."""
+    return await _all(url, "/v1/payment_intents")
+
+
+async def all_refunds(url: str) -> list[dict[str, Any]]:
+    """Every refund the sandbox at ``url`` holds, newest first."""
+    return await _all(url, "/v1/refunds")
+
+
+async def _all(url: str, path: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     params: dict[str, Any] = {"limit": 100}
     async with httpx.AsyncClient(base_url=url, headers=AUTH) as http:
         while True:
-            page = (await http.get("/v1/payment_intents", params=params)).json()
+            page = (await http.get(path, params=params)).json()
             out.extend(page["data"])
             if not page["has_more"]:
                 return out

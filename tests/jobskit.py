@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from copy import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from shared.billing.claims import ClaimedJob, ClaimRequest, JobSnapshot
 from shared.billing.dunning import DeclineDecision
@@ -61,6 +61,12 @@ class FakeCharge:
     job_id: int
     idempotency_key: str
     charge_id: str
+    period_end: dt.date = dt.date.max
+
+
+def _overlap(a_start: dt.date, a_end: dt.date, b_start: dt.date, b_end: dt.date) -> bool:
+    """Whether [a_start, a_end) and [b_start, b_end) share a day (Postgres's ``&&``)."""
+    return a_start < b_end and b_start < a_end
 
 
 @dataclass
@@ -72,6 +78,7 @@ class FakeJobsRepo:
     accounts: dict[int, FakeAccount] = field(default_factory=dict)
     jobs: dict[int, FakeJob] = field(default_factory=dict)
     charges: dict[tuple[int, dt.date], FakeCharge] = field(default_factory=dict)
+    refunds: dict[int, str] = field(default_factory=dict)  # refund job id → gateway refund id
     live_workers: set[str] = field(default_factory=set)  # holders with a fresh heartbeat
     fail: dict[str, BillqError] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
@@ -97,6 +104,7 @@ class FakeJobsRepo:
         *,
         dunning_attempt: int = 0,
         state: str = "published",
+        period_end: dt.date | None = None,
     ) -> FakeJob:
         """A job as the distributor leaves it (its key as ``plan_job`` makes it)."""
         key = f"billq_{account_id}_{period_start.isoformat()}"
@@ -104,7 +112,7 @@ class FakeJobsRepo:
             job_id,
             account_id,
             period_start,
-            _next_month(period_start),
+            period_end or _next_month(period_start),
             key + (f"_d{dunning_attempt}" if dunning_attempt else ""),
             state=state,
             dunning_attempt=dunning_attempt,
@@ -139,6 +147,17 @@ class FakeJobsRepo:
             )
             job.started_at = job.started_at or now
             claimed[ord_] = self._as_claimed(job, before, charges, now)
+        # Jobs of overlapping periods claimed together: only the lowest id may charge.
+        for ord_, c in claimed.items():
+            lower = [
+                o.job_id
+                for o in claimed.values()
+                if o.account_id == c.account_id
+                and o.job_id < c.job_id
+                and _overlap(o.period_start, o.period_end, c.period_start, c.period_end)
+            ]
+            if c.busy_with is None and lower:
+                claimed[ord_] = replace(c, busy_with=min(lower))
         return claimed
 
     async def lookup_many(self, job_ids: Sequence[int]) -> dict[int, JobSnapshot]:
@@ -157,9 +176,15 @@ class FakeJobsRepo:
             if job is None:
                 continue
             period = (job.account_id, job.period_start)
-            paid = self.charges.get(period)
+            paid = [
+                c
+                for (account_id, start), c in self.charges.items()
+                if account_id == job.account_id
+                and _overlap(start, c.period_end, job.period_start, job.period_end)
+                and c.idempotency_key != job.idempotency_key
+            ]
             self._release(job)
-            if paid is not None and paid.idempotency_key != job.idempotency_key:
+            if paid:
                 job.state = "already_paid"
                 job.last_error = (
                     f"double charge at the gateway: {charge_id} took money for a period "
@@ -168,7 +193,9 @@ class FakeJobsRepo:
                 landed[job.job_id] = False
                 continue
             job.state, job.last_error = "succeeded", None
-            self.charges.setdefault(period, FakeCharge(job.job_id, job.idempotency_key, charge_id))
+            self.charges.setdefault(
+                period, FakeCharge(job.job_id, job.idempotency_key, charge_id, job.period_end)
+            )
             account = self.accounts.get(job.account_id)
             if account is not None:
                 if account.status in ("past_due", "suspended"):
@@ -204,6 +231,13 @@ class FakeJobsRepo:
     async def record_already_paid(self, job: ClaimedJob, reason: str) -> bool:
         self._call("record_already_paid")
         return self._finish(job, "already_paid", reason[:1000])
+
+    async def record_refund(self, job: ClaimedJob, refund_id: str) -> bool:
+        self._call("record_refund")
+        if not self._finish(job, "succeeded", ""):
+            return False
+        self.refunds[job.job_id] = refund_id
+        return True
 
     async def record_dead(self, job_id: int, attempts: int | None, reason: str) -> bool:
         self._call("record_dead")
@@ -250,10 +284,18 @@ class FakeJobsRepo:
         frozen = job.payment_method is not None
         starts = dt.datetime.combine(job.period_start, dt.time(), UTC)
         paid = charges.get((job.account_id, job.period_start))
+        overlapping = [
+            c.charge_id
+            for (account_id, start), c in charges.items()
+            if account_id == job.account_id
+            and start != job.period_start
+            and _overlap(start, c.period_end, job.period_start, job.period_end)
+        ]
         busy = [
             o.job_id
             for o in before.values()
-            if (o.account_id, o.period_start) == (job.account_id, job.period_start)
+            if o.account_id == job.account_id
+            and _overlap(o.period_start, o.period_end, job.period_start, job.period_end)
             and o.job_id != job.job_id
             and o.state == "processing"
             and o.locked_until is not None
@@ -283,6 +325,7 @@ class FakeJobsRepo:
                 account and account.cancelled_at and starts >= account.cancelled_at
             ),
             paid_by=paid.charge_id if paid else None,
+            overlaps_paid=overlapping[0] if overlapping else None,
             busy_with=busy[0] if busy else None,
         )
 

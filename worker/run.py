@@ -82,6 +82,8 @@ class Heartbeat:
                 self._metrics.last_heartbeat.set(time.time())
                 # Runs complete by themselves: whoever heartbeats notices the last job ending.
                 await runs_repo.settle_open_runs(self._pool)
+                # and fold the run summaries' deltas, so the delta table stays short.
+                await runs_repo.fold_summaries(self._pool)
                 self._deliver_hooks()
             except TransientError as exc:
                 self.db_ok = False

@@ -40,7 +40,15 @@ class ClaimedJob:
     started_at: dt.datetime | None = None  # first claim: the first gateway call's time
     cancelled_before: bool = False  # the account was cancelled before this period started
     paid_by: str | None = None  # gateway charge id of the period's recorded charge
-    busy_with: int | None = None  # another job of this period that holds a live claim
+    busy_with: int | None = None  # another job of these days that holds a live claim
+    # Gateway charge id of another period's recorded charge that covers some of these days.
+    overlaps_paid: str | None = None
+    # A refund job (kind 'refund'): the billq charge it refunds, that charge's gateway id
+    # (None: the charge row is gone), and the gateway refund already recorded under its key.
+    refund_of: int | None = None
+    refund_charge: str | None = None
+    refunded_by: str | None = None
+    kind: str = "period"  # shared.billing.kinds: what the job charges for
 
     @property
     def may_have_called_gateway(self) -> bool:
@@ -53,12 +61,26 @@ class ClaimedJob:
 
         Every path that could charge (first delivery, retry, redelivery, dead-letter replay,
         operator retry, dunning, reconciler) reaches the gateway only through a claim, and
-        the claim statement computes these facts under the account's row lock.
+        the claim statement computes these facts under the account's row lock. A period is
+        paid by its own charge (``already_paid``) or, after an anchor or interval change, by
+        another period's charge that covers some of its days (``overlaps_paid``; the
+        database's exclusion constraint on ``charges`` refuses such a row too).
+
+        A refund gives money back, so the account's status does not matter; it needs its
+        charge, and must not be recorded already.
         """
+        if self.refund_of is not None:
+            if self.refund_charge is None:
+                return "charge_missing"
+            if self.refunded_by is not None:
+                return "already_refunded"
+            return None
         if self.account_status is None:
             return "account_missing"
         if self.paid_by is not None:
             return "already_paid"
+        if self.overlaps_paid is not None:
+            return "overlaps_paid"
         if self.account_status not in ("active", "past_due") or self.cancelled_before:
             return "not_billable"
         if self.busy_with is not None:

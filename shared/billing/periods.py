@@ -2,6 +2,12 @@
 
 The anchor, not the previous date, decides each period start, so month-end clamping
 does not drift: anchor 31 gives Jan 31 → Feb 28/29 → Mar 31.
+
+A change of anchor or interval takes effect at the end of the current period (Stripe's
+billing-cycle-anchor change without proration): the next period starts exactly where the paid
+one ends, so periods never overlap, and runs to the first date on the new anchor at least one
+full interval later — a longer transition period for one price, never a short one charged in
+full.
 """
 
 from __future__ import annotations
@@ -37,6 +43,30 @@ def next_period_start(period_start: dt.date, interval: Interval, anchor_day: int
     return anchored_date(period_start.year + 1, period_start.month, anchor_day)
 
 
+def on_anchor(start: dt.date, anchor_day: int) -> bool:
+    """Whether ``start`` is the anchor day of its month (clamped)."""
+    return anchored_date(start.year, start.month, anchor_day) == start
+
+
+def _one_interval_later(start: dt.date, interval: Interval) -> dt.date:
+    """The same day one month or year later, clamped to that month's last day."""
+    if interval == "month":
+        year, month = divmod(start.year * 12 + start.month, 12)
+        return anchored_date(year, month + 1, start.day)
+    return anchored_date(start.year + 1, start.month, start.day)
+
+
+def period_end(start: dt.date, interval: Interval, anchor_day: int) -> dt.date:
+    """End of the period that starts at ``start``. A start off the anchor (the anchor or the
+    interval changed since the previous period was billed) begins the transition period: it
+    ends on the first anchored date at least one interval later, so it is never shorter than
+    a regular period and the next one is on the anchor again."""
+    _check(interval, anchor_day)
+    if on_anchor(start, anchor_day):
+        return next_period_start(start, interval, anchor_day)
+    return first_billing_at(_one_interval_later(start, interval), "month", anchor_day).date()
+
+
 @dataclass(frozen=True, slots=True)
 class Period:
     start: dt.date
@@ -52,7 +82,7 @@ def _utc(ts: dt.datetime) -> dt.datetime:
 def period_for(next_billing_at: dt.datetime, interval: Interval, anchor_day: int) -> Period:
     """The period billed for an account whose ``next_billing_at`` is given."""
     start = _utc(next_billing_at).date()
-    return Period(start, next_period_start(start, interval, anchor_day))
+    return Period(start, period_end(start, interval, anchor_day))
 
 
 def advance(next_billing_at: dt.datetime, interval: Interval, anchor_day: int) -> dt.datetime:

@@ -4,42 +4,56 @@ from __future__ import annotations
 
 import asyncpg
 
+# Counts from the runs' summary rows (migration 0009): no scan of their jobs.
 RUNS = """
 SELECT r.id, r.as_of, r.state, r.started_at, r.finished_at, r.due, r.published,
-       count(j.id) AS total,
-       count(j.id) FILTER (WHERE j.state = 'succeeded') AS succeeded,
-       count(j.id) FILTER (WHERE j.state = 'failed') AS declined,
-       count(j.id) FILTER (WHERE j.state = 'dead') AS dead,
-       count(j.id) FILTER (WHERE j.state = 'already_paid') AS already_paid,
+       coalesce(c.total, 0)::bigint AS total, coalesce(c.succeeded, 0)::bigint AS succeeded,
+       coalesce(c.declined, 0)::bigint AS declined, coalesce(c.dead, 0)::bigint AS dead,
+       coalesce(c.already_paid, 0)::bigint AS already_paid,
        r.blocked,
-       count(j.id) FILTER (WHERE j.state IN ('pending', 'published', 'processing', 'retrying'))
-           AS in_flight,
-       -- The run hook of its latest settlement: pending, retrying, delivered or failed.
+       coalesce(c.in_flight, 0)::bigint AS in_flight,
+       -- The run hook of its latest settlement: pending, retrying, delivered, failed or
+       -- skipped (settled before any process had a webhook URL).
        CASE WHEN h.state = 'pending' AND h.attempts > 0 THEN 'retrying' ELSE h.state END
            AS hook,
        h.event_id AS hook_event_id, h.attempts AS hook_attempts, h.last_error AS hook_error
-  FROM billing_runs r LEFT JOIN billing_jobs j ON j.run_id = r.id
+  FROM billing_runs r
+  LEFT JOIN LATERAL (
+      SELECT sum(s.n) AS total,
+             sum(s.n) FILTER (WHERE s.key = 'succeeded') AS succeeded,
+             sum(s.n) FILTER (WHERE s.key = 'failed') AS declined,
+             sum(s.n) FILTER (WHERE s.key = 'dead') AS dead,
+             sum(s.n) FILTER (WHERE s.key = 'already_paid') AS already_paid,
+             sum(s.n) FILTER (WHERE s.key IN ('pending', 'published', 'processing', 'retrying'))
+                 AS in_flight
+        FROM run_summary_totals s WHERE s.run_id = r.id AND s.kind = 'state') c ON true
   LEFT JOIN LATERAL (SELECT e.event_id, e.state, e.attempts, e.last_error
                        FROM run_hook_events e WHERE e.run_id = r.id
                       ORDER BY e.id DESC LIMIT 1) h ON true
- GROUP BY r.id, h.event_id, h.state, h.attempts, h.last_error ORDER BY r.id DESC LIMIT $1
+ ORDER BY r.id DESC LIMIT $1
 """
 
 BILLED = """
-SELECT c.currency, count(*) AS charges, sum(c.amount_cents)::bigint AS amount_cents
-  FROM charges c JOIN billing_jobs j ON j.id = c.job_id
- WHERE j.run_id = $1 GROUP BY c.currency ORDER BY c.currency
+SELECT key AS currency, n AS charges, amount AS amount_cents
+  FROM run_summary_totals WHERE run_id = $1 AND kind = 'billed' ORDER BY key
+"""
+
+# Refunds of the run's charges (made later, through refund jobs of their own), per currency.
+REFUNDED = """
+SELECT r.currency, count(*) AS refunds, sum(r.amount_cents)::bigint AS amount_cents
+  FROM refunds r JOIN charges c ON c.id = r.charge_id JOIN billing_jobs j ON j.id = c.job_id
+ WHERE j.run_id = $1 GROUP BY r.currency ORDER BY r.currency
 """
 
 DECLINES = """
-SELECT coalesce(decline_code, last_error, 'unknown') AS reason, count(*) AS jobs
-  FROM billing_jobs WHERE run_id = $1 AND state = 'failed'
- GROUP BY 1 ORDER BY 2 DESC, 1
+SELECT key AS reason, n AS jobs
+  FROM run_summary_totals WHERE run_id = $1 AND kind = 'decline' ORDER BY n DESC, key
 """
 
+# The first $2 (NULL: all) through billing_jobs_run_state_id_idx, already in id order.
 DEAD = """
 SELECT id AS job_id, account_id, last_error AS reason
-  FROM billing_jobs WHERE run_id = $1 AND state = 'dead' ORDER BY id
+  FROM billing_jobs WHERE run_id = $1 AND state = 'dead' ORDER BY id LIMIT $2
 """
 
 BLOCKED = """
@@ -59,9 +73,15 @@ SELECT number, account_id, period_start, period_end, amount_cents, currency, sta
 """
 
 INVOICE = """
-SELECT number, account_id, period_start, period_end, amount_cents, currency, status,
-       gateway_charge_id, job_id, created_at, paid_at
-  FROM invoices WHERE number = $1
+SELECT i.number, i.account_id, i.period_start, i.period_end, i.amount_cents, i.currency,
+       i.status, i.gateway_charge_id, i.job_id, i.created_at, i.paid_at, i.credited_cents,
+       coalesce((SELECT json_agg(json_build_object(
+                    'number', n.number, 'amount_cents', n.amount_cents,
+                    'refund_id', r.gateway_refund_id, 'created_at', n.created_at)
+                  ORDER BY n.id)
+                  FROM credit_notes n JOIN refunds r ON r.id = n.refund_id
+                 WHERE n.invoice_id = i.id), '[]') AS credit_notes
+  FROM invoices i WHERE i.number = $1
 """
 
 
@@ -69,11 +89,14 @@ async def runs(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
     return list(await pool.fetch(RUNS, limit))
 
 
-async def report(pool: asyncpg.Pool, run_id: int) -> dict[str, list[asyncpg.Record]]:
+async def report(
+    pool: asyncpg.Pool, run_id: int, dead_limit: int | None = None
+) -> dict[str, list[asyncpg.Record]]:
     return {
         "billed": list(await pool.fetch(BILLED, run_id)),
+        "refunded": list(await pool.fetch(REFUNDED, run_id)),
         "declines": list(await pool.fetch(DECLINES, run_id)),
-        "dead": list(await pool.fetch(DEAD, run_id)),
+        "dead": list(await pool.fetch(DEAD, run_id, dead_limit)),
         "blocked": list(await pool.fetch(BLOCKED, run_id)),
     }
 

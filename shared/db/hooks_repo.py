@@ -22,6 +22,27 @@ UPDATE run_hook_events
 RETURNING id, event_id, type, payload, created_at, attempts
 """
 
+# Events of runs that settled before any billq process had a webhook URL are never sent:
+# setting BILLQ_RUN_WEBHOOK_URL later must not flood the receiver with months of backlog.
+# The first call with a URL stores the time (migration 0012; DO NOTHING, so the row is written
+# once, not on every heartbeat); every call skips what is older and still pending.
+SKIP_BACKLOG = """
+WITH first AS (
+    INSERT INTO run_hook_settings (configured_since) VALUES (now())
+    ON CONFLICT (only_one) DO NOTHING
+    RETURNING configured_since
+), since AS (
+    SELECT min(t) AS t FROM (SELECT configured_since FROM first
+                             UNION ALL
+                             SELECT configured_since FROM run_hook_settings) s(t)
+)
+UPDATE run_hook_events e
+   SET state = 'skipped',
+       last_error = 'not sent: the run settled before BILLQ_RUN_WEBHOOK_URL was configured'
+  FROM since
+ WHERE e.state = 'pending' AND e.created_at < since.t
+"""
+
 MARK_DELIVERED = """
 UPDATE run_hook_events SET state = 'delivered', delivered_at = now(), last_error = NULL
  WHERE id = $1
@@ -40,6 +61,13 @@ UPDATE run_hook_events
 @classified
 async def claim_due(pool: asyncpg.Pool, limit: int, lease_s: float) -> list[asyncpg.Record]:
     return list(await pool.fetch(CLAIM_DUE, limit, lease_s))
+
+
+@classified
+async def skip_backlog(pool: asyncpg.Pool) -> int:
+    """Mark events older than the first configured URL 'skipped'; how many were."""
+    status = await pool.execute(SKIP_BACKLOG)
+    return int(status.rsplit(" ", 1)[-1])
 
 
 @classified

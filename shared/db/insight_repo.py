@@ -1,57 +1,56 @@
 """Read models the dashboard draws: a run's dunning pipeline and throughput, an account's
-money. Every query starts from an index (``billing_jobs (run_id, state)``,
-``billing_jobs (finished_at)``, the unique ``(account_id, period_start[, dunning_attempt])``
-keys), never a scan of all jobs."""
+money. A run's figures come from its summary rows (``run_summary_totals``, migration 0009),
+an account's from the unique ``(account_id, period_start)`` keys: never a scan of all jobs."""
 
 from __future__ import annotations
 
 import asyncpg
 
-# The run's first declines, then every dunning retry of those same periods (any later run).
+# The run's first declines' dunning retries (in any later run) by attempt and state.
 DUNNING_RETRIES = """
-WITH declined AS (
-    SELECT account_id, period_start FROM billing_jobs
-     WHERE run_id = $1 AND state = 'failed' AND dunning_attempt = 0
-)
-SELECT j.dunning_attempt AS attempt, j.state, count(*) AS n
-  FROM declined d
-  JOIN billing_jobs j ON j.account_id = d.account_id AND j.period_start = d.period_start
- WHERE j.dunning_attempt > 0
- GROUP BY 1, 2 ORDER BY 1, 2
+SELECT attempt, key AS state, n
+  FROM run_summary_totals WHERE run_id = $1 AND kind = 'retry'
+ ORDER BY attempt, key
 """
 
+# The run's first declines by their account's status now.
 DUNNING_STATUSES = """
-SELECT a.status, count(*) AS n
-  FROM billing_jobs j JOIN accounts a ON a.id = j.account_id
- WHERE j.run_id = $1 AND j.state = 'failed' AND j.dunning_attempt = 0
- GROUP BY 1
+SELECT key AS status, n FROM run_summary_totals WHERE run_id = $1 AND kind = 'dunning'
 """
 
 # Finished jobs per time slice over the run's last WINDOW seconds of activity (up to its
-# end, or now while it is open), through billing_jobs_finished_idx.
+# end, or now while it is open), from the run's per-second summary rows.
 THROUGHPUT = """
 WITH bounds AS (
-    SELECT coalesce(r.finished_at, now()) AS t1 FROM billing_runs r WHERE r.id = $1
+    SELECT extract(epoch FROM coalesce(r.finished_at, now()))::float8 AS t1
+      FROM billing_runs r WHERE r.id = $1
 ), done AS (
-    SELECT j.finished_at FROM billing_jobs j, bounds b
-     WHERE j.run_id = $1 AND j.state IN ('succeeded', 'failed', 'dead', 'already_paid')
-       AND j.finished_at > b.t1 - make_interval(secs => $3) AND j.finished_at <= b.t1
+    SELECT s.second, s.n FROM run_summary_totals s, bounds b
+     WHERE s.run_id = $1 AND s.kind = 'finished'
+       AND s.second > b.t1 - $3::float8 - 1 AND s.second <= b.t1
 ), span AS (
-    SELECT min(finished_at) AS t0,
-           greatest(extract(epoch FROM max(finished_at) - min(finished_at)), 1) AS secs
-      FROM done
+    SELECT min(second) AS t0, greatest(max(second) - min(second) + 1, 1) AS secs FROM done
 )
-SELECT span.t0, span.secs,
-       least(floor(extract(epoch FROM d.finished_at - span.t0) / span.secs * $2)::int, $2 - 1)
-           AS slot,
-       count(*) AS n
+SELECT to_timestamp(span.t0::float8) AS t0, span.secs,
+       least(floor((d.second - span.t0)::float8 / span.secs * $2)::int, $2 - 1) AS slot,
+       sum(d.n) AS n
   FROM done d, span
  GROUP BY 1, 2, 3 ORDER BY 3
 """
 
+# Period charges through their (account, period) key, one-off charges through theirs.
 CHARGES = """
-SELECT id, job_id, period_start, amount_cents, currency, gateway_charge_id, created_at
-  FROM charges WHERE account_id = $1 ORDER BY period_start DESC LIMIT $2
+SELECT * FROM (
+    (SELECT id, kind, job_id, period_start, amount_cents, currency, gateway_charge_id,
+            created_at
+       FROM charges WHERE account_id = $1 AND kind = 'period'
+      ORDER BY period_start DESC LIMIT $2)
+    UNION ALL
+    (SELECT id, kind, job_id, period_start, amount_cents, currency, gateway_charge_id,
+            created_at
+       FROM charges WHERE account_id = $1 AND kind <> 'period'
+      ORDER BY id DESC LIMIT $2)
+) c ORDER BY period_start DESC, id DESC LIMIT $2
 """
 
 

@@ -26,7 +26,7 @@ SELECT a.id, a.next_billing_at, a.billing_interval, a.billing_anchor_day, a.amou
   LEFT JOIN LATERAL (
       -- The newest period this account got a first job for (catch-up pacing).
       SELECT j.period_start, j.created_at FROM billing_jobs j
-       WHERE j.account_id = a.id AND j.dunning_attempt = 0
+       WHERE j.account_id = a.id AND j.kind = 'period' AND j.dunning_attempt = 0
        ORDER BY j.period_start DESC LIMIT 1) last ON true
   -- "A job in this run already", looked up among the account's own few jobs: a LATERAL with
   -- LIMIT is always probed per account. As NOT EXISTS the planner, whose statistics mid-run
@@ -37,7 +37,8 @@ SELECT a.id, a.next_billing_at, a.billing_interval, a.billing_anchor_day, a.amou
   -- id) keeps any index on run_id out of the probe.
   LEFT JOIN LATERAL (
       SELECT true AS found FROM billing_jobs j
-       WHERE j.account_id = a.id AND j.run_id IS NOT DISTINCT FROM $6 LIMIT 1) mine ON true
+       WHERE j.account_id = a.id AND j.kind = 'period' AND j.run_id IS NOT DISTINCT FROM $6
+       LIMIT 1) mine ON true
  WHERE a.status IN ('active', 'past_due') AND a.next_billing_at <= $1
    AND (a.next_billing_at, a.id) > ($4, $5)
    AND (a.dunning_next_at IS NULL OR a.dunning_next_at <= $1)
@@ -65,7 +66,7 @@ INSERT INTO billing_jobs (run_id, account_id, period_start, period_end, idempote
 SELECT $1, * FROM unnest($2::bigint[], $3::date[], $4::date[], $5::text[], $6::int[], $7::text[],
                          $8::smallint[], $9::text[], $10::text[])
 ON CONFLICT DO NOTHING
-RETURNING id, account_id, period_start, idempotency_key, run_id
+RETURNING id, account_id, period_start, idempotency_key, run_id, dunning_attempt
 """
 
 # Due accounts whose planned job already exists and has ended: why they got nothing.
@@ -96,14 +97,15 @@ RETURNING id
 """
 
 # Orphans only: skip jobs of a sharded run whose other shards may still be publishing.
+# Jobs of no run (one-off charges the API committed but did not get to publish) are orphans.
 PENDING_BATCH = """
-SELECT id, account_id, period_start, idempotency_key, run_id
+SELECT id, kind, account_id, period_start, idempotency_key, run_id, dunning_attempt
   FROM billing_jobs
  WHERE state = 'pending' AND id > $1
-   AND run_id NOT IN (SELECT r.id FROM billing_runs r
+   AND (run_id IS NULL OR run_id NOT IN (SELECT r.id FROM billing_runs r
                        WHERE r.state = 'running' AND r.shards > 1
                          AND r.shards_done < r.shards
-                         AND r.started_at > now() - make_interval(secs => $3))
+                         AND r.started_at > now() - make_interval(secs => $3)))
  ORDER BY id
  LIMIT $2
 """
@@ -291,9 +293,13 @@ async def finish_run(
     await pool.execute(COMPLETE_EMPTY_RUN, run_id)
 
 
+# From the run's summary rows (migration 0009), not a count over its million jobs.
 RUN_COUNTS = """
-SELECT state, count(*) AS n FROM billing_jobs WHERE run_id = $1 GROUP BY state
+SELECT key AS state, n FROM run_summary_totals WHERE run_id = $1 AND kind = 'state'
 """
+
+# Appended deltas into the summary rows (a no-op while another caller folds).
+FOLD_SUMMARIES = "SELECT billq_fold_run_summaries()"
 
 LATEST_RUN = "SELECT id FROM billing_runs ORDER BY id DESC LIMIT 1"
 
@@ -336,6 +342,13 @@ async def get_run(pool: asyncpg.Pool, run_id: int) -> asyncpg.Record | None:
 
 async def run_counts(pool: asyncpg.Pool, run_id: int) -> dict[str, int]:
     return {r["state"]: int(r["n"]) for r in await pool.fetch(RUN_COUNTS, run_id)}
+
+
+@classified
+async def fold_summaries(pool: asyncpg.Pool) -> int:
+    """Fold the summary deltas workers appended; figures are exact either way (readers sum
+    both), folding keeps the delta table short. Returns the deltas folded."""
+    return int(await pool.fetchval(FOLD_SUMMARIES) or 0)
 
 
 async def settle_run(pool: asyncpg.Pool, run_id: int) -> None:

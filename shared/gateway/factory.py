@@ -37,5 +37,6 @@ def make_gateway(settings: Settings) -> PaymentGateway:
             settings.gateway_url,
             settings.gateway_api_key.get_secret_value(),
             timeout=settings.gateway_timeout,
+            max_connections=settings.concurrency + 8,
         )
     raise ConfigError(f"BILLQ_GATEWAY={settings.gateway}: no such gateway adapter")

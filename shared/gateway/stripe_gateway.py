@@ -23,15 +23,23 @@ Every SDK failure is classified here, with the same meaning as ``SandboxGateway`
 
 The SDK retries nothing (``max_network_retries=0``): retries are the worker's, with backoff and
 attempt counting. No exception message carries the payment method or the API key.
+
+The SDK sends through one aiohttp session (``stripe.AIOHTTPClient`` with our connector): an
+HTTP/1.1 keep-alive pool sized to the worker's concurrency, created on first use. Measured
+against the sandbox at 64 concurrent charges on a 2-core machine: ≈ 580 µs CPU per charge
+this way, ≈ 5,000 µs through the SDK's default ``HTTPXClient`` (httpx's httpcore pool; with
+its pool raised to the concurrency it stays ≈ 4,800 µs), ≈ 360 µs for ``SandboxGateway``
+without the SDK's objects.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import httpx
+import aiohttp
 import stripe
 
 from shared.errors import (
@@ -40,34 +48,48 @@ from shared.errors import (
     GatewayRejected,
     GatewayUnavailable,
     OutcomeUnknown,
+    RefundRefused,
     TransientError,
 )
 from shared.gateway.amounts import from_gateway_units, to_gateway_units
+from shared.gateway.http_pool import keepalive_session
 from shared.gateway.port import (
     Charged,
     ChargeOutcome,
     ChargeRequest,
     Declined,
     GatewayCharge,
+    GatewayRefund,
+    Refunded,
+    RefundRequest,
     gateway_charge,
+    gateway_refund,
 )
 
 if TYPE_CHECKING:
-    from stripe.params import PaymentIntentCreateParams, PaymentIntentListParams
+    from stripe.params import (
+        PaymentIntentCreateParams,
+        PaymentIntentListParams,
+        RefundCreateParams,
+        RefundListParams,
+    )
 
 STRIPE_API = "https://api.stripe.com"
 BILLQ_KEY = "billq_idempotency_key"
 BILLQ_ACCOUNT = "billq_account_id"
+# Stripe's codes for a refund of more than the charge has left.
+REFUND_REFUSED = frozenset({"amount_too_large", "charge_already_refunded"})
 SEARCH_LIMIT = 100  # Stripe's maximum page; one key never has more intents than that
 
 # No client telemetry: the SDK would otherwise persist a machine id under the home directory
 # (~/.config/stripe) and send it with request timings. The flag is process-wide.
 stripe.enable_telemetry = False
 
-# The request never reached the gateway: nothing can have been charged.
-_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# The request never reached the gateway: nothing can have been charged. (Connecting, or
+# waiting for a pooled connection, timed out; or the connection was refused.)
+_NEVER_SENT = (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError)
 # The configured URL cannot be used at all: retrying cannot help.
-_BAD_URL = (httpx.UnsupportedProtocol, httpx.InvalidURL)
+_BAD_URL = (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)
 _PERMANENT = (
     stripe.AuthenticationError,
     stripe.PermissionError,
@@ -79,9 +101,16 @@ _PERMANENT = (
 class StripeGateway:
     """Charges through Stripe's PaymentIntents with the official SDK's async client."""
 
-    def __init__(self, base_url: str, api_key: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        max_connections: int = 1000,  # the keep-alive pool: the worker passes concurrency + 8
+        timeout: float = 10.0,
+    ) -> None:
+        self._http = _AiohttpClient(timeout=timeout, max_connections=max_connections)
         self._api_key = api_key
-        self._http = _HTTPXClient(timeout=timeout)
         self._client = stripe.StripeClient(
             api_key,
             # The SDK joins base and path ("/v1/..."): a trailing slash would double it.
@@ -154,13 +183,7 @@ class StripeGateway:
                 }
             )
         except stripe.StripeError as exc:
-            mapped = map_stripe_error(exc, secrets=(self._api_key,))
-            if isinstance(mapped, TransientError):
-                # A search changes nothing: whatever went wrong, asking again is safe.
-                raise GatewayUnavailable(f"gateway search failed: {mapped}") from exc
-            if isinstance(mapped, Declined):
-                raise GatewayRejected("gateway answered a search with a card error") from exc
-            raise mapped from exc
+            raise self._read_failure(exc, "search") from exc
         intents = list(page.data)
         # Succeeded wins over an earlier decline under the same key; otherwise the newest.
         for intent in intents:
@@ -191,12 +214,7 @@ class StripeGateway:
             try:
                 page = await self._client.v1.payment_intents.list_async(params=params)
             except stripe.StripeError as exc:
-                mapped = map_stripe_error(exc, secrets=(self._api_key,))
-                if isinstance(mapped, TransientError):
-                    raise GatewayUnavailable(f"gateway listing failed: {mapped}") from exc
-                if isinstance(mapped, Declined):
-                    raise GatewayRejected("gateway answered a listing with a card error") from exc
-                raise mapped from exc
+                raise self._read_failure(exc, "listing") from exc
             intents = list(page.data)
             for intent in intents:
                 charge = gateway_charge(
@@ -218,8 +236,95 @@ class StripeGateway:
                 return
             params["starting_after"] = intents[-1].id
 
+    async def refund(self, request: RefundRequest) -> Refunded:
+        """Refund (part of) a PaymentIntent once per idempotency key (Stripe's Refund API).
+
+        Raises:
+            GatewayUnavailable: nothing was executed (5xx, 409, rate limit, connection refused).
+            OutcomeUnknown: the refund may have run (timeout, dropped, replayed 5xx).
+            RefundRefused: more than the intent has left to refund.
+            GatewayRejected: invalid request, idempotency mismatch or authentication failure.
+        """
+        try:
+            amount = to_gateway_units(request.amount_cents, request.currency)
+        except ValueError as exc:
+            raise GatewayRejected(f"gateway 400 invalid_request_error: {exc}") from None
+        params: RefundCreateParams = {
+            "payment_intent": request.charge_id,
+            "amount": amount,
+            "metadata": {**request.metadata, BILLQ_KEY: request.idempotency_key},
+        }
+        try:
+            refund = await self._client.v1.refunds.create_async(
+                params=params, options={"idempotency_key": request.idempotency_key}
+            )
+        except stripe.StripeError as exc:
+            if isinstance(exc, stripe.InvalidRequestError) and exc.code in REFUND_REFUSED:
+                message = _scrub(exc.user_message or "", (self._api_key,))
+                raise RefundRefused(f"gateway 400 {exc.code}: {message}") from exc
+            mapped = map_stripe_error(exc, secrets=(self._api_key,))
+            if isinstance(mapped, Declined):
+                raise GatewayRejected("gateway answered a refund with a card error") from exc
+            raise mapped from exc
+        refund_id = getattr(refund, "id", None)
+        if not isinstance(refund_id, str):
+            raise OutcomeUnknown("gateway answered 2xx without a refund id")
+        if refund.status != "succeeded":
+            # "pending" (some payment methods refund asynchronously): not one billq can record.
+            raise GatewayRejected(f"gateway left the refund in status {refund.status!r}")
+        return Refunded(
+            refund_id=refund_id,
+            amount_cents=from_gateway_units(int(refund.amount), request.currency),
+        )
+
+    async def list_refunds(self, since: datetime | None) -> AsyncIterator[GatewayRefund]:
+        """Succeeded refunds, newest first (``created[gte]`` narrows the listing at Stripe).
+
+        Raises:
+            GatewayUnavailable: a page could not be read now.
+            GatewayRejected: the listing was refused.
+        """
+        params: RefundListParams = {"limit": 100}
+        if since is not None:
+            params["created"] = {"gte": int(since.timestamp())}
+        while True:
+            try:
+                page = await self._client.v1.refunds.list_async(params=params)
+            except stripe.StripeError as exc:
+                raise self._read_failure(exc, "listing") from exc
+            refunds = list(page.data)
+            for r in refunds:
+                currency = str(r.currency or "")
+                intent = r.payment_intent
+                metadata = r.metadata.to_dict() if r.metadata else {}
+                refund = gateway_refund(
+                    r.id,
+                    str(intent if isinstance(intent, str) else getattr(intent, "id", "")),
+                    int(r.created or 0),
+                    from_gateway_units(int(r.amount or 0), currency),
+                    currency,
+                    metadata.get(BILLQ_KEY),
+                )
+                if since is not None and refund.created < since:
+                    return
+                if r.status == "succeeded":
+                    yield refund
+            if not page.has_more or not refunds:
+                return
+            params["starting_after"] = refunds[-1].id
+
+    def _read_failure(self, exc: stripe.StripeError, what: str) -> BillqError:
+        """A failed read (a search, a listing): it changes nothing, so asking again is safe
+        whatever went wrong."""
+        mapped = map_stripe_error(exc, secrets=(self._api_key,))
+        if isinstance(mapped, TransientError):
+            return GatewayUnavailable(f"gateway {what} failed: {mapped}")
+        if isinstance(mapped, Declined):
+            return GatewayRejected(f"gateway answered a {what} with a card error")
+        return mapped
+
     async def aclose(self) -> None:
-        await self._http.close_async()  # type: ignore[no-untyped-call]  # unannotated in stripe
+        await self._http.close_async()
 
 
 def map_stripe_error(
@@ -239,7 +344,7 @@ def map_stripe_error(
             charge_id=intent.id if intent is not None else None,
         )
     if isinstance(exc, stripe.APIConnectionError):
-        # stripe's HTTPXClient wraps every httpx failure in APIConnectionError; the httpx
+        # stripe's AIOHTTPClient wraps every aiohttp failure in APIConnectionError; the
         # exception it came from (its __cause__) says whether the request went out.
         cause = exc.__cause__
         name = type(cause).__name__ if cause is not None else "unknown"
@@ -247,6 +352,8 @@ def map_stripe_error(
             return GatewayMisconfigured(f"gateway URL unusable: {name}")
         if isinstance(cause, _NEVER_SENT):
             return GatewayUnavailable(f"gateway unreachable: {name}")
+        if isinstance(cause, TimeoutError):
+            name = "ReadTimeout"  # aiohttp's SocketTimeoutError: named as the sandbox's is
         # Sent, or partly sent, with no answer: the gateway may have charged.
         return OutcomeUnknown(
             f"no answer from the gateway ({name}); retry with the same idempotency key"
@@ -304,24 +411,31 @@ def _scrub(message: str, secrets: tuple[str, ...]) -> str:
     return message
 
 
-class _HTTPXClient(stripe.HTTPXClient):
-    """stripe's httpx client, sending the encoded form as ``content=``.
+class _AiohttpClient(stripe.AIOHTTPClient):
+    """stripe's aiohttp client on billq's pool (``shared.gateway.http_pool``): keep-alive
+    connections sized to the worker's concurrency, timeouts per phase."""
 
-    stripe-python hands httpx the form body as ``data=<str>``, which httpx 0.28 deprecates with
-    a DeprecationWarning on every POST; where warnings are errors (billq's tests) the SDK turns
-    that into an ``APIConnectionError`` and no charge is ever sent.
-    """
+    def __init__(self, *, timeout: float, max_connections: int) -> None:
+        # timeout=None: the SDK would pass a total timeout per request, which hides the phase.
+        super().__init__(timeout=None)
+        self._opened: aiohttp.ClientSession | None = None
+        self._limit = max_connections
+        self._phase_timeout = timeout
 
-    def _get_request_args_kwargs(
-        self, method: str, url: str, headers: Mapping[str, str], post_data: Any
-    ) -> list[Any]:
-        args, kwargs = super()._get_request_args_kwargs(method, url, headers, post_data)
-        body = kwargs.pop("data", None)
-        if isinstance(body, str | bytes):
-            kwargs["content"] = body
-        elif body:
-            kwargs["data"] = body
-        return [args, kwargs]
+    @property
+    def _session(self) -> aiohttp.ClientSession:
+        # Created on first use: an aiohttp session belongs to the running event loop. TLS is
+        # verified against the SDK's own CA bundle, as its default client does.
+        if self._opened is None:
+            tls = ssl.create_default_context(cafile=stripe.ca_bundle_path)
+            self._opened = keepalive_session(self._limit, self._phase_timeout, tls=tls)
+        return self._opened
+
+    async def close_async(self) -> None:
+        # Only a session that was opened: the SDK's own would open one just to close it.
+        if self._opened is not None:
+            await self._opened.close()
+            self._opened = None
 
 
 def _amount(request: ChargeRequest) -> int:

@@ -6,20 +6,18 @@ the clock through ``--as-of`` and look at the database between steps.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 import testkit
+from testkit import workers
 
 from distributor.run import distribute
 from shared.config import Settings
 from shared.db import accounts_repo, billing_repo, runs_repo
 from shared.db.pool import create_pool
-from worker.run import run_worker
 
 pytestmark = pytest.mark.integration
 
@@ -60,17 +58,6 @@ async def seed(db: asyncpg.Connection, ids: range, card: str = "pm_card_visa") -
             "gateway_customer",
         ),
     )
-
-
-@contextlib.asynccontextmanager
-async def workers(settings: Settings, n: int = 1) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(run_worker(settings, stop)) for _ in range(n)]
-    try:
-        yield
-    finally:
-        stop.set()
-        assert await asyncio.gather(*tasks) == [0] * n
 
 
 async def settle(db: asyncpg.Connection) -> None:

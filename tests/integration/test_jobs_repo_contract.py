@@ -25,6 +25,7 @@ from shared.db.jobs_repo import PgJobsRepo
 from shared.db.pool import create_pool
 
 MARCH = dt.date(2026, 3, 1)
+APRIL = dt.date(2026, 4, 1)
 
 
 class Store(Protocol):
@@ -35,7 +36,13 @@ class Store(Protocol):
     ) -> None: ...
 
     async def add_job(
-        self, job_id: int, account_id: int, *, dunning_attempt: int = 0, state: str = "published"
+        self,
+        job_id: int,
+        account_id: int,
+        *,
+        dunning_attempt: int = 0,
+        state: str = "published",
+        period: tuple[dt.date, dt.date] = (MARCH, APRIL),
     ) -> None: ...
 
 
@@ -51,9 +58,22 @@ class FakeStore:
         self.fake.add_account(account_id, status=status, cancelled_at=cancelled_at)
 
     async def add_job(
-        self, job_id: int, account_id: int, *, dunning_attempt: int = 0, state: str = "published"
+        self,
+        job_id: int,
+        account_id: int,
+        *,
+        dunning_attempt: int = 0,
+        state: str = "published",
+        period: tuple[dt.date, dt.date] = (MARCH, APRIL),
     ) -> None:
-        self.fake.add_job(job_id, account_id, MARCH, dunning_attempt=dunning_attempt, state=state)
+        self.fake.add_job(
+            job_id,
+            account_id,
+            period[0],
+            dunning_attempt=dunning_attempt,
+            state=state,
+            period_end=period[1],
+        )
 
 
 class PostgresStore:
@@ -76,9 +96,15 @@ class PostgresStore:
         )
 
     async def add_job(
-        self, job_id: int, account_id: int, *, dunning_attempt: int = 0, state: str = "published"
+        self,
+        job_id: int,
+        account_id: int,
+        *,
+        dunning_attempt: int = 0,
+        state: str = "published",
+        period: tuple[dt.date, dt.date] = (MARCH, APRIL),
     ) -> None:
-        key = f"billq_{account_id}_{MARCH.isoformat()}" + (
+        key = f"billq_{account_id}_{period[0].isoformat()}" + (
             f"_d{dunning_attempt}" if dunning_attempt else ""
         )
         await self._db.execute(
@@ -88,8 +114,8 @@ class PostgresStore:
             job_id,
             self._run_id,
             account_id,
-            MARCH,
-            dt.date(2026, 4, 1),
+            period[0],
+            period[1],
             key,
             state,
             dunning_attempt,
@@ -163,6 +189,7 @@ def test_the_fake_and_postgres_have_the_ports_methods_with_its_signatures() -> N
         "record_decline",
         "record_retry",
         "record_already_paid",
+        "record_refund",
         "record_dead",
     }
     for impl in (FakeJobsRepo, PgJobsRepo):
@@ -254,34 +281,78 @@ async def test_a_redelivered_copy_takes_over_and_the_first_holder_is_fenced_out(
 # -- the gate ------------------------------------------------------------------------------
 
 
-async def test_a_period_already_paid_is_gated_and_a_second_charge_is_flagged(
-    store: Store,
+# The anchor moved from the 1st to the 15th between two jobs: [Mar 15, May 15) shares days
+# with the paid [Mar 1, Apr 1).
+SHIFTED = (dt.date(2026, 3, 15), dt.date(2026, 5, 15))
+# A second job for the same days: a dunning attempt of the period, or a shifted period.
+SAME_DAYS = [
+    pytest.param({"dunning_attempt": 1}, "billq_1_2026-03-01_d1", "already_paid", id="same"),
+    pytest.param({"period": SHIFTED}, "billq_1_2026-03-15", "overlaps_paid", id="overlapping"),
+]
+
+
+@pytest.mark.parametrize(("second", "key", "gate"), SAME_DAYS)
+async def test_days_already_paid_are_gated_and_a_second_charge_is_flagged(
+    store: Store, second: dict[str, object], key: str, gate: str
 ) -> None:
     await store.add_account(1)
     await store.add_job(10, 1)
-    await store.add_job(11, 1, dunning_attempt=1)  # a second job for the same period
+    await store.add_job(11, 1, **second)  # type: ignore[arg-type]
     first = await claim_one(store.repo, req(10))
     assert first is not None
     assert await store.repo.record_successes([(first, "pi_first")]) == {10: True}
 
-    second = await claim_one(store.repo, req(11, dunning=1))
+    again = await claim_one(store.repo, req(11, key=key))
 
-    assert second is not None
-    assert (second.gate(), second.paid_by) == ("already_paid", "pi_first")
-    assert await store.repo.record_successes([(second, "pi_twice")]) == {11: False}
+    assert again is not None
+    assert (again.gate(), again.paid_by or again.overlaps_paid) == (gate, "pi_first")
+    # Money the gateway took anyway is never recorded as a second charge for those days.
+    assert await store.repo.record_successes([(again, "pi_twice")]) == {11: False}
     assert await state(store.repo, 11) == ("already_paid", 1)
 
 
-async def test_a_period_held_by_a_live_claim_is_busy(store: Store) -> None:
+@pytest.mark.parametrize(("second", "key", "gate"), SAME_DAYS)
+async def test_days_held_by_a_live_claim_are_busy(
+    store: Store, second: dict[str, object], key: str, gate: str
+) -> None:
     await store.add_account(1)
     await store.add_job(10, 1)
-    await store.add_job(11, 1, dunning_attempt=1)
+    await store.add_job(11, 1, **second)  # type: ignore[arg-type]
     assert await claim_one(store.repo, req(10)) is not None
 
-    second = await claim_one(store.repo, req(11, dunning=1))
+    again = await claim_one(store.repo, req(11, key=key))
 
-    assert second is not None
-    assert (second.gate(), second.busy_with) == ("period_busy", 10)
+    assert again is not None
+    assert (again.gate(), again.busy_with) == ("period_busy", 10)
+
+
+@pytest.mark.parametrize(("second", "key", "gate"), SAME_DAYS)
+async def test_two_jobs_for_the_same_days_claimed_in_one_batch_let_only_one_charge(
+    store: Store, second: dict[str, object], key: str, gate: str
+) -> None:
+    await store.add_account(1)
+    await store.add_job(10, 1)
+    await store.add_job(11, 1, **second)  # type: ignore[arg-type]
+
+    claimed = await store.repo.claim_many([req(11, key=key), req(10)])
+
+    assert sorted((c.job_id, c.gate(), c.busy_with) for c in claimed.values()) == [
+        (10, None, None),
+        (11, "period_busy", 10),
+    ]
+
+
+async def test_the_next_period_after_the_paid_one_is_not_an_overlap(store: Store) -> None:
+    await store.add_account(1)
+    await store.add_job(10, 1)
+    await store.add_job(11, 1, period=(APRIL, dt.date(2026, 5, 15)))
+    first = await claim_one(store.repo, req(10))
+    assert first is not None
+    assert await store.repo.record_successes([(first, "pi_march")]) == {10: True}
+
+    after = await claim_one(store.repo, req(11, key="billq_1_2026-04-01"))
+
+    assert after is not None and after.gate() is None
 
 
 async def test_the_already_paid_record_ends_the_job(store: Store) -> None:

@@ -59,10 +59,10 @@ async def receiver() -> AsyncIterator[Receiver]:
 async def finish_in_sql(db: asyncpg.Connection, account_id: int) -> None:
     """A worker's record, as far as the run is concerned: a charge and a succeeded job."""
     await db.execute(
-        "INSERT INTO charges (job_id, account_id, period_start, amount_cents, currency,"
-        " idempotency_key, gateway_charge_id)"
-        " SELECT id, account_id, period_start, amount_cents, currency, idempotency_key,"
-        " 'ch_' || id FROM billing_jobs WHERE account_id = $1",
+        "INSERT INTO charges (job_id, account_id, period_start, period_end, amount_cents,"
+        " currency, idempotency_key, gateway_charge_id)"
+        " SELECT id, account_id, period_start, period_end, amount_cents, currency,"
+        " idempotency_key, 'ch_' || id FROM billing_jobs WHERE account_id = $1",
         account_id,
     )
     await db.execute(
@@ -164,3 +164,40 @@ async def test_a_failed_run_and_a_reopened_run_each_get_their_own_event(
     ]
     assert len({r["event_id"] for r in rows}) == 3
     assert json.loads(rows[0]["payload"])["error"] == "broker gone"
+
+
+async def test_runs_settled_before_a_webhook_url_was_set_are_skipped_not_sent_later(
+    settings: Settings, db: asyncpg.Connection, receiver: Receiver
+) -> None:
+    receiver.refuse = 0
+    hooked = settings.model_copy(
+        update={"run_webhook_url": receiver.url, "webhook_secret": SecretStr(SECRET)}
+    )
+    await testkit.seed(db, 1)
+    old = await distribute(settings, as_of=MARCH)  # no URL anywhere yet
+    await finish_in_sql(db, 1)
+    pool = await create_pool(settings, min_size=1, max_size=2)
+    try:
+        await runs_repo.settle_open_runs(pool)
+        assert await hooks.deliver_due(pool, settings) == hooks.Delivery(0, 0)
+        assert await db.fetchval("SELECT state FROM run_hook_events") == "pending"
+
+        # The URL is set months later: the backlog is skipped, not posted.
+        assert await hooks.deliver_due(pool, hooked) == hooks.Delivery(0, 0)
+        assert receiver.requests == []
+
+        # A run that settles from now on is sent.
+        new = await db.fetchval("INSERT INTO billing_runs (as_of) VALUES (now()) RETURNING id")
+        await db.execute(
+            "UPDATE billing_runs SET state = 'completed', finished_at = now() WHERE id = $1", new
+        )
+        assert await hooks.deliver_due(pool, hooked) == hooks.Delivery(1, 0)
+    finally:
+        await pool.close()
+
+    assert [json.loads(body)["data"]["run_id"] for _, body in receiver.requests] == [new]
+    listed: list[dict[str, Any]] = json.loads(
+        testkit.billq("runs", "--json", env=testkit.env_for(settings)).stdout
+    )
+    hook = {r["id"]: r["hook"] for r in listed}
+    assert hook[old.run_id] == "skipped" and hook[new] == "delivered"

@@ -45,6 +45,9 @@ def job(**facts: object) -> ClaimedJob:
         ({"account_status": "suspended"}, "not_billable"),
         ({"cancelled_before": True}, "not_billable"),
         ({"busy_with": 9}, "period_busy"),
+        ({"overlaps_paid": "pi_1"}, "overlaps_paid"),
+        ({"overlaps_paid": "pi_1", "account_status": "cancelled"}, "overlaps_paid"),
+        ({"overlaps_paid": "pi_1", "busy_with": 9}, "overlaps_paid"),
     ],
 )
 def test_the_gate_lets_money_move_only_for_an_unpaid_billable_idle_period(

@@ -14,7 +14,9 @@ from shared.billing.periods import (
     first_billing_at,
     idempotency_key,
     next_period_start,
+    on_anchor,
     parse_as_of,
+    period_end,
     period_for,
 )
 
@@ -142,6 +144,39 @@ def test_annual_periods_last_365_or_366_days(start: dt.date, anchor: int) -> Non
     first = anchored_date(start.year, start.month, anchor)
     days = (next_period_start(first, "year", anchor) - first).days
     assert days in (365, 366) or (anchor > 28 and first.month == 2 and 364 <= days <= 367)
+
+
+@pytest.mark.parametrize(
+    ("start", "interval", "anchor", "end"),
+    [
+        (D(2026, 2, 1), "month", 15, D(2026, 3, 15)),  # anchor 1 → 15: six weeks, one price
+        (D(2026, 2, 28), "month", 1, D(2026, 4, 1)),  # anchor 28 → 1: never a one-day period
+        (D(2026, 2, 10), "month", 5, D(2026, 4, 5)),
+        (D(2026, 1, 31), "month", 31, D(2026, 2, 28)),  # on the anchor: a regular period
+        (D(2026, 2, 10), "year", 1, D(2027, 3, 1)),
+        (D(2026, 2, 1), "year", 1, D(2027, 2, 1)),  # month → year on the same anchor
+    ],
+)
+def test_a_period_after_an_anchor_change_starts_where_the_paid_one_ended_and_is_never_short(
+    start: dt.date, interval: str, anchor: int, end: dt.date
+) -> None:
+    assert period_end(start, interval, anchor) == end  # type: ignore[arg-type]
+
+
+@given(starts, st.sampled_from(["month", "year"]), anchors)
+def test_every_period_lasts_at_least_one_interval_and_ends_on_the_anchor(
+    start: dt.date, interval: str, anchor: int
+) -> None:
+    end = period_end(start, interval, anchor)  # type: ignore[arg-type]
+    assert on_anchor(end, anchor)
+    # Feb 29 anchors clamp to Feb 28 in common years: a year of 364 to 367 days.
+    shortest = 28 if interval == "month" else 364
+    longest = 31 if interval == "month" else 367
+    if on_anchor(start, anchor):
+        assert end == next_period_start(start, interval, anchor)  # type: ignore[arg-type]
+    else:
+        shortest, longest = shortest - 3, longest + 31
+    assert shortest <= (end - start).days <= longest
 
 
 @given(st.integers(1, 10**12), starts, st.integers(0, 5), st.integers(1, 10**12), starts)
