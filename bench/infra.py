@@ -224,9 +224,14 @@ async def server_versions() -> dict[str, str]:
 
 
 def queue_names(prefix: str) -> dict[str, str]:
-    names = {"work": f"{prefix}.charge", "dead": f"{prefix}.charge.dead"}
+    names = {
+        "work": f"{prefix}.charge",
+        "priority": f"{prefix}.charge.priority",
+        "dead": f"{prefix}.charge.dead",
+    }
     for d in DEFAULT_RETRY_DELAYS:
         names[f"retry.{d}s"] = f"{prefix}.charge.retry.{d}s"
+        names[f"priority.retry.{d}s"] = f"{prefix}.charge.priority.retry.{d}s"
     return names
 
 
@@ -262,6 +267,58 @@ async def delete_topology(prefix: str) -> None:
                 await channel.exchange_delete(ex)
     finally:
         await conn.close()
+
+
+async def _declared(queue: str) -> tuple[int, int] | None:
+    """(ready messages, consumers) of an existing queue, or None (passive declare)."""
+    conn = await aio_pika.connect(AMQP)
+    try:
+        channel = await conn.channel()
+        try:
+            decl = await channel.declare_queue(queue, passive=True)
+        except aio_pika.exceptions.AMQPError:
+            return None
+        result = decl.declaration_result
+        return result.message_count or 0, result.consumer_count or 0
+    finally:
+        await conn.close()
+
+
+async def message_count(queue: str) -> int:
+    got = await _declared(queue)
+    return got[0] if got else 0
+
+
+async def wait_consumers(queue: str, count: int, proc: subprocess.Popen[bytes]) -> None:
+    """Until ``count`` consumers are on ``queue`` (a peer's workers are ready)."""
+
+    async def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited {proc.returncode} while starting")
+        got = await _declared(queue)
+        return got is not None and got[1] >= count
+
+    if not await sleep_until(ready, timeout=60):
+        raise RuntimeError(f"fewer than {count} consumers on {queue} after 60s")
+
+
+async def delete_queue(queue: str) -> None:
+    conn = await aio_pika.connect(AMQP)
+    try:
+        channel = await conn.channel()
+        with contextlib.suppress(aio_pika.exceptions.AMQPError):
+            await channel.queue_delete(queue, if_unused=False, if_empty=False)
+    finally:
+        await conn.close()
+
+
+def process_family(pid: int) -> list[int]:
+    """A process and all its descendants (a peer's CLI forks its worker processes)."""
+    try:
+        root = psutil.Process(pid)
+        return [pid, *(c.pid for c in root.children(recursive=True))]
+    except psutil.Error:
+        return [pid]
 
 
 # --- subprocesses ---------------------------------------------------------------------

@@ -31,12 +31,18 @@ from typing import Any
 from bench import infra
 
 RESULTS = infra.ROOT / "bench" / "results"
+# The priority lane row's bulk run (issue 14: "during a 50,000-account run").
+PRIORITY_N = 50_000
+HTTP_GATEWAYS = ("sandbox", "stripe")  # adapters that need the sandbox server
+# The adapter rows: one worker, the same load, each adapter; CPU per charge of that process.
+ADAPTERS = ("inprocess", "sandbox", "stripe")
+ADAPTER_CONCURRENCY = 64
 
 
 @dataclass
 class Row:
     name: str
-    kind: str  # distributor | billq | floor
+    kind: str  # distributor | billq | floor | priority
     accounts: int
     processes: int = 1
     concurrency: int = 0
@@ -231,9 +237,16 @@ class Bench:
         return dict(row)
 
     async def check(
-        self, db: str, prefix: str, n: int, ledger: Path | None = None
+        self,
+        db: str,
+        prefix: str,
+        n: int,
+        ledger: Path | None = None,
+        *,
+        advanced_extra: int = 0,
     ) -> dict[str, Any]:
-        """Every account charged exactly once, every job succeeded, every queue empty."""
+        """Every account charged exactly once, every job succeeded, every queue empty.
+        ``advanced_extra``: accounts seen advanced to another period (the priority row's)."""
         conn = await infra.connect(db)
         try:
             counts = await conn.fetchrow(
@@ -261,7 +274,7 @@ class Bench:
         ok = (
             charges == accounts == keys == n
             and not_done == 0
-            and advanced == n
+            and advanced + advanced_extra == n
             and checks["queue_messages_left"] == 0
         )
         if ledger is not None:
@@ -357,7 +370,8 @@ class Bench:
         workers: list[subprocess.Popen[bytes]] = []
         extra: dict[str, Any] = {}
         try:
-            if gateway == "sandbox":
+            if gateway in HTTP_GATEWAYS:
+                # The Stripe adapter speaks to the sandbox too: it has Stripe's wire format.
                 ledger = self.workdir / f"{prefix}.ledger.sqlite3"
                 gw_proc, settings["BILLQ_GATEWAY_URL"] = self.start_gateway(
                     db, prefix, ledger, "--latency-ms", str(latency_ms), *faults
@@ -391,7 +405,7 @@ class Bench:
             )
             checks = await self.check(db, prefix, n, ledger)
             seconds = float(figures["seconds"])
-            gw = gateway + (f" {latency_ms}ms" if gateway == "sandbox" else "") + title
+            gw = gateway + (f" {latency_ms}ms" if gateway in HTTP_GATEWAYS else "") + title
             conc = concurrency if concurrency is not None else infra.DEFAULT_CONCURRENCY
             shown = f"{conc}" if concurrency is not None else f"{conc} (default)"
             self.record(
@@ -458,6 +472,11 @@ class Bench:
                 infra.stop_process(p)
             await self.cleanup(db, prefix)
 
+    async def priority(self, n: int) -> None:
+        from bench import priority
+
+        await priority.measure(self, n)
+
     async def dashboard(self) -> None:
         """Page and API latency of ``billq dashboard`` with a 1,000,000-job run."""
         from bench import dashboard
@@ -475,7 +494,109 @@ class Bench:
         finally:
             await self.cleanup(db, prefix)
 
+    async def dramatiq(self) -> None:
+        """The peers' Dramatiq equivalent (``bench/dramatiq_peer.py``): 2 processes x 16
+        threads consuming while one process enqueues a message per due account."""
+        n = self.n
+        db, prefix = await self.fresh(n, "dramatiq")
+        queue = f"{prefix}.dramatiq"
+        env = {
+            **os.environ,
+            "BENCH_PEER_DATABASE_URL": infra.db_url(db),
+            "BENCH_PEER_AMQP": infra.AMQP,
+            "BENCH_PEER_QUEUE": queue,
+        }
+        peer = [sys.executable, "-m", "bench.dramatiq_peer"]
+        workers = None
+        try:
+            self.run_peer([*peer, "table"], env)
+            cpu = infra.CpuMeter(db)
+            with infra.RssSampler() as sampler:
+                cmd = [sys.executable, "-m", "dramatiq", "bench.dramatiq_peer"]
+                workers = infra.spawn(
+                    [*cmd, "--processes", "2", "--threads", "16"],
+                    env,
+                    self.workdir / f"{prefix}.dramatiq.log",
+                )
+                # Its worker processes are up once both have declared the queue and consume.
+                await infra.wait_consumers(queue, 2, workers)
+                family = infra.process_family(workers.pid)
+                for pid in family:
+                    sampler.watch(pid)
+                cpu_before = infra.cpu_seconds(family)
+                cpu.start()
+                started = time.time()
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                self.run_peer([*peer, "enqueue"], env)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                await self.wait_peer_done(db, n, workers)
+                services = cpu.stop()
+                services["dramatiq"] = infra.cpu_seconds(family) - cpu_before
+                services["enqueuer"] = (after.ru_utime + after.ru_stime) - (
+                    before.ru_utime + before.ru_stime
+                )
+            infra.stop_process(workers)
+            workers = None
+            conn = await infra.connect(db)
+            try:
+                last = await conn.fetchval(
+                    "SELECT extract(epoch FROM max(created_at)) FROM peer_charges"
+                )
+                charged = await conn.fetchval("SELECT count(DISTINCT account_id) FROM peer_charges")
+                advanced = await conn.fetchval(
+                    "SELECT count(*) FROM accounts WHERE next_billing_at = $1", infra.NEXT_PERIOD
+                )
+            finally:
+                await conn.close()
+            left = await infra.message_count(queue)
+            checks = {"peer_charges": charged, "accounts_advanced_once": advanced, "left": left}
+            checks["ok"] = charged == n and advanced == n and left == 0
+            self.record(
+                measured(
+                    "dramatiq pipeline, 2 proc x 16 threads",
+                    "dramatiq",
+                    n,
+                    float(last) - started,
+                    sampler.peak_mb(),
+                    services,
+                    checks,
+                    processes=2,
+                    concurrency=16,
+                    mode="pipeline",
+                )
+            )
+        finally:
+            if workers is not None:
+                infra.stop_process(workers)
+            for q in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+                await infra.delete_queue(q)
+            await self.cleanup(db, prefix)
+
+    def run_peer(self, cmd: list[str], env: dict[str, str]) -> None:
+        with (self.workdir / "dramatiq.enqueue.log").open("ab") as log:
+            code = subprocess.call(cmd, env=env, cwd=infra.ROOT, stdout=log, stderr=log)
+        if code != 0:
+            raise RuntimeError(f"{' '.join(cmd[1:])} exited {code}")
+
+    async def wait_peer_done(self, db: str, n: int, proc: subprocess.Popen[bytes]) -> None:
+        conn = await infra.connect(db)
+        try:
+
+            async def done() -> bool:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"dramatiq exited {proc.returncode} mid-measurement")
+                return bool(await conn.fetchval("SELECT count(*) FROM peer_charges") >= n)
+
+            if not await infra.sleep_until(done, timeout=self.args.timeout, interval=0.25):
+                raise RuntimeError(f"dramatiq did not charge every account in {self.args.timeout}s")
+        finally:
+            await conn.close()
+
     # --- the whole run --------------------------------------------------------------
+
+    def step(self, name: str, **measurement: Any) -> tuple[str, Any]:
+        """A named ``billq`` measurement, its databases and queues labelled after it."""
+        return name, lambda: self.billq(name.replace("-", "_"), **measurement)
 
     async def run(self) -> dict[str, Any]:
         started = dt.datetime.now(dt.UTC)
@@ -504,6 +625,9 @@ class Bench:
                     "pipeline2", processes=2, concurrency=512, gateway="inprocess", mode="pipeline"
                 ),
             ),
+            self.step(
+                "pipeline256", processes=2, concurrency=256, gateway="inprocess", mode="pipeline"
+            ),
             (
                 "pipeline-default",
                 lambda: self.billq(
@@ -514,6 +638,7 @@ class Bench:
                     mode="pipeline",
                 ),
             ),
+            ("dramatiq", self.dramatiq),
             (
                 "sandbox0",
                 lambda: self.billq(
@@ -521,20 +646,28 @@ class Bench:
                 ),
             ),
         ]
-        for conc in (256, 1024):
-            steps.append(
-                (
-                    f"sandbox200c{conc}",
-                    lambda conc=conc: self.billq(
-                        f"sandbox200c{conc}",
-                        processes=1,
-                        concurrency=conc,
-                        gateway="sandbox",
-                        latency_ms=200,
-                        n=self.io_n,
-                    ),
-                )
+        steps += [
+            self.step(
+                f"adapter-{adapter}",
+                processes=1,
+                concurrency=ADAPTER_CONCURRENCY,
+                gateway=adapter,
+                n=max(1, self.io_n // 4),
+                title=" (adapter CPU)",
             )
+            for adapter in ADAPTERS
+        ]
+        steps += [
+            self.step(
+                f"sandbox200c{conc}",
+                processes=1,
+                concurrency=conc,
+                gateway="sandbox",
+                latency_ms=200,
+                n=self.io_n,
+            )
+            for conc in (256, 1024)
+        ]
         steps += [
             (
                 "sandbox200spiky",
@@ -566,6 +699,7 @@ class Bench:
                 ),
             ),
         ]
+        steps.append(("priority", lambda: self.priority(min(self.n, PRIORITY_N))))
         try:
             for name, step in steps:
                 if self.args.only and not any(name.startswith(o) for o in self.args.only):
@@ -625,6 +759,17 @@ class Bench:
         spiky = next((r for r in self.rows if r.gateway.startswith("sandbox 200ms +2%")), None)
         if clean and spiky:
             out["sandbox200_spiky_over_clean"] = round(spiky.rate / clean.rate, 2)
+        for row in self.rows:
+            if row.gateway.endswith("(adapter CPU)"):
+                # The worker process alone: what the adapter (and billq) cost per charge.
+                adapter = row.gateway.split()[0]
+                out[f"cpu_us_per_charge_{adapter}"] = round(row.cpu_s["billq"] / row.accounts * 1e6)
+        peer = next((r for r in self.rows if r.kind == "dramatiq"), None)
+        default = next(
+            (r for r in self.rows if r.mode == "pipeline" and r.name.endswith("(default)")), None
+        )
+        if peer and default:
+            out["pipeline_default_over_dramatiq"] = round(default.rate / peer.rate, 2)
         return out
 
     def targets(self) -> list[dict[str, Any]]:
@@ -650,9 +795,17 @@ class Bench:
         if len(dist) == 2:
             growth = dist[1].peak_rss_mb / dist[0].peak_rss_mb
             target("distributor RSS 1M ÷ 100k", round(growth, 2), 1.2, False)
+        target(
+            "billq pipeline (defaults) ÷ Dramatiq, same run",
+            self.ratios().get("pipeline_default_over_dramatiq"),
+            3.0,
+        )
         io = [r for r in self.rows if r.gateway == "sandbox 200ms"]
         if io:
             target("1 proc at 200 ms gateway, accounts/s", round(max(r.rate for r in io)), 1000)
+        prio = next((r for r in self.rows if r.kind == "priority"), None)
+        if prio is not None and prio.p99_ms is not None:
+            target("priority charge during a bulk run, p99 ms", round(prio.p99_ms), 1000, False)
         if self.dashboard_pages:
             slowest = max(
                 max(f["cold_max_ms"], f["warm_max_ms"]) for f in self.dashboard_pages.values()
@@ -748,8 +901,9 @@ def main() -> None:
         action="append",
         metavar="NAME",
         help="run only measurements whose name starts with NAME (repeatable): distributor, "
-        "floor-single, floor-batched, inproc1, inproc2, inproc3, pipeline2, pipeline-default, "
-        "sandbox0, sandbox200, sandbox200spiky, storm, dashboard",
+        "floor-single, floor-batched, inproc1, inproc2, inproc3, pipeline2, pipeline256, "
+        "pipeline-default, dramatiq, sandbox0, adapter-inprocess, adapter-sandbox, "
+        "adapter-stripe (or adapter), sandbox200, sandbox200spiky, storm, dashboard, priority",
     )
     p.add_argument(
         "--dashboard-jobs",

@@ -37,9 +37,14 @@ def _topology(args: argparse.Namespace, settings: Settings) -> int:
     asyncio.run(main())
     p = settings.queue_prefix
     tiers = ", ".join(names.retry_queue(p, t) for t in topology.retry_tiers(settings))
+    priority_tiers = ", ".join(
+        names.priority_retry_queue(p, t) for t in topology.retry_tiers(settings)
+    )
     print(
-        f"topology: exchange {names.work_exchange(p)} → {names.work_queue(p)} (quorum); "
-        f"retry {tiers}; dead letters {names.dead_letter_exchange(p)} → "
+        f"topology: exchange {names.work_exchange(p)} → {names.work_queue(p)} (quorum), "
+        f"{names.priority_queue(p)} (quorum, priority lane); "
+        f"retry {tiers}; priority retry {priority_tiers}; "
+        f"dead letters {names.dead_letter_exchange(p)} → "
         f"{names.dead_letter_queue(p)}"
     )
     return 0

@@ -48,10 +48,10 @@ def _audit(args: argparse.Namespace, settings: Settings) -> int:
             await pool.close()
         return report.as_dict(repair=args.repair)
 
+    from shared.billing.audit import FINDINGS
+
     result = asyncio.run(main())
-    found = sum(
-        len(result[k]) for k in ("taken_not_recorded", "recorded_not_taken", "double_taken")
-    )
+    found = sum(len(result[k]) for k in FINDINGS)
     if args.json:
         output.print_json(result)
     else:
@@ -59,10 +59,13 @@ def _audit(args: argparse.Namespace, settings: Settings) -> int:
             f"audit: checked={result['checked']} "
             f"taken_not_recorded={len(result['taken_not_recorded'])} "
             f"recorded_not_taken={len(result['recorded_not_taken'])} "
-            f"double_taken={len(result['double_taken'])}"
+            f"double_taken={len(result['double_taken'])} "
+            f"refunds_checked={result['refunds_checked']} "
+            f"refunded_not_recorded={len(result['refunded_not_recorded'])} "
+            f"refund_recorded_not_refunded={len(result['refund_recorded_not_refunded'])}"
             + (f" repaired={len(result['repaired'])}" if args.repair else "")
         )
-        for kind in ("taken_not_recorded", "recorded_not_taken", "double_taken"):
+        for kind in FINDINGS:
             for item in result[kind]:
                 print(f"  {kind}: {item}")
     return 1 if found else 0
@@ -74,8 +77,10 @@ def register(sub: Any) -> None:
         help="compare the gateway's charges with billq's records (exit 1 on any difference)",
         description="List the gateway's succeeded charges by billq's metadata and compare them "
         "with the charges table per (account, period): taken_not_recorded, "
-        "recorded_not_taken, double_taken. Exit 1 if any is found. --repair records what the "
-        "gateway took (charge, invoice, job, account); it never charges. Run it from cron "
+        "recorded_not_taken, double_taken; and its refunds with the refunds table by billq's "
+        "refund key: refunded_not_recorded, refund_recorded_not_refunded. Exit 1 if any is "
+        "found. --repair records what the gateway took (charge, invoice, job, account) and "
+        "gave back (refund, credit note); it never charges or refunds. Run it from cron "
         "beside reconcile.",
     )
     p.add_argument(
@@ -84,5 +89,9 @@ def register(sub: Any) -> None:
         help="only charges created at or after this time (ISO 8601, or a look-back: 48h, 7d)",
     )
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
-    p.add_argument("--repair", action="store_true", help="record taken_not_recorded charges")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="record taken_not_recorded charges and refunded_not_recorded refunds",
+    )
     p.set_defaults(handler=_audit)

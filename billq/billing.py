@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import re
 from typing import Any
 
@@ -77,6 +78,15 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
                 for b in report["billed"]
             ]
             + [
+                {
+                    "section": "refunded",
+                    "key": r["currency"],
+                    "count": r["refunds"],
+                    "amount_cents": r["amount_cents"],
+                }
+                for r in report["refunded"]
+            ]
+            + [
                 {"section": "declines", "key": d["reason"], "count": d["jobs"]}
                 for d in report["declines"]
             ]
@@ -97,6 +107,11 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
         for b in report["billed"]:
             print(
                 f"  {output.money(b['amount_cents'], b['currency']):>20}  ({b['charges']} charges)"
+            )
+        print("refunded (refunds of this run's charges):" + ("" if report["refunded"] else " none"))
+        for r in report["refunded"]:
+            print(
+                f"  {output.money(r['amount_cents'], r['currency']):>20}  ({r['refunds']} refunds)"
             )
         print("declines by reason:" + ("" if report["declines"] else " none"))
         for d in report["declines"]:
@@ -141,8 +156,9 @@ def _invoices_show(args: argparse.Namespace, settings: Settings) -> int:
     row = asyncio.run(_with_pool(settings, lambda pool: billing_repo.invoice(pool, args.number)))
     if row is None:
         raise ConfigError(f"NUMBER: no invoice {args.number}")
+    notes = json.loads(row["credit_notes"])
     if args.json:
-        output.print_json(dict(row))
+        output.print_json({**dict(row), "credit_notes": notes})
         return 0
     print(f"Invoice {row['number']} — {row['status'].upper()}")
     print(f"  account       {row['account_id']}")
@@ -151,6 +167,11 @@ def _invoices_show(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  charge        {row['gateway_charge_id'] or '-'}")
     print(f"  issued        {output.plain(row['created_at'])}")
     print(f"  paid          {output.plain(row['paid_at']) if row['paid_at'] else '-'}")
+    if notes:
+        print(f"  credited      {output.money(row['credited_cents'], row['currency'])}")
+    for note in notes:
+        amount = output.money(note["amount_cents"], row["currency"])
+        print(f"  credit note   {note['number']}  {amount}  (refund {note['refund_id']})")
     return 0
 
 
@@ -168,7 +189,9 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_runs)
 
-    p = sub.add_parser("report", help="finance summary of a run: billed, declines, dead jobs")
+    p = sub.add_parser(
+        "report", help="finance summary of a run: billed, refunded, declines, dead jobs"
+    )
     p.add_argument("run", type=positive_int, metavar="RUN")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")

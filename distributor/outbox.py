@@ -8,15 +8,18 @@ from shared.amqp import names
 from shared.amqp.publisher import Publisher
 from shared.config import Settings
 from shared.db import runs_repo
-from shared.messages import HANDOFF_HEADER, MESSAGE_TYPE, encode_charge
+from shared.messages import HANDOFF_HEADER, MESSAGE_TYPE, encode_job
 from shared.signing import SIGNATURE_HEADER, sign
 
 
 def encode_message(row: asyncpg.Record) -> bytes:
     """A billing_jobs row as its ChargeMessage body."""
-    return encode_charge(
-        row["id"], row["account_id"], row["period_start"], row["idempotency_key"], row["run_id"]
-    )
+    return encode_job(row)
+
+
+def routing_key(row: asyncpg.Record) -> str:
+    """The lane of a billing_jobs row (republished rows keep the lane they were first sent to)."""
+    return names.routing_key_for_job(dunning_attempt=row["dunning_attempt"], kind=row.get("kind"))
 
 
 class Outbox:
@@ -28,15 +31,20 @@ class Outbox:
         self._key = keys[0] if keys else None
 
     async def publish(self, rows: list[asyncpg.Record]) -> int:
-        """Publish every row concurrently (one confirm window), then mark them published."""
+        """Publish every row concurrently (one confirm window per lane), then mark them
+        published."""
         if not rows:
             return 0
-        await self._publisher.publish_many(
-            self._exchange,
-            names.ROUTING_KEY,
-            [self._item(r, None) for r in rows],
-            message_type=MESSAGE_TYPE,
-        )
+        by_lane: dict[str, list[asyncpg.Record]] = {}
+        for row in rows:
+            by_lane.setdefault(routing_key(row), []).append(row)
+        for key, lane_rows in by_lane.items():
+            await self._publisher.publish_many(
+                self._exchange,
+                key,
+                [self._item(r, None) for r in lane_rows],
+                message_type=MESSAGE_TYPE,
+            )
         await runs_repo.mark_published(self._pool, [r["id"] for r in rows])
         return len(rows)
 
@@ -55,7 +63,7 @@ class Outbox:
         body, message_id, headers = self._item(row, handoff)
         await self._publisher.publish(
             self._exchange,
-            names.ROUTING_KEY,
+            routing_key(row),
             body,
             message_id=message_id,
             message_type=MESSAGE_TYPE,

@@ -1,4 +1,4 @@
-"""The sandbox's ledger: intents and idempotency records in SQLite, read from it on demand.
+"""The sandbox's ledger: intents, refunds and idempotency records in SQLite, read on demand.
 
 Nothing per intent stays in the process: a million-charge soak used to hold ≈ 9 KB per intent
 in dicts (most of it the 4 KB buffer orjson allocates for each body), ≈ 9 GB for 1M. SQLite's
@@ -25,6 +25,14 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS payment_intents_billq_key ON payment_intents (billq_key, seq);
+CREATE TABLE IF NOT EXISTS refunds (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    payment_intent TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refunds_payment_intent ON refunds (payment_intent, seq);
 """
 _INSERT_INTENT = "INSERT INTO payment_intents (id, billq_key, body) VALUES (?, ?, ?)"
 _INSERT_KEY = "INSERT INTO idempotency_keys (key, fingerprint, status, body) VALUES (?, ?, ?, ?)"
@@ -38,6 +46,15 @@ _OLDER = "SELECT body FROM payment_intents WHERE seq < ? ORDER BY seq DESC LIMIT
 _NEWER = "SELECT body FROM payment_intents WHERE seq > ? ORDER BY seq LIMIT ?"
 _BY_BILLQ_KEY = "SELECT body FROM payment_intents WHERE billq_key = ? ORDER BY seq DESC"
 _ALL_NEWEST_FIRST = "SELECT body FROM payment_intents ORDER BY seq DESC"
+_INSERT_REFUND = "INSERT INTO refunds (id, payment_intent, amount, body) VALUES (?, ?, ?, ?)"
+_REFUNDED = "SELECT coalesce(sum(amount), 0) FROM refunds WHERE payment_intent = ?"
+_REFUND_SEQ = "SELECT seq FROM refunds WHERE id = ?"
+# A page of refunds, newest first, optionally of one intent and before a cursor (seq).
+_REFUNDS = """
+SELECT body FROM refunds
+ WHERE (?1 IS NULL OR payment_intent = ?1) AND (?2 IS NULL OR seq < ?2)
+ ORDER BY seq DESC LIMIT ?3
+"""
 
 
 class Ledger:
@@ -100,6 +117,30 @@ class Ledger:
             self._db.execute(_INSERT_INTENT, (pi_id, billq_key, intent))
             if key is not None:
                 self._db.execute(_INSERT_KEY, (key, fingerprint, status, response))
+
+    def refunded(self, pi_id: str) -> int:
+        """What the intent's refunds add up to (in the gateway's units)."""
+        return int(self._db.execute(_REFUNDED, (pi_id,)).fetchone()[0])
+
+    def refund_seq(self, re_id: str) -> int | None:
+        row = self._db.execute(_REFUND_SEQ, (re_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def refunds(
+        self, limit: int, *, pi_id: str | None = None, older_than: int | None = None
+    ) -> list[bytes]:
+        """Up to ``limit`` refunds newest first: all, or one intent's, or before a seq."""
+        rows = self._db.execute(_REFUNDS, (pi_id, older_than, limit))
+        return [bytes(body) for (body,) in rows]
+
+    def add_refund(
+        self, re_id: str, pi_id: str, amount: int, body: bytes, key: str | None, fingerprint: str
+    ) -> None:
+        # One transaction: a refund is never stored without the key that replays it.
+        with self._db:
+            self._db.execute(_INSERT_REFUND, (re_id, pi_id, amount, body))
+            if key is not None:
+                self._db.execute(_INSERT_KEY, (key, fingerprint, 200, body))
 
     def close(self) -> None:
         self._db.close()

@@ -17,6 +17,10 @@ Endpoints::
     GET  /v1/payment_intents              list, newest first: limit, starting_after, ending_before
     GET  /v1/payment_intents/search       query=metadata['KEY']:'VALUE', limit, page
     GET  /v1/payment_intents/{id}
+    POST /v1/refunds                      refund a succeeded intent (payment_intent or charge),
+                                          all it has left or ``amount``; more is refused
+    GET  /v1/refunds                      list, newest first: limit, starting_after,
+                                          payment_intent, charge
     GET  /healthz
     GET  /_sandbox/faults                 the faults now in force
     PUT  /_sandbox/faults                 change them at run time (JSON: fields of ``Faults``)
@@ -41,7 +45,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import structlog
@@ -60,10 +64,17 @@ _HANG_POLL_S = 0.5  # how often a silent request checks whether its client has g
 _KNOWN_PARAMS = frozenset(
     {"amount", "currency", "customer", "payment_method", "confirm", "off_session", "description"}
 )
+_REFUND_PARAMS = frozenset({"payment_intent", "charge", "amount", "reason"})
 _SEARCH = re.compile(
     r"""^\s*metadata\[(?P<q1>['"])(?P<field>[^'"]+)(?P=q1)\]\s*:\s*"""
     r"""(?P<q2>['"])(?P<value>(?:\\.|(?!(?P=q2)).)*)(?P=q2)\s*$"""
 )
+
+
+class _Execute(Protocol):
+    def __call__(
+        self, params: list[tuple[str, str]], key: str | None, fingerprint: str
+    ) -> tuple[int, bytes]: ...
 
 
 class _ApiError(Exception):
@@ -162,6 +173,13 @@ class _Sandbox:
         return _respond(200, b'{"status":"ok"}')
 
     async def create_intent(self, request: web.Request) -> web.Response:
+        return await self._post(request, self._execute)
+
+    async def create_refund(self, request: web.Request) -> web.Response:
+        return await self._post(request, self._execute_refund)
+
+    async def _post(self, request: web.Request, execute: _Execute) -> web.Response:
+        """A POST the Stripe way: authenticated, faults rolled, executed once per key."""
         try:
             _authenticate(request)
         except _ApiError as denied:
@@ -177,22 +195,27 @@ class _Sandbox:
         params = [(k, v) for k, v in form.items() if isinstance(v, str)]
         replayed = False
         if key is None:
-            status, body = self._execute(params, None)
+            status, body = execute(params, None, "")
         elif not 0 < len(key) <= 255:
             status, body = 400, _BAD_KEY
         else:
             async with self._key_lock(key):
-                status, body, replayed = self._execute_once(key, params)
+                status, body, replayed = self._execute_once(key, params, execute)
         await self._delay()
         if hang:
             await self._stay_silent(request)
         return _respond(status, body, key=key, replayed=replayed)
 
-    def _execute_once(self, key: str, params: list[tuple[str, str]]) -> tuple[int, bytes, bool]:
-        fingerprint = hashlib.sha256(orjson.dumps(sorted(params))).hexdigest()
+    def _execute_once(
+        self, key: str, params: list[tuple[str, str]], execute: _Execute
+    ) -> tuple[int, bytes, bool]:
+        # A refund's fingerprint names its endpoint: a charge's key reused for a refund is a
+        # mismatch, as at Stripe (keys are per account, across endpoints).
+        signed = params if execute == self._execute else [("/v1/refunds", ""), *params]
+        fingerprint = hashlib.sha256(orjson.dumps(sorted(signed))).hexdigest()
         stored = self.ledger.key(key)
         if stored is None:
-            status, body = self._execute(params, key, fingerprint)
+            status, body = execute(params, key, fingerprint)
             return status, body, False
         if stored[0] != fingerprint:
             mismatch = _ApiError(
@@ -206,7 +229,7 @@ class _Sandbox:
         return stored[1], stored[2], True
 
     def _execute(
-        self, params: list[tuple[str, str]], key: str | None, fingerprint: str = ""
+        self, params: list[tuple[str, str]], key: str | None, fingerprint: str
     ) -> tuple[int, bytes]:
         try:
             intent, decline = _confirm(params)
@@ -232,6 +255,24 @@ class _Sandbox:
         except sqlite3.Error:
             return 500, _LEDGER_FAILED
         return status, response
+
+    def _execute_refund(
+        self, params: list[tuple[str, str]], key: str | None, fingerprint: str
+    ) -> tuple[int, bytes]:
+        # No await from the remaining amount's check to the store: two refunds of one intent
+        # (under different keys) cannot both pass the check, as at Stripe.
+        try:
+            refund = _refund(params, self.ledger)
+        except _ApiError as err:
+            return err.status, err.body
+        body = orjson.dumps(refund)
+        try:
+            self.ledger.add_refund(
+                refund["id"], refund["payment_intent"], refund["amount"], body, key, fingerprint
+            )
+        except sqlite3.Error:
+            return 500, _LEDGER_FAILED
+        return 200, body
 
     @contextlib.asynccontextmanager
     async def _key_lock(self, key: str) -> AsyncIterator[None]:
@@ -340,6 +381,95 @@ class _Sandbox:
         }
         return _respond(200, orjson.dumps(result))
 
+    async def list_refunds(self, request: web.Request) -> web.Response:
+        """Refunds newest first: limit, starting_after, payment_intent or charge filters."""
+        try:
+            _authenticate(request)
+            limit = _limit(request.query)
+            ledger = self.ledger
+            pi_id = request.query.get("payment_intent") or _intent_of(
+                ledger, request.query.get("charge")
+            )
+            after = request.query.get("starting_after")
+            older_than = None
+            if after:
+                older_than = ledger.refund_seq(after)
+                if older_than is None:
+                    raise _invalid_error(f"No such refund: '{after}'", "starting_after")
+            bodies = ledger.refunds(limit + 1, pi_id=pi_id, older_than=older_than)
+        except _ApiError as err:
+            return _respond(err.status, err.body)
+        result = {
+            "object": "list",
+            "data": [orjson.Fragment(body) for body in bodies[:limit]],
+            "has_more": len(bodies) > limit,
+            "url": "/v1/refunds",
+        }
+        return _respond(200, orjson.dumps(result))
+
+
+def _refund(params: list[tuple[str, str]], ledger: Ledger) -> dict[str, Any]:
+    """Validate a refund against what its intent has left (no I/O, no storage).
+
+    Raises:
+        _ApiError: Stripe's answers for an unknown or unpaid intent, a bad amount, or more
+            than the intent has left (``amount_too_large``; ``charge_already_refunded`` once
+            nothing is left).
+    """
+    fields, metadata = _split(params, _REFUND_PARAMS)
+    pi_id = fields.get("payment_intent") or _intent_of(ledger, fields.get("charge"))
+    if pi_id is None:
+        raise _invalid_error(
+            "One of the following params should be provided for this request: "
+            "payment_intent or charge.",
+            code="parameter_missing",
+        )
+    stored = ledger.intent(pi_id)
+    if stored is None:
+        raise _missing(pi_id, "payment_intent", 400)
+    intent = orjson.loads(stored)
+    if intent["status"] != "succeeded":
+        raise _invalid_error(
+            f"This PaymentIntent ({pi_id}) does not have a successful charge to refund.",
+            "payment_intent",
+        )
+    left = intent["amount"] - ledger.refunded(pi_id)
+    if left <= 0:
+        raise _invalid_error(
+            f"Charge {intent['latest_charge']} has already been refunded.",
+            code="charge_already_refunded",
+        )
+    amount = _amount(fields["amount"]) if "amount" in fields else left
+    if amount > left:
+        raise _invalid_error(
+            f"Refund amount ({amount}) is greater than unrefunded amount on charge ({left}).",
+            "amount",
+            "amount_too_large",
+        )
+    return {
+        "id": "re_" + uuid.uuid4().hex[:24],
+        "object": "refund",
+        "amount": amount,
+        "currency": intent["currency"],
+        "charge": intent["latest_charge"],
+        "payment_intent": pi_id,
+        "status": "succeeded",
+        "reason": fields.get("reason"),
+        "metadata": metadata,
+        "created": int(time.time()),
+    }
+
+
+def _intent_of(ledger: Ledger, charge_id: str | None) -> str | None:
+    """The intent whose latest charge is ``charge_id`` (a scan: refunds by charge are rare)."""
+    if charge_id is None:
+        return None
+    for body in ledger.all_newest_first():
+        intent = orjson.loads(body)
+        if intent.get("latest_charge") == charge_id:
+            return str(intent["id"])
+    raise _invalid_error(f"No such charge: '{charge_id}'", "charge", "resource_missing")
+
 
 def _confirm(params: list[tuple[str, str]]) -> tuple[dict[str, Any], test_cards.CardDecline | None]:
     """Validate a create-and-confirm request and decide its outcome (no I/O, no storage)."""
@@ -396,14 +526,16 @@ def _confirm(params: list[tuple[str, str]]) -> tuple[dict[str, Any], test_cards.
     return intent, decline
 
 
-def _split(params: list[tuple[str, str]]) -> tuple[dict[str, str], dict[str, str]]:
+def _split(
+    params: list[tuple[str, str]], known: frozenset[str] = _KNOWN_PARAMS
+) -> tuple[dict[str, str], dict[str, str]]:
     """Top-level fields and ``metadata[KEY]`` entries; unknown parameters are refused."""
     fields: dict[str, str] = {}
     metadata: dict[str, str] = {}
     for name, value in params:
         if name.startswith("metadata[") and name.endswith("]"):
             metadata[name[9:-1]] = value
-        elif name in _KNOWN_PARAMS:
+        elif name in known:
             fields[name] = value
         else:
             raise _invalid_error(f"Received unknown parameter: {name}", param=name)
@@ -494,6 +626,8 @@ def build_app(*, ledger: str, faults: Faults | None = None) -> web.Application:
     # Registered before /{id}, which would otherwise take "search" for an id.
     app.router.add_get("/v1/payment_intents/search", sandbox.search_intents)
     app.router.add_get("/v1/payment_intents/{id}", sandbox.get_intent)
+    app.router.add_post("/v1/refunds", sandbox.create_refund)
+    app.router.add_get("/v1/refunds", sandbox.list_refunds)
     return app
 
 

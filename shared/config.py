@@ -152,6 +152,15 @@ class Settings(BaseSettings):
     concurrency: int = Field(
         64, ge=1, le=10000, description="Charges a worker has in flight (its prefetch window)."
     )
+    priority_share: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="Share of a worker's BILLQ_CONCURRENCY slots the priority lane may hold "
+        "while the bulk lane has work too (it goes first up to that share; either lane may use "
+        "every slot while the other is idle).",
+    )
     worker_batch_max: int = Field(
         256,
         ge=1,
@@ -249,6 +258,11 @@ class Settings(BaseSettings):
         None,
         description="Token the dashboard asks for (login or Bearer); required off loopback.",
     )
+    api_tokens: SecretStr | None = Field(
+        None,
+        description="Comma-separated tokens `billq api` accepts (any of them: rotation); "
+        "required off loopback.",
+    )
 
     @field_validator("retry_delays", "dunning_schedule", mode="before")
     @classmethod
@@ -316,6 +330,12 @@ class Settings(BaseSettings):
             return []
         raw = self.signing_keys.get_secret_value().split(",")
         return [k.strip().encode() for k in raw if k.strip()]
+
+    @property
+    def api_token_list(self) -> list[str]:
+        if self.api_tokens is None:
+            return []
+        return [t.strip() for t in self.api_tokens.get_secret_value().split(",") if t.strip()]
 
     def retry_delay(self, attempt: int) -> float:
         """Backoff tier for the retry after ``attempt`` (1-based); the last tier repeats."""

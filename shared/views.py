@@ -82,8 +82,9 @@ async def runs(pool: asyncpg.Pool, limit: int) -> list[dict[str, Any]]:
 
 
 async def report(pool: asyncpg.Pool, run_id: int, dead_limit: int | None = None) -> dict[str, Any]:
-    """``billq report RUN --json``: billed per currency, declines by reason, dead jobs (the
-    first ``dead_limit`` by id; all by default), blocked accounts (due but given no job).
+    """``billq report RUN --json``: billed per currency, refunded per currency (refunds of the
+    run's charges), declines by reason, dead jobs (the first ``dead_limit`` by id; all by
+    default), blocked accounts (due but given no job).
 
     Raises:
         ConfigError: there is no such run.
@@ -102,10 +103,19 @@ async def report(pool: asyncpg.Pool, run_id: int, dead_limit: int | None = None)
         "as_of": run["as_of"],
         "jobs": counts,
         "billed": rows_to_dicts(parts["billed"]),
+        "refunded": rows_to_dicts(parts["refunded"]),
         "declines": rows_to_dicts(parts["declines"]),
         "dead": rows_to_dicts(parts["dead"]),
         "blocked": rows_to_dicts(parts["blocked"]),
     }
+
+
+# The lane of a job is names.routing_key_for_job's: dunning retries travel the priority lane.
+PROCESSING_BY_LANE = """
+SELECT count(*) FILTER (WHERE dunning_attempt = 0) AS work,
+       count(*) FILTER (WHERE dunning_attempt > 0) AS priority
+  FROM billing_jobs WHERE state = 'processing'
+"""
 
 
 async def queues(
@@ -115,12 +125,13 @@ async def queues(
     from shared.amqp.inspect import queue_depths
 
     depths = await queue_depths(conn, settings)
-    processing = await pool.fetchval("SELECT count(*) FROM billing_jobs WHERE state = 'processing'")
+    row = await pool.fetchrow(PROCESSING_BY_LANE)
+    processing: dict[str, int] = dict(row) if row is not None else {}
     rows = []
     for d in depths:
         # Without the management plugin the broker does not report unacked counts;
-        # jobs in 'processing' are exactly the deliveries workers hold.
-        unacked = int(processing) if d.role == "work" else 0
+        # jobs in 'processing' are exactly the deliveries workers hold, per lane.
+        unacked = int(processing.get(d.role, 0))
         rows.append(
             {
                 "queue": d.name,

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from sandbox.faults import Faults
 from sandbox.server import build_app
-from shared.gateway.port import ChargeRequest, PaymentGateway
+from shared.gateway.port import ChargeRequest, PaymentGateway, RefundRequest
 from shared.gateway.sandbox import SandboxGateway
 from shared.gateway.stripe_gateway import StripeGateway
 
@@ -40,6 +40,19 @@ def charge(
         payment_method=card,
         customer=kw.pop("customer", "cus_billq1"),
         metadata=kw.pop("metadata", {"billq_job_id": "11"}),
+    )
+
+
+def refund(
+    charge_id: str, amount: int = 1999, key: str = "billq_refund_1_1", **kw: Any
+) -> RefundRequest:
+    """A refund request of (part of) ``charge_id`` with the tests' defaults."""
+    return RefundRequest(
+        idempotency_key=key,
+        charge_id=charge_id,
+        amount_cents=amount,
+        currency=kw.pop("currency", "USD"),
+        metadata=kw.pop("metadata", {"billq_charge_id": "1"}),
     )
 
 
@@ -108,11 +121,20 @@ def _recorder(seen: list[Seen]) -> Any:
 
 async def all_intents(url: str) -> list[dict[str, Any]]:
     """Every payment intent the sandbox at ``url`` holds, newest first."""
+    return await _all(url, "/v1/payment_intents")
+
+
+async def all_refunds(url: str) -> list[dict[str, Any]]:
+    """Every refund the sandbox at ``url`` holds, newest first."""
+    return await _all(url, "/v1/refunds")
+
+
+async def _all(url: str, path: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     params: dict[str, Any] = {"limit": 100}
     async with httpx.AsyncClient(base_url=url, headers=AUTH) as http:
         while True:
-            page = (await http.get("/v1/payment_intents", params=params)).json()
+            page = (await http.get(path, params=params)).json()
             out.extend(page["data"])
             if not page["has_more"]:
                 return out

@@ -78,6 +78,7 @@ class FakeJobsRepo:
     accounts: dict[int, FakeAccount] = field(default_factory=dict)
     jobs: dict[int, FakeJob] = field(default_factory=dict)
     charges: dict[tuple[int, dt.date], FakeCharge] = field(default_factory=dict)
+    refunds: dict[int, str] = field(default_factory=dict)  # refund job id → gateway refund id
     live_workers: set[str] = field(default_factory=set)  # holders with a fresh heartbeat
     fail: dict[str, BillqError] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
@@ -230,6 +231,13 @@ class FakeJobsRepo:
     async def record_already_paid(self, job: ClaimedJob, reason: str) -> bool:
         self._call("record_already_paid")
         return self._finish(job, "already_paid", reason[:1000])
+
+    async def record_refund(self, job: ClaimedJob, refund_id: str) -> bool:
+        self._call("record_refund")
+        if not self._finish(job, "succeeded", ""):
+            return False
+        self.refunds[job.job_id] = refund_id
+        return True
 
     async def record_dead(self, job_id: int, attempts: int | None, reason: str) -> bool:
         self._call("record_dead")

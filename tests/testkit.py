@@ -100,8 +100,10 @@ async def delete_topology(settings: Settings) -> None:
     p = settings.queue_prefix
     conn = await aio_pika.connect(AMQP)
     try:
-        queues = [names.work_queue(p), names.dead_letter_queue(p)] + [
-            names.retry_queue(p, t) for t in topology.retry_tiers(settings)
+        queues = [names.work_queue(p), names.priority_queue(p), names.dead_letter_queue(p)] + [
+            names.lane_retry_queue(p, lane, t)
+            for lane in names.LANES
+            for t in topology.retry_tiers(settings)
         ]
         for q in queues:
             channel = await conn.channel()
@@ -128,13 +130,15 @@ async def fetchrow(db: asyncpg.Connection, query: str, *args: object) -> asyncpg
 
 
 async def queue_depths(settings: Settings) -> dict[str, tuple[int, int]]:
-    """name → (messages ready, consumers) for the work, dead and retry queues."""
+    """name → (messages ready, consumers) for the work, priority, dead and retry queues."""
     p = settings.queue_prefix
     out: dict[str, tuple[int, int]] = {}
     conn = await aio_pika.connect(AMQP)
     try:
-        for q in [names.work_queue(p), names.dead_letter_queue(p)] + [
-            names.retry_queue(p, t) for t in topology.retry_tiers(settings)
+        for q in [names.work_queue(p), names.priority_queue(p), names.dead_letter_queue(p)] + [
+            names.lane_retry_queue(p, lane, t)
+            for lane in names.LANES
+            for t in topology.retry_tiers(settings)
         ]:
             channel = await conn.channel()
             try:
@@ -347,6 +351,8 @@ async def assert_charged_once(
     depths = await queue_depths(settings)
     work = depths[f"{settings.queue_prefix}.charge"]
     assert work[0] == 0, f"messages left on the work queue: {depths}"
+    priority = depths.get(f"{settings.queue_prefix}.charge.priority", (0, 0))
+    assert priority[0] == 0, f"messages left on the priority queue: {depths}"
 
 
 @contextlib.asynccontextmanager

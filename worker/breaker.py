@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
+from typing import TypeVar
 
 import structlog
 
@@ -33,8 +34,18 @@ from shared.errors import (
     GatewayUnavailable,
     TransientError,
 )
-from shared.gateway.port import ChargeOutcome, ChargeRequest, GatewayCharge, PaymentGateway
+from shared.gateway.port import (
+    ChargeOutcome,
+    ChargeRequest,
+    GatewayCharge,
+    GatewayRefund,
+    PaymentGateway,
+    Refunded,
+    RefundRequest,
+)
 from worker.metrics import Metrics
+
+_T = TypeVar("_T")
 
 log = structlog.get_logger("billq.worker")
 
@@ -150,11 +161,17 @@ class BreakerGateway:
         self.breaker = breaker
 
     async def charge(self, request: ChargeRequest) -> ChargeOutcome:
+        return await self._reported("charge", lambda: self._inner.charge(request))
+
+    async def refund(self, request: RefundRequest) -> Refunded:
+        return await self._reported("refund", lambda: self._inner.refund(request))
+
+    async def _reported(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
         if not self.breaker.admits:
             # Claimed before the breaker opened: do not add a doomed call to the outage.
-            raise GatewayUnavailable("gateway circuit open; charge not attempted")
+            raise GatewayUnavailable(f"gateway circuit open; {what} not attempted")
         try:
-            outcome = await self._inner.charge(request)
+            answer = await call()
         except GatewayMisconfigured as exc:
             self.breaker.record(True, str(exc))
             # Our key or URL, not the job: retry it once the gateway takes us again.
@@ -166,13 +183,16 @@ class BreakerGateway:
             self.breaker.record(False)
             raise
         self.breaker.record(False)
-        return outcome
+        return answer
 
     async def find_by_idempotency_key(self, idempotency_key: str) -> ChargeOutcome | None:
         return await self._inner.find_by_idempotency_key(idempotency_key)
 
     def list_charges(self, since: datetime | None) -> AsyncIterator[GatewayCharge]:
         return self._inner.list_charges(since)
+
+    def list_refunds(self, since: datetime | None) -> AsyncIterator[GatewayRefund]:
+        return self._inner.list_refunds(since)
 
     async def aclose(self) -> None:
         await self.breaker.aclose()

@@ -1,9 +1,12 @@
-"""Consume the work queue with prefetch QoS; one broker action per outcome.
+"""Consume both lanes' queues with per-consumer prefetch QoS; one broker action per outcome.
 
 The consumer owns its reconnect loop: on every (re)connection it redeclares the
 topology and starts consuming again, failing over across the configured brokers.
-A watchdog notices "connected but not consuming" (a consumer cancelled by the
-broker) and reconnects.
+A watchdog notices "connected but not consuming" (a consumer the broker cancelled,
+on either lane) and reconnects. The bulk and priority queues are consumed on a channel
+each, with its own prefetch window and its own ack frontier (a delivery of one lane
+waiting for a charge slot never holds back the other lane's acks); which delivery
+starts next is ``worker/lanes.py``'s decision.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import contextlib
 import random
 import time
+import uuid
 from collections.abc import Callable
 
 import structlog
@@ -27,6 +31,7 @@ from shared.messages import HANDOFF_HEADER
 from worker.acks import AckFrontier
 from worker.breaker import Breaker
 from worker.handler import Delivery, Handler
+from worker.lanes import admit, priority_slots
 from worker.metrics import Metrics
 from worker.outcome import Ack, Dead, Outcome, Retry
 from worker.stats import Stats
@@ -37,6 +42,7 @@ log = structlog.get_logger("billq.worker")
 HEALTHY_SESSION_S = 30.0
 # Retry copies expire in [1 - JITTER, 1] x their tier: spread without exceeding the tier.
 JITTER = 0.2
+PRIORITY_FIRST: tuple[names.Lane, names.Lane] = ("priority", "bulk")
 
 
 class Consumer:
@@ -60,9 +66,15 @@ class Consumer:
         self._stats = stats
         self._metrics = metrics
         self._after_message = after_message
-        self._pending: list[AbstractIncomingMessage] = []
+        # Deliveries waiting for a charge slot, per lane, and the slots each lane holds.
+        self._pending: dict[names.Lane, list[AbstractIncomingMessage]] = {
+            lane: [] for lane in names.LANES
+        }
+        self._busy: dict[names.Lane, int] = dict.fromkeys(names.LANES, 0)
+        self._slots = priority_slots(settings.concurrency, settings.priority_share)
+        self._lane_of_tag: dict[str, names.Lane] = {}
         self._flush_timer: asyncio.TimerHandle | None = None
-        self._frontier: AckFrontier | None = None
+        self._frontiers: dict[names.Lane, AckFrontier] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._publisher: Publisher | None = None
         self.connected = asyncio.Event()
@@ -104,25 +116,41 @@ class Consumer:
         await self._drain()
 
     async def _consume(self, conn: AbstractConnection, stop: asyncio.Event) -> None:
-        channel = await conn.channel()
-        await channel.set_qos(prefetch_count=self._settings.concurrency)
-        await topology.declare(channel, self._settings)
+        setup = await conn.channel()
+        await topology.declare(setup, self._settings)
+        await setup.close()
         self._publisher = Publisher(conn, timeout=self._settings.publish_timeout)
-        queue = await channel.get_queue(names.work_queue(self._settings.queue_prefix))
         # Deliveries still waiting from an earlier channel died with it (the broker requeued
         # them); acks are per channel, so each channel gets its own frontier.
-        self._pending.clear()
+        for waiting in self._pending.values():
+            waiting.clear()
         self._held_since = None
-        self._frontier = AckFrontier(channel)
-        tag = await queue.consume(self._on_message)
+        consumers = []
+        for lane in names.LANES:
+            channel = await conn.channel()
+            # Per-consumer QoS (global QoS closes a quorum queue's connection): each lane's
+            # window is its own, so a full bulk window never holds a priority delivery back.
+            await channel.set_qos(prefetch_count=self._settings.concurrency)
+            self._frontiers[lane] = AckFrontier(channel)
+            queue = await channel.get_queue(names.lane_queue(self._settings.queue_prefix, lane))
+            # Our own tag, known before the first delivery: it names the delivery's lane.
+            tag = f"billq-{lane}-{uuid.uuid4().hex[:12]}"
+            self._lane_of_tag[tag] = lane
+            await queue.consume(self._on_message, consumer_tag=tag)
+            consumers.append((channel, queue, tag))
         self.connected.set()
         if self._metrics:
             self._metrics.prefetch.set(self._settings.concurrency)
-        log.info("worker.consuming", queue=queue.name, prefetch=self._settings.concurrency)
+        log.info(
+            "worker.consuming",
+            queues=[q.name for _, q, _ in consumers],
+            prefetch=self._settings.concurrency,
+            priority_slots=self._slots,
+        )
         while not stop.is_set():
-            if conn.is_closed or channel.is_closed:
+            if conn.is_closed or any(channel.is_closed for channel, _, _ in consumers):
                 return
-            if not await self._is_consuming(channel, tag):
+            if not all([await self._is_consuming(ch, tag) for ch, _, tag in consumers]):
                 log.warning("worker.consumer_cancelled")
                 return
             if self._held_too_long():
@@ -131,9 +159,10 @@ class Consumer:
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
             except TimeoutError:
                 continue
-        # Stop taking work; in-flight deliveries finish and are acked on this channel.
-        with contextlib.suppress(Exception):  # the channel may already be gone
-            await queue.cancel(tag)
+        # Stop taking work; in-flight deliveries finish and are acked on their channels.
+        for _, queue, tag in consumers:
+            with contextlib.suppress(Exception):  # the channel may already be gone
+                await queue.cancel(tag)
         if self._breaker is not None and not self._breaker.admits:
             await self._return_held("stopping while the gateway breaker is open")
         self._flush(force=True)
@@ -160,62 +189,111 @@ class Consumer:
         # statement; from there each moves on its own (see Handler.handle_batch). Charges
         # in flight are bounded by the prefetch window (BILLQ_CONCURRENCY), not by batches:
         # a slow charge holds its own delivery, never a batch or the window behind it.
-        assert self._frontier is not None and message.delivery_tag is not None
-        self._frontier.delivered(message.delivery_tag)
-        self._pending.append(message)
+        lane = self._lane(message)
+        assert message.delivery_tag is not None
+        self._frontiers[lane].delivered(message.delivery_tag)
+        self._pending[lane].append(message)
         if self._breaker is not None and not self._breaker.admits:
             if self._held_since is None:
                 self._held_since = time.monotonic()
             return  # held until the breaker closes (``_resume``)
-        if len(self._pending) >= self._settings.worker_batch_max:
-            self._flush()
-        elif self._flush_timer is None:
+        if lane == "priority" or self._waiting() >= self._settings.worker_batch_max:
+            self._flush()  # a priority delivery does not wait to be batched
+        else:
+            self._flush_later()
+
+    def _lane(self, message: AbstractIncomingMessage) -> names.Lane:
+        return self._lane_of_tag.get(message.consumer_tag or "", "bulk")
+
+    def _waiting(self) -> int:
+        return sum(len(waiting) for waiting in self._pending.values())
+
+    def _flush_later(self) -> None:
+        if self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(
                 self._settings.batch_wait_ms / 1000, self._flush
             )
 
     def _flush(self, *, force: bool = False) -> None:
-        """Claim what waits (``force``: also while the breaker is open, at shutdown)."""
+        """Claim what may start now (``force``: everything that waits, also while the
+        breaker is open, at shutdown)."""
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
         if not force and self._breaker is not None and not self._breaker.admits:
             return
         size = self._settings.worker_batch_max
-        while self._pending:
-            batch, self._pending = self._pending[:size], self._pending[size:]
-            assert self._frontier is not None
-            # Our own task, not the channel's: a closing channel must not cancel a commit.
-            task = asyncio.create_task(self._process(batch, self._frontier))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        for lane, started in self._start_waiting(force=force):
+            # A batch is one lane's: its deliveries are acked on that lane's channel.
+            for i in range(0, len(started), size):
+                batch = started[i : i + size]
+                # Our own task, not the channel's: a closing channel must not cancel a commit.
+                task = asyncio.create_task(self._process(batch, self._frontiers[lane]))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _start_waiting(
+        self, *, force: bool
+    ) -> list[tuple[names.Lane, list[AbstractIncomingMessage]]]:
+        """Take the deliveries that get a charge slot now, priority lane first."""
+        p, b = self._pending["priority"], self._pending["bulk"]
+        if force:
+            counts = (len(p), len(b))
+        else:
+            chosen = admit(
+                capacity=self._settings.concurrency,
+                slots=self._slots,
+                busy_priority=self._busy["priority"],
+                busy_bulk=self._busy["bulk"],
+                waiting_priority=len(p),
+                waiting_bulk=len(b),
+            )
+            counts = (chosen.priority, chosen.bulk)
+        started = []
+        for lane, n in zip(PRIORITY_FIRST, counts, strict=True):
+            waiting = self._pending[lane]
+            started.append((lane, waiting[:n]))
+            self._pending[lane] = waiting[n:]
+            self._busy[lane] += n
+        self._lane_gauges()
+        return started
+
+    def _lane_gauges(self) -> None:
+        if self._metrics:
+            for lane in names.LANES:
+                self._metrics.lane_in_flight.labels(lane).set(self._busy[lane])
+                self._metrics.lane_waiting.labels(lane).set(len(self._pending[lane]))
 
     def _resume(self) -> None:
         """The breaker closed: what it held starts now."""
         self._held_since = None
-        if self._pending and self._frontier is not None:
+        if self._waiting() and self._frontiers:
             self._flush()
 
     def _held_too_long(self) -> bool:
         return (
             self._held_since is not None
-            and bool(self._pending)
+            and bool(self._waiting())
             and time.monotonic() - self._held_since >= self._settings.breaker_hold_s
         )
 
     async def _return_held(self, why: str) -> None:
         """Give held deliveries back to the queue; nobody claimed them, so no job lost an
         attempt (the broker's delivery count grows by one: its limit is a backstop)."""
-        held, self._pending = self._pending, []
+        held = {lane: waiting[:] for lane, waiting in self._pending.items()}
+        for waiting in self._pending.values():
+            waiting.clear()
         self._held_since = None
-        if not held or self._frontier is None:
+        if not any(held.values()) or not self._frontiers:
             return
-        log.warning("worker.returning_held", deliveries=len(held), reason=why)
+        count = sum(len(messages) for messages in held.values())
+        log.warning("worker.returning_held", deliveries=count, reason=why)
         if self._metrics:
-            self._metrics.breaker_returned.inc(len(held))
-        for message in held:
-            await self._requeue(message)
-        await self._frontier.finished((), [_tag(m) for m in held])
+            self._metrics.breaker_returned.inc(count)
+        for lane, messages in held.items():
+            for message in messages:
+                await self._requeue(message)
+            await self._frontiers[lane].finished((), [_tag(m) for m in messages])
 
     async def _process(self, batch: list[AbstractIncomingMessage], frontier: AckFrontier) -> None:
         self._stats.in_flight += len(batch)
@@ -240,7 +318,7 @@ class Consumer:
             rest = [m for i, m in enumerate(batch) if i not in settled]
             for message in rest:
                 await self._requeue(message)
-                self._done_one(started)
+                self._done_one(message, started)
             await frontier.finished((), [_tag(m) for m in rest])
 
     async def _settle(
@@ -256,14 +334,21 @@ class Consumer:
             self._metrics.handled.labels(label).inc()
         # A retry or dead-letter copy is confirmed before its original is acked.
         if isinstance(outcome, Ack) or await self._publish_copy(message, outcome):
-            self._done_one(started)
+            self._done_one(message, started)
             await frontier.finished([_tag(message)])
         else:
             await self._requeue(message)
-            self._done_one(started)
+            self._done_one(message, started)
             await frontier.finished((), [_tag(message)])
 
-    def _done_one(self, started: float) -> None:
+    def _done_one(self, message: AbstractIncomingMessage, started: float) -> None:
+        lane = self._lane(message)
+        self._busy[lane] = max(0, self._busy[lane] - 1)
+        self._lane_gauges()
+        if self._pending["priority"]:
+            self._flush()  # the freed slot: a waiting priority delivery takes it now
+        elif self._pending["bulk"]:
+            self._flush_later()
         self._stats.in_flight -= 1
         self._stats.handled += 1
         if self._metrics:
@@ -295,7 +380,8 @@ class Consumer:
         headers["x-billq-last-error"] = outcome.reason[:500]
         await self._publisher.publish(
             "",
-            names.retry_queue(self._settings.queue_prefix, tier),
+            # The lane's own tier: it dead-letters the copy back to the lane it came from.
+            names.lane_retry_queue(self._settings.queue_prefix, self._lane(message), tier),
             message.body,
             message_id=message.message_id,
             message_type=message.type,
@@ -311,7 +397,8 @@ class Consumer:
         headers[dlq.ID_HEADER] = dlq.new_letter_id()
         await self._publisher.publish(
             names.dead_letter_exchange(self._settings.queue_prefix),
-            names.ROUTING_KEY,
+            # The lane's routing key travels with the letter: a replay returns it there.
+            names.lane_routing_key(self._lane(message)),
             message.body,
             message_id=message.message_id,
             message_type=message.type,

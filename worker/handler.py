@@ -27,10 +27,12 @@ from shared import signing
 from shared.billing import dunning
 from shared.billing.claims import ClaimedJob, ClaimRequest
 from shared.billing.jobs import TERMINAL
+from shared.billing.refunds import refund_metadata
 from shared.config import Settings
 from shared.db.jobs_port import JobsRepo
 from shared.errors import (
     AccountNotBillable,
+    ActionRefused,
     BadSignature,
     BillqError,
     FatalError,
@@ -44,6 +46,7 @@ from shared.gateway.port import (
     ChargeOutcome,
     ChargeRequest,
     PaymentGateway,
+    RefundRequest,
     charge_metadata,
 )
 from shared.gateway.pruned_keys import charge_safely
@@ -200,7 +203,10 @@ class Handler:
         await asyncio.gather(*moving)
 
     async def _settle(self, i: int, job: ClaimedJob, report: OnOutcome) -> None:
-        """One claimed job, on its own: charge, record, report."""
+        """One claimed job, on its own: charge (or refund), record, report."""
+        if job.refund_of is not None:
+            await report(i, await self._refund(job))
+            return
         result = await self._charge(job)
         if isinstance(result, Charged):
             outcome = await self._record_charged(job, result.charge_id)
@@ -255,7 +261,7 @@ class Handler:
             customer=job.gateway_customer,
             # Derived from the job's identity only, never from row ids: a restored database
             # sends the very same parameters under the same key.
-            metadata=charge_metadata(job.period_start, job.dunning_attempt),
+            metadata=charge_metadata(job.period_start, job.dunning_attempt, job.kind),
         )
         called = time.perf_counter()
         try:
@@ -278,6 +284,55 @@ class Handler:
         finally:
             if self._observe_gateway:
                 self._observe_gateway(time.perf_counter() - called)
+
+    async def _refund(self, job: ClaimedJob) -> Outcome:
+        """A refund job: the gate, the gateway's refund under the job's own key with its
+        frozen amount, then the fenced record. A crash between the two is repaired by the
+        redelivery: the same key replays the gateway's refund, recorded once."""
+        refused = job.gate()
+        if refused == "already_refunded":
+            reason = f"already refunded: {job.refunded_by} is recorded; nothing refunded"
+            try:
+                landed = await self._jobs.record_already_paid(job, reason)
+            except TransientError as err:
+                return Retry(self._settings.retry_delay(1), job.attempts, str(err))
+            return Ack("already_refunded" if landed else "fenced")
+        if refused is not None or job.refund_of is None or job.refund_charge is None:
+            return await self._dead(job, UnknownJob(f"charge {job.refund_of} does not exist"))
+        request = RefundRequest(
+            idempotency_key=job.idempotency_key,
+            charge_id=job.refund_charge,
+            amount_cents=job.amount_cents,
+            currency=job.currency,
+            metadata=refund_metadata(job.refund_of, job.account_id),
+        )
+        try:
+            refunded = await self._gateway.refund(request)
+        except TransientError as exc:
+            if job.attempts - job.attempt_base >= self._settings.max_attempts:
+                # Never dead while the gateway may have refunded: keep asking, slowly.
+                return await self._unresolved(job, "refund unconfirmed", exc)
+            return await self._retry(job, exc)
+        except FatalError as exc:
+            # Refused (more than is left, an unknown charge): the gateway refunded nothing.
+            return await self._dead(job, exc)
+        try:
+            landed = await self._jobs.record_refund(job, refunded.refund_id)
+        except TransientError as err:
+            log.warning("job.record_failed", job_id=job.job_id, error=str(err))
+            return Retry(self._settings.retry_delay(1), job.attempts, str(err))
+        except ActionRefused as exc:
+            log.error("job.refund_unrecorded", job_id=job.job_id, refund_id=refunded.refund_id)
+            return await self._dead(job, exc)
+        log.info(
+            "job.refunded",
+            job_id=job.job_id,
+            charge_id=job.refund_of,
+            refund_id=refunded.refund_id,
+            amount_cents=job.amount_cents,
+            landed=landed,
+        )
+        return Ack("refunded" if landed else "fenced")
 
     async def _end_without_charge(self, job: ClaimedJob, refused: str) -> ChargeOutcome | Outcome:
         """The gate said no. An earlier claim may have charged under this key, so the gateway

@@ -32,6 +32,18 @@ class Metrics:
             "billq_in_flight", "Messages being handled now.", registry=self.registry
         )
         self.prefetch = Gauge("billq_prefetch", "Prefetch (QoS) window.", registry=self.registry)
+        self.lane_in_flight = Gauge(
+            "billq_lane_in_flight",
+            "Charge slots each lane holds now (bulk, priority).",
+            ["lane"],
+            registry=self.registry,
+        )
+        self.lane_waiting = Gauge(
+            "billq_lane_waiting",
+            "Deliveries of each lane waiting for a charge slot.",
+            ["lane"],
+            registry=self.registry,
+        )
         self.reconnects = Counter(
             "billq_reconnects", "Broker reconnections.", registry=self.registry
         )

@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-AckKind = Literal["succeeded", "declined", "duplicate", "fenced", "already_paid", "double_charge"]
+AckKind = Literal[
+    "succeeded",
+    "declined",
+    "duplicate",
+    "fenced",
+    "already_paid",
+    "double_charge",
+    "refunded",
+    "already_refunded",
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ class DeadLetter:
     job_id: int | None
     body: bytes
     headers: dict[str, Any] = field(default_factory=dict)
+    lane: names.Lane = "bulk"
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -47,6 +48,7 @@ class DeadLetter:
             "error": self.error,
             "message_id": self.message_id,
             "job_id": self.job_id,
+            "lane": self.lane,
         }
 
 
@@ -75,6 +77,9 @@ def _letter(message: AbstractIncomingMessage) -> DeadLetter:
         job_id=_job_id(message.body),
         body=message.body,
         headers=headers,
+        # The routing key it was dead-lettered with: the worker's copy and the broker's
+        # (no dead-letter routing key on the lane queues) both keep the lane's key.
+        lane=names.lane_of_routing_key(message.routing_key),
     )
 
 
@@ -99,8 +104,8 @@ async def read(conn: AbstractConnection, settings: Settings, limit: int) -> list
 async def replay(
     conn: AbstractConnection, settings: Settings, ids: set[str] | None
 ) -> list[DeadLetter]:
-    """Republish the chosen dead letters (all when ``ids`` is None) to the work exchange,
-    confirmed, then remove them from the dead-letter queue."""
+    """Republish the chosen dead letters (all when ``ids`` is None) to the work exchange on
+    the lane each came from, confirmed, then remove them from the dead-letter queue."""
     publisher = Publisher(conn, timeout=settings.publish_timeout)
     channel = await conn.channel()
     replayed: list[DeadLetter] = []
@@ -120,7 +125,7 @@ async def replay(
             headers["x-billq-replayed-from"] = letter.id
             await publisher.publish(
                 names.work_exchange(settings.queue_prefix),
-                names.ROUTING_KEY,
+                names.lane_routing_key(letter.lane),
                 message.body,
                 message_id=message.message_id,
                 message_type=message.type,

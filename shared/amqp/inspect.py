@@ -14,16 +14,21 @@ from shared.config import Settings
 @dataclass(frozen=True, slots=True)
 class QueueDepth:
     name: str
-    role: str  # work | retry | dead
+    role: str  # work | priority | retry | dead
     ready: int
     consumers: int
 
 
 async def queue_depths(conn: AbstractConnection, settings: Settings) -> list[QueueDepth]:
-    """Depth of the work, retry and dead-letter queues; missing queues are skipped."""
+    """Depth of the work (bulk), priority, retry and dead-letter queues; missing queues
+    (a priority lane not yet declared by an upgraded worker) are skipped."""
     p = settings.queue_prefix
-    wanted = [(names.work_queue(p), "work")]
-    wanted += [(names.retry_queue(p, t), "retry") for t in topology.retry_tiers(settings)]
+    wanted = [(names.work_queue(p), "work"), (names.priority_queue(p), "priority")]
+    wanted += [
+        (names.lane_retry_queue(p, lane, t), "retry")
+        for lane in names.LANES
+        for t in topology.retry_tiers(settings)
+    ]
     wanted.append((names.dead_letter_queue(p), "dead"))
     out = []
     for name, role in wanted:

@@ -5,7 +5,12 @@
 - ``{p}.charge.retry.<n>s``  one quorum queue per backoff tier: a fixed queue TTL dead-letters
                     back to the work exchange (RabbitMQ 3.10 ships no delayed exchange, and
                     per-message TTLs in one shared queue wait behind the head).
-- ``{p}.dlx`` / ``{p}.charge.dead``  fanout dead-letter exchange and its queue.
+- ``{p}.charge.priority`` the priority lane: the same arguments, bound with key
+                    ``charge.priority``, with its own ``{p}.charge.priority.retry.<n>s`` tiers
+                    that dead-letter back to it (a retry stays in its lane). Added beside the
+                    bulk queues, so existing deployments' queues are declared unchanged.
+- ``{p}.dlx`` / ``{p}.charge.dead``  fanout dead-letter exchange and its queue; letters keep
+                    their routing key, which names their lane.
 """
 
 from __future__ import annotations
@@ -60,34 +65,38 @@ async def _declare(channel: AbstractChannel, settings: Settings) -> Topology:
         names.dead_letter_queue(p), durable=True, arguments={"x-queue-type": "quorum"}
     )
     await dead.bind(dlx, routing_key="#")
-    queue = await channel.declare_queue(
-        names.work_queue(p),
-        durable=True,
-        arguments={
-            "x-queue-type": "quorum",
-            # Backstop for messages that crash workers; attempts are counted in Postgres.
-            "x-delivery-limit": settings.delivery_limit,
-            "x-dead-letter-exchange": names.dead_letter_exchange(p),
-            "x-dead-letter-strategy": "at-least-once",
-            "x-overflow": "reject-publish",
-        },
-    )
-    await queue.bind(work, routing_key=names.ROUTING_KEY)
-    for delay in retry_tiers(settings):
-        await channel.declare_queue(
-            names.retry_queue(p, delay),
+    for lane in names.LANES:
+        queue = await channel.declare_queue(
+            names.lane_queue(p, lane),
             durable=True,
-            # Quorum too: a classic queue lives on one node, and while that node is down
-            # every redeclare (distributor start, worker reconnect) fails on the others.
             arguments={
                 "x-queue-type": "quorum",
-                "x-message-ttl": int(delay * 1000),
-                "x-dead-letter-exchange": names.work_exchange(p),
-                "x-dead-letter-routing-key": names.ROUTING_KEY,
+                # Backstop for messages that crash workers; attempts are counted in Postgres.
+                "x-delivery-limit": settings.delivery_limit,
+                # No dead-letter routing key: a letter keeps its lane's key, so a replay
+                # puts it back on the lane it came from.
+                "x-dead-letter-exchange": names.dead_letter_exchange(p),
                 "x-dead-letter-strategy": "at-least-once",
                 "x-overflow": "reject-publish",
             },
         )
+        await queue.bind(work, routing_key=names.lane_routing_key(lane))
+        for delay in retry_tiers(settings):
+            await channel.declare_queue(
+                names.lane_retry_queue(p, lane, delay),
+                durable=True,
+                # Quorum too: a classic queue lives on one node, and while that node is down
+                # every redeclare (distributor start, worker reconnect) fails on the others.
+                # Tiers per lane: each sends its copies back to its own lane's queue.
+                arguments={
+                    "x-queue-type": "quorum",
+                    "x-message-ttl": int(delay * 1000),
+                    "x-dead-letter-exchange": names.work_exchange(p),
+                    "x-dead-letter-routing-key": names.lane_routing_key(lane),
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish",
+                },
+            )
     return Topology(work=work, dlx=dlx)
 
 

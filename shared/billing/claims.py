@@ -43,6 +43,12 @@ class ClaimedJob:
     busy_with: int | None = None  # another job of these days that holds a live claim
     # Gateway charge id of another period's recorded charge that covers some of these days.
     overlaps_paid: str | None = None
+    # A refund job (kind 'refund'): the billq charge it refunds, that charge's gateway id
+    # (None: the charge row is gone), and the gateway refund already recorded under its key.
+    refund_of: int | None = None
+    refund_charge: str | None = None
+    refunded_by: str | None = None
+    kind: str = "period"  # shared.billing.kinds: what the job charges for
 
     @property
     def may_have_called_gateway(self) -> bool:
@@ -59,7 +65,16 @@ class ClaimedJob:
         paid by its own charge (``already_paid``) or, after an anchor or interval change, by
         another period's charge that covers some of its days (``overlaps_paid``; the
         database's exclusion constraint on ``charges`` refuses such a row too).
+
+        A refund gives money back, so the account's status does not matter; it needs its
+        charge, and must not be recorded already.
         """
+        if self.refund_of is not None:
+            if self.refund_charge is None:
+                return "charge_missing"
+            if self.refunded_by is not None:
+                return "already_refunded"
+            return None
         if self.account_status is None:
             return "account_missing"
         if self.paid_by is not None:

@@ -38,6 +38,13 @@ SELECT key AS currency, n AS charges, amount AS amount_cents
   FROM run_summary_totals WHERE run_id = $1 AND kind = 'billed' ORDER BY key
 """
 
+# Refunds of the run's charges (made later, through refund jobs of their own), per currency.
+REFUNDED = """
+SELECT r.currency, count(*) AS refunds, sum(r.amount_cents)::bigint AS amount_cents
+  FROM refunds r JOIN charges c ON c.id = r.charge_id JOIN billing_jobs j ON j.id = c.job_id
+ WHERE j.run_id = $1 GROUP BY r.currency ORDER BY r.currency
+"""
+
 DECLINES = """
 SELECT key AS reason, n AS jobs
   FROM run_summary_totals WHERE run_id = $1 AND kind = 'decline' ORDER BY n DESC, key
@@ -66,9 +73,15 @@ SELECT number, account_id, period_start, period_end, amount_cents, currency, sta
 """
 
 INVOICE = """
-SELECT number, account_id, period_start, period_end, amount_cents, currency, status,
-       gateway_charge_id, job_id, created_at, paid_at
-  FROM invoices WHERE number = $1
+SELECT i.number, i.account_id, i.period_start, i.period_end, i.amount_cents, i.currency,
+       i.status, i.gateway_charge_id, i.job_id, i.created_at, i.paid_at, i.credited_cents,
+       coalesce((SELECT json_agg(json_build_object(
+                    'number', n.number, 'amount_cents', n.amount_cents,
+                    'refund_id', r.gateway_refund_id, 'created_at', n.created_at)
+                  ORDER BY n.id)
+                  FROM credit_notes n JOIN refunds r ON r.id = n.refund_id
+                 WHERE n.invoice_id = i.id), '[]') AS credit_notes
+  FROM invoices i WHERE i.number = $1
 """
 
 
@@ -81,6 +94,7 @@ async def report(
 ) -> dict[str, list[asyncpg.Record]]:
     return {
         "billed": list(await pool.fetch(BILLED, run_id)),
+        "refunded": list(await pool.fetch(REFUNDED, run_id)),
         "declines": list(await pool.fetch(DECLINES, run_id)),
         "dead": list(await pool.fetch(DEAD, run_id, dead_limit)),
         "blocked": list(await pool.fetch(BLOCKED, run_id)),

@@ -53,6 +53,12 @@ class JobsRepo(Protocol):
         """The gate found the period paid: the job ends without charging. False: fenced out."""
         ...
 
+    async def record_refund(self, job: ClaimedJob, refund_id: str) -> bool:
+        """Commit the gateway's refund for a claimed refund job: refund row, credit note, job
+        succeeded. False: fenced out. Raises ``ActionRefused`` when the charge's refunds would
+        pass the charge."""
+        ...
+
     async def record_dead(self, job_id: int, attempts: int | None, reason: str) -> bool:
         """The job is dead (``attempts`` None: no fence, e.g. before any claim). False: it
         had already finished, or was fenced out."""

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from shared.errors import GatewayRejected
+from shared.errors import GatewayRejected, RefundRefused
 from shared.gateway import test_cards
 from shared.gateway.amounts import to_gateway_units
 from shared.gateway.port import (
@@ -21,7 +21,11 @@ from shared.gateway.port import (
     ChargeRequest,
     Declined,
     GatewayCharge,
+    GatewayRefund,
+    Refunded,
+    RefundRequest,
     gateway_charge,
+    gateway_refund,
 )
 
 
@@ -51,6 +55,10 @@ class InProcessGateway:
         # request is refused.
         self._by_key: dict[str, tuple[tuple[object, ...], ChargeOutcome]] = {}
         self._ids = itertools.count(1)
+        self._amounts: dict[str, int] = {}  # succeeded charge id → amount (minor units)
+        self._refunded: dict[str, int] = {}  # charge id → amount refunded so far
+        self._refund_keys: dict[str, tuple[tuple[object, ...], Refunded]] = {}
+        self.refunds: list[GatewayRefund] = []  # newest last
 
     async def charge(self, request: ChargeRequest) -> ChargeOutcome:
         """Charge once per idempotency key; a repeated key replays the first outcome.
@@ -78,6 +86,8 @@ class InProcessGateway:
             outcome = Charged(charge_id=charge_id)
         else:
             outcome = Declined(decline.code, decline.decline_code, decline.message, charge_id)
+        if decline is None:
+            self._amounts[charge_id] = request.amount_cents
         if decline is None and self._keep_charges:
             self.charges.append(
                 InProcessCharge(
@@ -114,6 +124,64 @@ class InProcessGateway:
             if since is not None and charge.created < since:
                 return
             yield charge
+
+    async def refund(self, request: RefundRequest) -> Refunded:
+        """Refund once per key, never more than the charge has left (as the sandbox).
+
+        Raises:
+            RefundRefused: more than the charge has left.
+            GatewayRejected: an unknown charge, a bad amount, or the key used otherwise.
+        """
+        params = (
+            request.charge_id,
+            request.amount_cents,
+            request.currency,
+            tuple(sorted(request.metadata.items())),
+        )
+        stored = self._refund_keys.get(request.idempotency_key)
+        if stored is not None or request.idempotency_key in self._by_key:
+            if stored is None or stored[0] != params:
+                raise GatewayRejected(
+                    "gateway 400 idempotency_error: Keys for idempotent requests can only be "
+                    "used with the same parameters they were first used with."
+                )
+            return stored[1]
+        charged = self._amounts.get(request.charge_id)
+        if charged is None:
+            raise GatewayRejected(
+                f"gateway 400 invalid_request_error: No such payment_intent: {request.charge_id}"
+            )
+        if request.amount_cents <= 0:
+            raise GatewayRejected("gateway 400 invalid_request_error: Invalid amount.")
+        left = charged - self._refunded.get(request.charge_id, 0)
+        if left <= 0:
+            raise RefundRefused("gateway 400 charge_already_refunded: already refunded")
+        if request.amount_cents > left:
+            raise RefundRefused(
+                f"gateway 400 amount_too_large: Refund amount ({request.amount_cents}) is "
+                f"greater than unrefunded amount on charge ({left})."
+            )
+        refunded = Refunded(f"re_inproc{next(self._ids):015d}", request.amount_cents)
+        self._refunded[request.charge_id] = charged - left + request.amount_cents
+        self._refund_keys[request.idempotency_key] = (params, refunded)
+        self.refunds.append(
+            gateway_refund(
+                refunded.refund_id,
+                request.charge_id,
+                int(time.time()),
+                request.amount_cents,
+                request.currency,
+                request.idempotency_key,
+            )
+        )
+        return refunded
+
+    async def list_refunds(self, since: datetime | None) -> AsyncIterator[GatewayRefund]:
+        """What this process refunded, newest first."""
+        for refund in reversed(self.refunds):
+            if since is not None and refund.created < since:
+                return
+            yield refund
 
     async def aclose(self) -> None:
         return None

@@ -3,7 +3,9 @@
 Adapters (sandbox over HTTP, in-process, Stripe) implement ``PaymentGateway``.
 ``charge`` returns a business outcome (``Charged`` or ``Declined``) and raises
 only ``shared.errors.TransientError`` (``GatewayUnavailable``, ``OutcomeUnknown``)
-or ``shared.errors.FatalError`` (``GatewayRejected``).
+or ``shared.errors.FatalError`` (``GatewayRejected``). ``refund`` gives money of a charge
+back under its own idempotency key, with the same classification; a refund of more than
+the charge has left is ``RefundRefused`` (a ``GatewayRejected``), as Stripe refuses it.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ class ChargeRequest:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def charge_metadata(period_start: date, attempt: int) -> dict[str, str]:
+def charge_metadata(period_start: date, attempt: int, kind: str = "period") -> dict[str, str]:
     """The metadata billq attaches to a charge besides its key and account (which the adapters
     add): derived from the account, period and attempt only, so every call under one key —
     after a card update, a retry or a database restore — sends identical parameters, and the
-    audit can group the gateway's charges by (account, period)."""
+    audit can group the gateway's charges by (account, period). A one-off charge carries its
+    kind instead of a period (``billq_kind``): the audit matches it by its key."""
+    if kind != "period":
+        return {"billq_kind": kind, "billq_attempt": str(attempt)}
     return {"billq_period": period_start.isoformat(), "billq_attempt": str(attempt)}
 
 
@@ -66,6 +71,38 @@ class GatewayCharge:
     idempotency_key: str | None  # None: not made by billq
     account_id: int | None
     period_start: str | None  # ISO date, from billq_period (absent on charges before it)
+    kind: str = "period"  # billq_kind: "oneoff" for a one-off charge (no period)
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRequest:
+    """One refund of (part of) a charge; retries of the same refund send identical fields."""
+
+    idempotency_key: str
+    charge_id: str  # the gateway's id of the charge (payment intent) to refund
+    amount_cents: int  # ISO 4217 minor units, like ChargeRequest
+    currency: str  # the charge's currency, upper case
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Refunded:
+    """The gateway gave the money back."""
+
+    refund_id: str
+    amount_cents: int
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRefund:
+    """A succeeded refund as the gateway lists it, with the billq key it carries."""
+
+    refund_id: str
+    charge_id: str
+    created: datetime
+    amount: int  # ISO minor units
+    currency: str
+    idempotency_key: str | None  # None: not made by billq
 
 
 @runtime_checkable
@@ -95,6 +132,26 @@ class PaymentGateway(Protocol):
         """
         ...
 
+    async def refund(self, request: RefundRequest) -> Refunded:
+        """Refund once per idempotency key; a repeated key replays the stored refund.
+
+        Raises:
+            GatewayUnavailable: 5xx, timeout before sending, connection error, rate limit.
+            OutcomeUnknown: the gateway may have refunded; retry with the same key.
+            RefundRefused: more than the charge has left to refund (nothing was refunded).
+            GatewayRejected: invalid request (unknown charge, bad amount) or authentication.
+        """
+        ...
+
+    def list_refunds(self, since: datetime | None) -> AsyncIterator[GatewayRefund]:
+        """Every succeeded refund created at or after ``since`` (all when None), newest first.
+
+        Raises:
+            GatewayUnavailable: the listing could not be answered now.
+            GatewayRejected: the listing was refused (authentication).
+        """
+        ...
+
     async def aclose(self) -> None:
         """Release connections."""
         ...
@@ -113,4 +170,19 @@ def gateway_charge(
         idempotency_key=metadata.get("billq_idempotency_key"),
         account_id=int(account) if account and account.isdigit() else None,
         period_start=metadata.get("billq_period"),
+        kind=metadata.get("billq_kind") or "period",
+    )
+
+
+def gateway_refund(
+    refund_id: str, charge_id: str, created: int, amount: int, currency: str, key: str | None
+) -> GatewayRefund:
+    """A listed refund's fields as a ``GatewayRefund``."""
+    return GatewayRefund(
+        refund_id=refund_id,
+        charge_id=charge_id,
+        created=datetime.fromtimestamp(created).astimezone(),
+        amount=amount,
+        currency=currency.upper(),
+        idempotency_key=key,
     )

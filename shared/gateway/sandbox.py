@@ -37,6 +37,7 @@ from shared.errors import (
     GatewayRejected,
     GatewayUnavailable,
     OutcomeUnknown,
+    RefundRefused,
 )
 from shared.gateway.amounts import from_gateway_units, to_gateway_units
 from shared.gateway.http_pool import keepalive_session
@@ -46,10 +47,17 @@ from shared.gateway.port import (
     ChargeRequest,
     Declined,
     GatewayCharge,
+    GatewayRefund,
+    Refunded,
+    RefundRequest,
     gateway_charge,
+    gateway_refund,
 )
 
 INTENTS = "/v1/payment_intents"
+REFUNDS = "/v1/refunds"
+# Stripe's codes for a refund of more than the charge has left.
+REFUND_REFUSED = frozenset({"amount_too_large", "charge_already_refunded"})
 BILLQ_KEY = "billq_idempotency_key"
 BILLQ_ACCOUNT = "billq_account_id"
 
@@ -119,23 +127,60 @@ class SandboxGateway:
             BILLQ_ACCOUNT: str(request.account_id),
         }
         form.update({f"metadata[{k}]": v for k, v in metadata.items()})
-        try:
-            answer = await self._send.request(
-                "POST",
-                self._base + INTENTS,
-                data=form,
-                headers={"Idempotency-Key": request.idempotency_key},
-            )
-        except _NotSent as exc:
-            raise GatewayUnavailable(f"gateway unreachable: {exc}") from exc
-        except _BadUrl as exc:
-            raise GatewayMisconfigured(f"gateway URL unusable: {exc}") from exc
-        except _Unanswered as exc:
-            # Sent, or partly sent, with no answer: the gateway may have charged.
-            raise OutcomeUnknown(
-                f"no answer from the gateway ({exc}); retry with the same idempotency key"
-            ) from exc
+        answer = await self._post(INTENTS, form, request.idempotency_key)
         return self._outcome(answer, request.payment_method)
+
+    async def refund(self, request: RefundRequest) -> Refunded:
+        """Refund (part of) a PaymentIntent once per idempotency key (Stripe's Refund API).
+
+        Raises:
+            GatewayUnavailable: nothing was executed (5xx, 409, 429, connection refused).
+            OutcomeUnknown: the refund may have run (timeout, dropped, replayed 5xx).
+            RefundRefused: more than the intent has left to refund.
+            GatewayMisconfigured: the gateway refused the key (401/403), or an unusable URL.
+            GatewayRejected: invalid request (unknown intent, bad amount) or key mismatch.
+        """
+        try:
+            amount = to_gateway_units(request.amount_cents, request.currency)
+        except ValueError as exc:
+            raise GatewayRejected(f"gateway 400 invalid_request_error: {exc}") from None
+        form = {"payment_intent": request.charge_id, "amount": str(amount)}
+        metadata = {**request.metadata, BILLQ_KEY: request.idempotency_key}
+        form.update({f"metadata[{k}]": v for k, v in metadata.items()})
+        answer = await self._post(REFUNDS, form, request.idempotency_key)
+        if 200 <= answer.status < 300:
+            refund = _json(answer.content)
+            if refund is None or not isinstance(refund.get("id"), str):
+                raise OutcomeUnknown(f"gateway answered {answer.status} with an unreadable body")
+            if refund.get("status") != "succeeded":
+                raise GatewayRejected(f"gateway left the refund in status {refund.get('status')!r}")
+            return Refunded(
+                refund_id=refund["id"],
+                amount_cents=from_gateway_units(int(refund["amount"]), request.currency),
+            )
+        error = (_json(answer.content) or {}).get("error") or {}
+        if answer.status == 400 and error.get("code") in REFUND_REFUSED:
+            message = self._scrub(str(error.get("message") or ""), "")
+            raise RefundRefused(f"gateway 400 {error.get('code')}: {message}")
+        self._raise_for(answer, "")
+
+    async def list_refunds(self, since: datetime | None) -> AsyncIterator[GatewayRefund]:
+        """Succeeded refunds, newest first; raises as ``list_charges`` does."""
+        async for refunds in self._pages(REFUNDS):
+            for r in refunds:
+                currency = str(r.get("currency") or "")
+                refund = gateway_refund(
+                    r["id"],
+                    str(r.get("payment_intent") or r.get("charge") or ""),
+                    int(r.get("created") or 0),
+                    from_gateway_units(int(r.get("amount") or 0), currency),
+                    currency,
+                    (r.get("metadata") or {}).get(BILLQ_KEY),
+                )
+                if since is not None and refund.created < since:
+                    return
+                if r.get("status") == "succeeded":
+                    yield refund
 
     async def list_charges(self, since: datetime | None) -> AsyncIterator[GatewayCharge]:
         """Succeeded intents, newest first, paging with ``starting_after``.
@@ -145,20 +190,7 @@ class SandboxGateway:
             GatewayMisconfigured: the gateway refused the key (401/403), or an unusable URL.
             GatewayRejected: the listing was refused.
         """
-        params = {"limit": "100"}
-        while True:
-            try:
-                answer = await self._send.request("GET", self._base + INTENTS, params=params)
-            except _BadUrl as exc:
-                raise GatewayMisconfigured(f"gateway URL unusable: {exc}") from exc
-            except (_NotSent, _Unanswered) as exc:
-                raise GatewayUnavailable(f"gateway listing failed: {exc}") from exc
-            if answer.status != 200:
-                self._raise_for(answer, "")
-            page = _json(answer.content)
-            if page is None:
-                raise GatewayUnavailable("gateway listing answered 200 with an unreadable body")
-            intents: list[dict[str, Any]] = page.get("data") or []
+        async for intents in self._pages(INTENTS):
             for intent in intents:
                 charge = gateway_charge(
                     intent["id"],
@@ -174,9 +206,49 @@ class SandboxGateway:
                     return  # newest first: the rest are older still
                 if intent.get("status") == "succeeded":
                     yield charge
-            if not page.get("has_more") or not intents:
+
+    async def _post(self, path: str, form: Mapping[str, str], key: str) -> _Answer:
+        """A POST under an idempotency key, its transport failures classified."""
+        try:
+            return await self._send.request(
+                "POST", self._base + path, data=form, headers={"Idempotency-Key": key}
+            )
+        except _NotSent as exc:
+            raise GatewayUnavailable(f"gateway unreachable: {exc}") from exc
+        except _BadUrl as exc:
+            raise GatewayMisconfigured(f"gateway URL unusable: {exc}") from exc
+        except _Unanswered as exc:
+            # Sent, or partly sent, with no answer: the gateway may have run it.
+            raise OutcomeUnknown(
+                f"no answer from the gateway ({exc}); retry with the same idempotency key"
+            ) from exc
+
+    async def _pages(self, path: str) -> AsyncIterator[list[dict[str, Any]]]:
+        """The objects of a Stripe list, a page at a time, newest first (``starting_after``)."""
+        params = {"limit": "100"}
+        while True:
+            page = await self._get(path, params, "listing")
+            items: list[dict[str, Any]] = page.get("data") or []
+            yield items
+            if not page.get("has_more") or not items:
                 return
-            params = {"limit": "100", "starting_after": intents[-1]["id"]}
+            params = {"limit": "100", "starting_after": items[-1]["id"]}
+
+    async def _get(self, path: str, params: Mapping[str, str], what: str) -> dict[str, Any]:
+        """A read's JSON answer, its failures classified."""
+        try:
+            answer = await self._send.request("GET", self._base + path, params=params)
+        except _BadUrl as exc:
+            raise GatewayMisconfigured(f"gateway URL unusable: {exc}") from exc
+        except (_NotSent, _Unanswered) as exc:
+            # A read changes nothing: whatever went wrong, asking again is safe.
+            raise GatewayUnavailable(f"gateway {what} failed: {exc}") from exc
+        if answer.status != 200:
+            self._raise_for(answer, "")
+        page = _json(answer.content)
+        if page is None:
+            raise GatewayUnavailable(f"gateway {what} answered 200 with an unreadable body")
+        return page
 
     async def find_by_idempotency_key(self, idempotency_key: str) -> ChargeOutcome | None:
         """The charge carrying this billq key in its metadata, or None.
@@ -187,22 +259,8 @@ class SandboxGateway:
             GatewayRejected: the search was refused (invalid query).
         """
         escaped = idempotency_key.replace("\\", "\\\\").replace("'", "\\'")
-        try:
-            answer = await self._send.request(
-                "GET",
-                f"{self._base}{INTENTS}/search",
-                params={"query": f"metadata['{BILLQ_KEY}']:'{escaped}'", "limit": "100"},
-            )
-        except _BadUrl as exc:
-            raise GatewayMisconfigured(f"gateway URL unusable: {exc}") from exc
-        except (_NotSent, _Unanswered) as exc:
-            # A search changes nothing: whatever went wrong, asking again is safe.
-            raise GatewayUnavailable(f"gateway search failed: {exc}") from exc
-        if answer.status != 200:
-            self._raise_for(answer, "")
-        page = _json(answer.content)
-        if page is None:
-            raise GatewayUnavailable("gateway search answered 200 with an unreadable body")
+        query = {"query": f"metadata['{BILLQ_KEY}']:'{escaped}'", "limit": "100"}
+        page = await self._get(f"{INTENTS}/search", query, "search")
         intents: list[dict[str, Any]] = page.get("data") or []
         # Succeeded wins over an earlier decline under the same key; otherwise the newest.
         for intent in intents:

@@ -48,6 +48,7 @@ from shared.errors import (
     GatewayRejected,
     GatewayUnavailable,
     OutcomeUnknown,
+    RefundRefused,
     TransientError,
 )
 from shared.gateway.amounts import from_gateway_units, to_gateway_units
@@ -58,15 +59,26 @@ from shared.gateway.port import (
     ChargeRequest,
     Declined,
     GatewayCharge,
+    GatewayRefund,
+    Refunded,
+    RefundRequest,
     gateway_charge,
+    gateway_refund,
 )
 
 if TYPE_CHECKING:
-    from stripe.params import PaymentIntentCreateParams, PaymentIntentListParams
+    from stripe.params import (
+        PaymentIntentCreateParams,
+        PaymentIntentListParams,
+        RefundCreateParams,
+        RefundListParams,
+    )
 
 STRIPE_API = "https://api.stripe.com"
 BILLQ_KEY = "billq_idempotency_key"
 BILLQ_ACCOUNT = "billq_account_id"
+# Stripe's codes for a refund of more than the charge has left.
+REFUND_REFUSED = frozenset({"amount_too_large", "charge_already_refunded"})
 SEARCH_LIMIT = 100  # Stripe's maximum page; one key never has more intents than that
 
 # No client telemetry: the SDK would otherwise persist a machine id under the home directory
@@ -171,13 +183,7 @@ class StripeGateway:
                 }
             )
         except stripe.StripeError as exc:
-            mapped = map_stripe_error(exc, secrets=(self._api_key,))
-            if isinstance(mapped, TransientError):
-                # A search changes nothing: whatever went wrong, asking again is safe.
-                raise GatewayUnavailable(f"gateway search failed: {mapped}") from exc
-            if isinstance(mapped, Declined):
-                raise GatewayRejected("gateway answered a search with a card error") from exc
-            raise mapped from exc
+            raise self._read_failure(exc, "search") from exc
         intents = list(page.data)
         # Succeeded wins over an earlier decline under the same key; otherwise the newest.
         for intent in intents:
@@ -208,12 +214,7 @@ class StripeGateway:
             try:
                 page = await self._client.v1.payment_intents.list_async(params=params)
             except stripe.StripeError as exc:
-                mapped = map_stripe_error(exc, secrets=(self._api_key,))
-                if isinstance(mapped, TransientError):
-                    raise GatewayUnavailable(f"gateway listing failed: {mapped}") from exc
-                if isinstance(mapped, Declined):
-                    raise GatewayRejected("gateway answered a listing with a card error") from exc
-                raise mapped from exc
+                raise self._read_failure(exc, "listing") from exc
             intents = list(page.data)
             for intent in intents:
                 charge = gateway_charge(
@@ -234,6 +235,93 @@ class StripeGateway:
             if not page.has_more or not intents:
                 return
             params["starting_after"] = intents[-1].id
+
+    async def refund(self, request: RefundRequest) -> Refunded:
+        """Refund (part of) a PaymentIntent once per idempotency key (Stripe's Refund API).
+
+        Raises:
+            GatewayUnavailable: nothing was executed (5xx, 409, rate limit, connection refused).
+            OutcomeUnknown: the refund may have run (timeout, dropped, replayed 5xx).
+            RefundRefused: more than the intent has left to refund.
+            GatewayRejected: invalid request, idempotency mismatch or authentication failure.
+        """
+        try:
+            amount = to_gateway_units(request.amount_cents, request.currency)
+        except ValueError as exc:
+            raise GatewayRejected(f"gateway 400 invalid_request_error: {exc}") from None
+        params: RefundCreateParams = {
+            "payment_intent": request.charge_id,
+            "amount": amount,
+            "metadata": {**request.metadata, BILLQ_KEY: request.idempotency_key},
+        }
+        try:
+            refund = await self._client.v1.refunds.create_async(
+                params=params, options={"idempotency_key": request.idempotency_key}
+            )
+        except stripe.StripeError as exc:
+            if isinstance(exc, stripe.InvalidRequestError) and exc.code in REFUND_REFUSED:
+                message = _scrub(exc.user_message or "", (self._api_key,))
+                raise RefundRefused(f"gateway 400 {exc.code}: {message}") from exc
+            mapped = map_stripe_error(exc, secrets=(self._api_key,))
+            if isinstance(mapped, Declined):
+                raise GatewayRejected("gateway answered a refund with a card error") from exc
+            raise mapped from exc
+        refund_id = getattr(refund, "id", None)
+        if not isinstance(refund_id, str):
+            raise OutcomeUnknown("gateway answered 2xx without a refund id")
+        if refund.status != "succeeded":
+            # "pending" (some payment methods refund asynchronously): not one billq can record.
+            raise GatewayRejected(f"gateway left the refund in status {refund.status!r}")
+        return Refunded(
+            refund_id=refund_id,
+            amount_cents=from_gateway_units(int(refund.amount), request.currency),
+        )
+
+    async def list_refunds(self, since: datetime | None) -> AsyncIterator[GatewayRefund]:
+        """Succeeded refunds, newest first (``created[gte]`` narrows the listing at Stripe).
+
+        Raises:
+            GatewayUnavailable: a page could not be read now.
+            GatewayRejected: the listing was refused.
+        """
+        params: RefundListParams = {"limit": 100}
+        if since is not None:
+            params["created"] = {"gte": int(since.timestamp())}
+        while True:
+            try:
+                page = await self._client.v1.refunds.list_async(params=params)
+            except stripe.StripeError as exc:
+                raise self._read_failure(exc, "listing") from exc
+            refunds = list(page.data)
+            for r in refunds:
+                currency = str(r.currency or "")
+                intent = r.payment_intent
+                metadata = r.metadata.to_dict() if r.metadata else {}
+                refund = gateway_refund(
+                    r.id,
+                    str(intent if isinstance(intent, str) else getattr(intent, "id", "")),
+                    int(r.created or 0),
+                    from_gateway_units(int(r.amount or 0), currency),
+                    currency,
+                    metadata.get(BILLQ_KEY),
+                )
+                if since is not None and refund.created < since:
+                    return
+                if r.status == "succeeded":
+                    yield refund
+            if not page.has_more or not refunds:
+                return
+            params["starting_after"] = refunds[-1].id
+
+    def _read_failure(self, exc: stripe.StripeError, what: str) -> BillqError:
+        """A failed read (a search, a listing): it changes nothing, so asking again is safe
+        whatever went wrong."""
+        mapped = map_stripe_error(exc, secrets=(self._api_key,))
+        if isinstance(mapped, TransientError):
+            return GatewayUnavailable(f"gateway {what} failed: {mapped}")
+        if isinstance(mapped, Declined):
+            return GatewayRejected(f"gateway answered a {what} with a card error")
+        return mapped
 
     async def aclose(self) -> None:
         await self._http.close_async()

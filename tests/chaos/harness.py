@@ -184,8 +184,10 @@ class Pipeline:
         total = 0
         try:
             p = self.settings.queue_prefix
-            for q in [names.work_queue(p)] + [
-                names.retry_queue(p, t) for t in topology.retry_tiers(self.settings)
+            for q in [names.work_queue(p), names.priority_queue(p)] + [
+                names.lane_retry_queue(p, lane, t)
+                for lane in names.LANES
+                for t in topology.retry_tiers(self.settings)
             ]:
                 channel = await conn.channel()
                 try:

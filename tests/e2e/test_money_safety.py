@@ -275,6 +275,9 @@ async def test_audit_finds_money_taken_but_not_recorded_and_repair_records_it(
         "taken_not_recorded": [],
         "recorded_not_taken": [],
         "double_taken": [],
+        "refunds_checked": 0,
+        "refunded_not_recorded": [],
+        "refund_recorded_not_refunded": [],
     }
     # A worker charged account 3 and died before its commit, then its job was forced dead
     # (as `jobs cancel` used to do); and someone charged account 1's period a second time.

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import testkit
 from gatewaykit import (
@@ -30,14 +31,16 @@ from gatewaykit import (
     KEY,
     Seen,
     all_intents,
+    all_refunds,
     charge,
     connect,
     prune_keys,
+    refund,
     sandbox,
     stub,
 )
 
-from shared.errors import GatewayRejected, GatewayUnavailable, OutcomeUnknown
+from shared.errors import GatewayRejected, GatewayUnavailable, OutcomeUnknown, RefundRefused
 from shared.gateway import test_cards
 from shared.gateway.inprocess import InProcessGateway
 from shared.gateway.port import (
@@ -46,7 +49,10 @@ from shared.gateway.port import (
     ChargeRequest,
     Declined,
     GatewayCharge,
+    GatewayRefund,
     PaymentGateway,
+    Refunded,
+    RefundRequest,
 )
 
 
@@ -102,6 +108,12 @@ class _ObservedInProcess:
 
     def list_charges(self, since: datetime | None) -> AsyncIterator[GatewayCharge]:
         return self._gateway.list_charges(since)
+
+    async def refund(self, request: RefundRequest) -> Refunded:
+        return await self._gateway.refund(request)
+
+    def list_refunds(self, since: datetime | None) -> AsyncIterator[GatewayRefund]:
+        return self._gateway.list_refunds(since)
 
     async def aclose(self) -> None:
         await self._gateway.aclose()
@@ -334,6 +346,137 @@ async def test_list_charges_lists_the_succeeded_charges_newest_first_with_billq_
     assert future == []
 
 
+# -- refunding -----------------------------------------------------------------------------
+
+
+async def _charged(rig: Rig, amount: int = 1999, key: str = KEY) -> str:
+    outcome = await rig.gateway.charge(charge(key=key, amount=amount))
+    assert isinstance(outcome, Charged)
+    return outcome.charge_id
+
+
+async def _refunds(gateway: PaymentGateway) -> list[GatewayRefund]:
+    return [r async for r in gateway.list_refunds(None)]
+
+
+async def test_a_full_refund_gives_the_whole_charge_back_and_is_listed_with_its_key(
+    rig: Rig,
+) -> None:
+    charge_id = await _charged(rig)
+
+    refunded = await rig.gateway.refund(refund(charge_id, 1999, key="billq_refund_7_1"))
+
+    assert refunded.amount_cents == 1999
+    assert refunded.refund_id.startswith("re_")
+    [listed] = await _refunds(rig.gateway)
+    assert (listed.refund_id, listed.charge_id) == (refunded.refund_id, charge_id)
+    assert (listed.amount, listed.currency, listed.idempotency_key) == (
+        1999,
+        "USD",
+        "billq_refund_7_1",
+    )
+
+
+async def test_partial_refunds_add_up_to_the_charge_and_not_a_cent_more(rig: Rig) -> None:
+    charge_id = await _charged(rig)
+
+    first = await rig.gateway.refund(refund(charge_id, 500, key="r1"))
+    second = await rig.gateway.refund(refund(charge_id, 1499, key="r2"))
+    with pytest.raises(RefundRefused, match="charge_already_refunded"):
+        await rig.gateway.refund(refund(charge_id, 1, key="r3"))
+
+    assert (first.amount_cents, second.amount_cents) == (500, 1499)
+    assert [r.refund_id for r in await _refunds(rig.gateway)] == [
+        second.refund_id,
+        first.refund_id,
+    ]
+
+
+async def test_a_refund_of_more_than_is_left_is_refused_and_refunds_nothing(rig: Rig) -> None:
+    charge_id = await _charged(rig)
+    await rig.gateway.refund(refund(charge_id, 1000, key="r1"))
+
+    with pytest.raises(RefundRefused, match="amount_too_large"):
+        await rig.gateway.refund(refund(charge_id, 1000, key="r2"))
+
+    assert [r.amount for r in await _refunds(rig.gateway)] == [1000]
+    # Refused before it ran: the key is free for the amount that is left.
+    assert (await rig.gateway.refund(refund(charge_id, 999, key="r2"))).amount_cents == 999
+
+
+async def test_a_repeated_refund_key_replays_the_same_refund_and_refunds_once(rig: Rig) -> None:
+    charge_id = await _charged(rig)
+
+    first = await rig.gateway.refund(refund(charge_id, 700))
+    second = await rig.gateway.refund(refund(charge_id, 700))
+
+    assert second == first
+    assert len(await _refunds(rig.gateway)) == 1
+
+
+@pytest.mark.parametrize("changed", [{"amount": 701}, {"metadata": {"billq_charge_id": "2"}}])
+async def test_a_refund_key_reused_with_other_parameters_is_rejected(
+    changed: dict[str, Any], rig: Rig
+) -> None:
+    charge_id = await _charged(rig)
+    await rig.gateway.refund(refund(charge_id, 700))
+
+    with pytest.raises(GatewayRejected, match="idempotency_error") as caught:
+        await rig.gateway.refund(refund(charge_id, **{"amount": 700, **changed}))
+
+    assert not isinstance(caught.value, RefundRefused)
+    assert len(await _refunds(rig.gateway)) == 1
+
+
+async def test_a_charge_key_reused_for_a_refund_is_rejected(rig: Rig) -> None:
+    charge_id = await _charged(rig)
+
+    with pytest.raises(GatewayRejected, match="idempotency_error"):
+        await rig.gateway.refund(refund(charge_id, 100, key=KEY))
+
+    assert await _refunds(rig.gateway) == []
+
+
+async def test_a_refund_of_an_unknown_or_declined_charge_is_rejected(rig: Rig) -> None:
+    declined = await rig.gateway.charge(charge(key="k-d", card="pm_card_chargeDeclined"))
+    assert isinstance(declined, Declined) and declined.charge_id is not None
+
+    for charge_id in ("pi_nosuchintent000000000", declined.charge_id):
+        with pytest.raises(GatewayRejected, match="invalid_request_error") as caught:
+            await rig.gateway.refund(refund(charge_id, 100, key=f"r-{charge_id}"))
+        assert not isinstance(caught.value, RefundRefused)
+    assert await _refunds(rig.gateway) == []
+
+
+async def test_concurrent_partial_refunds_beyond_the_charge_refund_only_what_was_charged(
+    rig_name: str, tmp_path: Path
+) -> None:
+    async with open_rig(rig_name, tmp_path / "l.sqlite3", latency_ms=50) as rig:
+        charge_id = await _charged(rig)
+        answers = await asyncio.gather(
+            *(rig.gateway.refund(refund(charge_id, 800, key=f"r{i}")) for i in range(3)),
+            return_exceptions=True,
+        )
+
+        assert sorted(type(a).__name__ for a in answers) == [
+            "RefundRefused",
+            "Refunded",
+            "Refunded",
+        ]
+        assert sum(r.amount for r in await _refunds(rig.gateway)) == 1600
+
+
+async def test_a_refund_of_a_zero_decimal_currency_is_sent_in_whole_units(rig: Rig) -> None:
+    outcome = await rig.gateway.charge(charge(amount=5000, currency="JPY"))
+    assert isinstance(outcome, Charged)
+
+    refunded = await rig.gateway.refund(refund(outcome.charge_id, 1200, currency="JPY"))
+
+    assert refunded.amount_cents == 1200
+    [listed] = await _refunds(rig.gateway)
+    assert (listed.amount, listed.currency) == (1200, "JPY")
+
+
 # == the HTTP adapters =====================================================================
 
 # -- the wire format -----------------------------------------------------------------------
@@ -407,6 +550,88 @@ async def test_find_prefers_the_success_over_an_earlier_decline_under_one_key(
         assert len(await all_intents(base)) == 2
         assert isinstance(paid, Charged)
         assert await gw.find_by_idempotency_key(KEY) == paid
+
+
+async def test_a_refund_is_a_stripe_refund_of_the_intent_under_its_own_key(
+    url: str, gateway: PaymentGateway, seen: list[Seen]
+) -> None:
+    charged = await gateway.charge(charge())
+    assert isinstance(charged, Charged)
+
+    refunded = await gateway.refund(refund(charged.charge_id, 500, key="billq_refund_3_1"))
+
+    [stored] = await all_refunds(url)
+    assert stored["id"] == refunded.refund_id
+    assert (stored["object"], stored["status"]) == ("refund", "succeeded")
+    assert (stored["payment_intent"], stored["amount"], stored["currency"]) == (
+        charged.charge_id,
+        500,
+        "usd",
+    )
+    assert stored["metadata"] == {
+        "billq_charge_id": "1",
+        "billq_idempotency_key": "billq_refund_3_1",
+    }
+    [post] = [s for s in seen if s.method == "POST" and s.path == "/v1/refunds"]
+    assert post.headers["Idempotency-Key"] == "billq_refund_3_1"
+    assert post.form == {
+        "payment_intent": charged.charge_id,
+        "amount": "500",
+        "metadata[billq_charge_id]": "1",
+        "metadata[billq_idempotency_key]": "billq_refund_3_1",
+    }
+
+
+async def test_a_refund_by_charge_id_and_a_refund_without_amount_take_what_is_left(
+    url: str, gateway: PaymentGateway
+) -> None:
+    charged = await gateway.charge(charge())
+    assert isinstance(charged, Charged)
+    await gateway.refund(refund(charged.charge_id, 500))
+    [intent] = await all_intents(url)
+
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}) as h:
+        answer = await h.post("/v1/refunds", data={"charge": intent["latest_charge"]})
+        again = await h.post("/v1/refunds", data={"payment_intent": charged.charge_id})
+
+    assert answer.status_code == 200
+    assert (answer.json()["amount"], answer.json()["payment_intent"]) == (1499, charged.charge_id)
+    assert again.status_code == 400
+    assert again.json()["error"]["type"] == "invalid_request_error"
+    assert again.json()["error"]["code"] == "charge_already_refunded"
+
+
+async def _charged_on(adapter: str, ledger: Path) -> Charged:
+    """A charge made on a sandbox over ``ledger``, which is then stopped."""
+    async with sandbox(ledger) as base, connect(adapter, base) as gw:
+        charged = await gw.charge(charge())
+    assert isinstance(charged, Charged)
+    return charged
+
+
+async def test_a_refund_timeout_is_outcome_unknown_and_the_retry_gets_the_stored_refund(
+    adapter: str, ledger: Path
+) -> None:
+    charged = await _charged_on(adapter, ledger)
+    async with sandbox(ledger, timeout_rate=1) as base, connect(adapter, base, timeout=0.3) as gw:
+        with pytest.raises(OutcomeUnknown, match="ReadTimeout"):
+            await gw.refund(refund(charged.charge_id, 600))
+
+    async with sandbox(ledger) as base, connect(adapter, base) as gw:
+        [stored] = await all_refunds(base)
+        replayed = await gw.refund(refund(charged.charge_id, 600))
+        assert replayed == Refunded(refund_id=stored["id"], amount_cents=600)
+        assert len(await all_refunds(base)) == 1
+
+
+async def test_a_refund_under_fail_rate_one_is_gateway_unavailable_and_refunds_nothing(
+    adapter: str, ledger: Path
+) -> None:
+    charged = await _charged_on(adapter, ledger)
+    async with sandbox(ledger, fail_rate=1) as base, connect(adapter, base) as gw:
+        with pytest.raises(GatewayUnavailable, match="500"):
+            await gw.refund(refund(charged.charge_id, 600))
+        assert await all_refunds(base) == []
 
 
 # -- authentication ------------------------------------------------------------------------
@@ -537,6 +762,37 @@ async def test_answers_map_to_the_error_tree(
     async with stub(status, body, headers) as base, connect(adapter, base) as gw:
         with pytest.raises(expected):
             await gw.charge(charge())
+
+
+REFUND = b'{"id": "re_1", "object": "refund", "amount": 100, "currency": "usd", "status": "%s"}'
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "expected"),
+    [
+        (500, API_ERROR, {**JSON, **REPLAYED}, OutcomeUnknown),
+        (500, API_ERROR, JSON, GatewayUnavailable),
+        (503, HTML, {}, GatewayUnavailable),
+        (429, _error("invalid_request_error", code="rate_limit"), JSON, GatewayUnavailable),
+        (409, _error("invalid_request_error", code="lock_timeout"), JSON, GatewayUnavailable),
+        (400, _error("invalid_request_error", code="amount_too_large"), JSON, RefundRefused),
+        (400, _error("invalid_request_error", code="charge_already_refunded"), JSON, RefundRefused),
+        (400, _error("invalid_request_error", code="resource_missing"), JSON, GatewayRejected),
+        (401, API_ERROR, JSON, GatewayRejected),
+        (200, HTML, {}, OutcomeUnknown),
+        (200, b'{"object": "refund"}', JSON, OutcomeUnknown),
+        (200, REFUND % b"pending", JSON, GatewayRejected),
+    ],
+)
+async def test_refund_answers_map_to_the_error_tree(
+    adapter: str, status: int, body: bytes, headers: dict[str, str], expected: type[Exception]
+) -> None:
+    async with stub(status, body, headers) as base, connect(adapter, base) as gw:
+        with pytest.raises(expected) as caught:
+            await gw.refund(refund("pi_1", 100))
+
+    if expected is GatewayRejected:
+        assert not isinstance(caught.value, RefundRefused)
 
 
 async def test_error_messages_never_carry_the_card_or_the_api_key(adapter: str) -> None:

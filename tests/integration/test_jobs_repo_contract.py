@@ -189,6 +189,7 @@ def test_the_fake_and_postgres_have_the_ports_methods_with_its_signatures() -> N
         "record_decline",
         "record_retry",
         "record_already_paid",
+        "record_refund",
         "record_dead",
     }
     for impl in (FakeJobsRepo, PgJobsRepo):
