@@ -3,7 +3,7 @@
 One parser holds every command; each area registers its own (``billq.accounts``,
 ``billq.admin``, ``billq.billing``, ``billq.ops``) and the entry-point packages contribute
 theirs (``distributor.cli``, ``worker.cli``, ``sandbox.cli``,
-``dashboard.cli``). Errors become one line and an
+``dashboard.cli``, ``api.cli``). Errors become one line and an
 exit code in ``shared.entrypoint``.
 """
 
@@ -15,7 +15,8 @@ from shared.entrypoint import Parser, add_connection_arguments, run
 
 
 def build_parser() -> Parser:
-    from billq import accounts, admin, audit, billing, ops
+    from api import cli as api_cli
+    from billq import accounts, admin, audit, billing, charges, ops
     from dashboard import cli as dashboard_cli
     from distributor import cli as distributor_cli
     from sandbox import cli as sandbox_cli
@@ -35,8 +36,10 @@ def build_parser() -> Parser:
         billing.register,
         ops.register,
         audit.register,
+        charges.register,
         sandbox_cli.register,
         dashboard_cli.register,
+        api_cli.register,
     ):
         register(sub)
     return parser

@@ -132,7 +132,17 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> int:
         output.print_json(output.rows_to_dicts(rows))
     else:
         output.print_table(
-            rows, ("id", "run_id", "account_id", "period_start", "state", "attempts", "last_error")
+            rows,
+            (
+                "id",
+                "kind",
+                "run_id",
+                "account_id",
+                "period_start",
+                "state",
+                "attempts",
+                "last_error",
+            ),
         )
     return 0
 

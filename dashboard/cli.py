@@ -6,12 +6,17 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
 from shared.config import Settings
-from shared.entrypoint import Parser, add_connection_arguments, positive_int, run
+from shared.entrypoint import (
+    Parser,
+    add_connection_arguments,
+    is_loopback,
+    positive_int,
+    run,
+)
 from shared.errors import ConfigError
 
 DESCRIPTION = (
@@ -20,15 +25,6 @@ DESCRIPTION = (
     "Off loopback BILLQ_DASHBOARD_TOKEN is required; with it set every page and API call "
     "needs it (login form, or Authorization: Bearer)."
 )
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
 
 
 def _handle(args: argparse.Namespace, settings: Settings) -> int:

@@ -8,20 +8,18 @@ from shared.amqp import names
 from shared.amqp.publisher import Publisher
 from shared.config import Settings
 from shared.db import runs_repo
-from shared.messages import HANDOFF_HEADER, MESSAGE_TYPE, encode_charge
+from shared.messages import HANDOFF_HEADER, MESSAGE_TYPE, encode_job
 from shared.signing import SIGNATURE_HEADER, sign
 
 
 def encode_message(row: asyncpg.Record) -> bytes:
     """A billing_jobs row as its ChargeMessage body."""
-    return encode_charge(
-        row["id"], row["account_id"], row["period_start"], row["idempotency_key"], row["run_id"]
-    )
+    return encode_job(row)
 
 
 def routing_key(row: asyncpg.Record) -> str:
     """The lane of a billing_jobs row (republished rows keep the lane they were first sent to)."""
-    return names.routing_key_for_job(dunning_attempt=row["dunning_attempt"])
+    return names.routing_key_for_job(dunning_attempt=row["dunning_attempt"], kind=row.get("kind"))
 
 
 class Outbox:

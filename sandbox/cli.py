@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shared.config import Settings
-from shared.entrypoint import Parser, run
+from shared.entrypoint import Parser, port_number, run
 
 
 def _rate(text: str) -> float:
@@ -27,16 +27,6 @@ def _milliseconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected milliseconds >= 0, got {text!r}") from None
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected milliseconds >= 0, got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port 0-65535, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port 0-65535, got {text!r}")
     return value
 
 
@@ -75,7 +65,7 @@ DESCRIPTION = (
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=_port, default=12111, help="port to listen on")
+    p.add_argument("--port", type=port_number, default=12111, help="port to listen on")
     p.add_argument(
         "--ledger",
         default="sandbox-ledger.sqlite3",

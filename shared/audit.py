@@ -2,10 +2,11 @@
 
 The gateway is the only place that knows what money moved, so the audit lists its succeeded
 charges (by billq's metadata: account, period, key) and compares them with ``charges`` per
-(account, period); and its refunds made under billq's refund keys with ``refunds``.
-``repair`` records what was taken through the normal record path (charge row, paid invoice,
-job succeeded, account advanced) and what was given back through the refund's (refund row,
-credit note, job succeeded). It never charges and never refunds.
+(account, period) — a one-off charge (``billq_kind``) per its key; and its refunds made under
+billq's refund keys with ``refunds``. ``repair`` records what was taken through the normal
+record path (charge row, paid invoice, job succeeded, account advanced for a period) and what
+was given back through the refund's (refund row, credit note, job succeeded). It never
+charges and never refunds.
 """
 
 from __future__ import annotations
@@ -59,9 +60,11 @@ async def audit(
             idempotency_key=c.idempotency_key,
             amount=c.amount,
             currency=c.currency,
+            kind=c.kind,
         )
         async for c in gateway.list_charges(since)
-        if c.account_id is not None and c.period_start is not None
+        if c.account_id is not None
+        and (c.period_start if c.kind == "period" else c.idempotency_key) is not None
     ]
     report = AuditReport(compare(taken, await audit_repo.recorded(pool, since)))
     given = [
@@ -94,6 +97,12 @@ async def _record(pool: asyncpg.Pool, item: dict[str, Any]) -> str | None:
     if not key:
         return "the charge carries no billq idempotency key"
     held = await audit_repo.take_by_key(pool, key)
+    if held is None and item["kind"] != "period":
+        held = await audit_repo.adopt_oneoff(
+            pool, item["account_id"], key, item["amount"], item["currency"]
+        )
+        if held is None:
+            return f"account {item['account_id']} does not exist, or {key} is in flight"
     if held is None:
         shape = await audit_repo.account_period(pool, item["account_id"])
         if shape is None:

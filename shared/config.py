@@ -258,6 +258,11 @@ class Settings(BaseSettings):
         None,
         description="Token the dashboard asks for (login or Bearer); required off loopback.",
     )
+    api_tokens: SecretStr | None = Field(
+        None,
+        description="Comma-separated tokens `billq api` accepts (any of them: rotation); "
+        "required off loopback.",
+    )
 
     @field_validator("retry_delays", "dunning_schedule", mode="before")
     @classmethod
@@ -325,6 +330,12 @@ class Settings(BaseSettings):
             return []
         raw = self.signing_keys.get_secret_value().split(",")
         return [k.strip().encode() for k in raw if k.strip()]
+
+    @property
+    def api_token_list(self) -> list[str]:
+        if self.api_tokens is None:
+            return []
+        return [t.strip() for t in self.api_tokens.get_secret_value().split(",") if t.strip()]
 
     def retry_delay(self, attempt: int) -> float:
         """Backoff tier for the retry after ``attempt`` (1-based); the last tier repeats."""

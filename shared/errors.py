@@ -21,6 +21,10 @@ Every failure is classified where it happens, so the worker routes by class::
     │   │   └── RefundRefused           a refund of more than the charge has left
     │   └── Unroutable              RabbitMQ returned a publish as unroutable
     ├── ActionRefused           an operator action not allowed in the job's state (exit 1)
+    ├── RequestRefused          an API request (or its CLI twin) refused: HTTP 4xx, exit 1
+    │   ├── InvalidRequest          a parameter is missing or invalid (400, names it)
+    │   ├── NotFound                no such account or job (404)
+    │   └── IdempotencyConflict     the Idempotency-Key was used for another request (409)
     ├── ImportRejected          an import file has bad rows; nothing imported (exit 1)
     ├── InvalidField            one field of an import row (collected per row with its line
     │                           and column; never escapes a command)
@@ -119,6 +123,42 @@ class Unroutable(FatalError):
 
 class ActionRefused(BillqError):
     """The requested action is not allowed in the job's current state."""
+
+
+class RequestRefused(BillqError):
+    """The request was refused as asked."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+    def __init__(self, message: str | None = None, *, param: str | None = None) -> None:
+        self.param = param
+        super().__init__(message)
+
+
+class InvalidRequest(RequestRefused):
+    """A parameter is missing or invalid."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message, param=param)
+        if code is not None:
+            self.code = code
+
+
+class NotFound(RequestRefused):
+    """No such object."""
+
+    status = 404
+    code = "resource_missing"
+
+
+class IdempotencyConflict(RequestRefused):
+    """The Idempotency-Key was used for a different request."""
+
+    status = 409
+    type = "idempotency_error"
+    code = "idempotency_key_in_use"
 
 
 class ImportRejected(BillqError):

@@ -38,25 +38,52 @@ class ChargeMessage(BaseModel):
     run_id: int | None = Field(
         None, gt=0, le=INT64_MAX, description="billing_runs.id that created the job."
     )
+    # Added with one-off charges: absent on period messages, so they stay byte-identical to
+    # what workers without job kinds accept (those dead-letter a one-off, never charge it).
+    kind: Literal["period", "oneoff", "refund"] = Field(
+        default="period", description="billing_jobs.kind: what the job charges for."
+    )
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json"))
+        data = self.model_dump(mode="json")
+        if data["kind"] == "period":
+            del data["kind"]  # see ``kind``: period messages keep their old shape
+        return orjson.dumps(data)
 
 
 def encode_charge(
-    job_id: int, account_id: int, period_start: dt.date, idempotency_key: str, run_id: int | None
+    job_id: int,
+    account_id: int,
+    period_start: dt.date,
+    idempotency_key: str,
+    run_id: int | None,
+    kind: str = "period",
 ) -> bytes:
     """``ChargeMessage(...).to_bytes()`` without building the model: the distributor's hot
     path encodes rows that already satisfy the contract (a test checks both agree)."""
-    return orjson.dumps(
-        {
-            "schema_version": SCHEMA_VERSION,
-            "job_id": job_id,
-            "account_id": account_id,
-            "period_start": period_start,
-            "idempotency_key": idempotency_key,
-            "run_id": run_id,
-        }
+    body: dict[str, object] = {
+        "schema_version": SCHEMA_VERSION,
+        "job_id": job_id,
+        "account_id": account_id,
+        "period_start": period_start,
+        "idempotency_key": idempotency_key,
+        "run_id": run_id,
+    }
+    if kind != "period":
+        body["kind"] = kind
+    return orjson.dumps(body)
+
+
+def encode_job(row: Any) -> bytes:
+    """A billing_jobs row (id, account_id, period_start, idempotency_key, run_id and, when
+    selected, kind) as its message body."""
+    return encode_charge(
+        row["id"],
+        row["account_id"],
+        row["period_start"],
+        row["idempotency_key"],
+        row["run_id"],
+        row.get("kind") or "period",
     )
 
 

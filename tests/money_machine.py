@@ -7,11 +7,17 @@ charge, lost messages, card updates, account cancels, re-imports, ``jobs retry``
 and RabbitMQ and an in-process sandbox gateway, and checks the money invariants after every
 step:
 
-1. at most one succeeded gateway charge per (account, period);
-2. after reconcile + audit(repair) every (account, period) the gateway charged has a
-   ``charges`` row (checked by the ``audit_records_every_charge`` rule and at teardown);
+1. at most one succeeded gateway charge per (account, period) — and per one-off charge
+   (an application's ``POST /v1/charges``, under its caller's key), for the amount asked;
+2. after reconcile + audit(repair) every (account, period) and every one-off the gateway
+   charged has a ``charges`` row (checked by the ``audit_records_every_charge`` rule and at
+   teardown);
 3. no charge is taken, while an account is cancelled, for a period that starts at or after
-   its ``cancelled_at``.
+   its ``cancelled_at``;
+4. no two succeeded gateway charges of one account cover the same day (re-imports change
+   ``billing_anchor_day`` and ``billing_interval`` between periods);
+5. an operator's cancel (``accounts cancel``) is undone only by ``accounts reactivate``,
+   never by a re-import saying ``active``.
 
 The harness stands in for the processes so that a run is deterministic and fast:
 
@@ -33,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -58,16 +65,17 @@ from hypothesis.stateful import (
 from distributor.outbox import Outbox
 from distributor.run import distribute, reconcile_once
 from sandbox.server import build_app
-from shared import operations
+from shared import oneoff, operations
 from shared.amqp import dlq, names, topology
 from shared.amqp.publisher import Publisher
 from shared.audit import audit
 from shared.billing.accounts import AccountRow
+from shared.billing.periods import Interval
 from shared.config import Settings
 from shared.db import accounts_repo
 from shared.db.jobs_repo import PgJobsRepo
 from shared.db.pool import create_pool
-from shared.errors import ActionRefused, ConfigError
+from shared.errors import ActionRefused, ConfigError, RequestRefused
 from shared.gateway.factory import make_gateway
 from shared.gateway.port import ChargeOutcome, ChargeRequest, PaymentGateway
 from shared.messages import HANDOFF_HEADER
@@ -85,6 +93,8 @@ CARDS = (
 )
 FAULTS = ("none", "none", "5xx", "timeout", "down")
 ACTOR = "test:stateful"
+ANCHORS = (1, 1, 15, 28)
+INTERVALS = ("month", "month", "month", "year")
 AUTH = {"Authorization": "Bearer sk_test_billq"}
 
 
@@ -154,9 +164,11 @@ class MoneyMachine(RuleBasedStateMachine):
         self.held: list[tuple[bytes, dict[str, Any], str | None, str]] = []
         self.seen: set[str] = set()  # succeeded intents already checked
         self.cancelled: dict[int, dt.datetime] = {}  # as of the end of the previous step
+        self.operator_cancelled: set[int] = set()  # until `accounts reactivate`
         # Refreshed after every step, for the rules' preconditions (skip steps with no effect).
         self.ready = self.letters = self.jobs = 0
         self.since_audit = 0
+        self.oneoffs: dict[str, tuple[int, int]] = {}  # gateway key → (job id, amount asked)
         self._closers: list[Callable[[], Awaitable[None]]] = []
         try:
             self.run(self._setup())
@@ -242,7 +254,12 @@ class MoneyMachine(RuleBasedStateMachine):
 
     @staticmethod
     def _row(
-        account: int, card: str = "pm_card_visa", amount: int = 0, status: str = "active"
+        account: int,
+        card: str = "pm_card_visa",
+        amount: int = 0,
+        status: str = "active",
+        anchor: int = 1,
+        interval: str = "month",
     ) -> AccountRow:
         return AccountRow(
             id=account,
@@ -250,12 +267,14 @@ class MoneyMachine(RuleBasedStateMachine):
             email=f"c{account}@example.com",
             amount_cents=1000 + account + amount,
             currency="USD",
-            billing_interval="month",
-            billing_anchor_day=1,
+            billing_interval=cast(Interval, interval),
+            billing_anchor_day=anchor,
             next_billing_at=_instant(START),
             status=status,
             payment_method=card,
             gateway_customer=f"cus_{account}",
+            # A file with a status column: without it an import leaves statuses alone.
+            status_given=True,
         )
 
     def _fault(self, fault: str) -> None:
@@ -289,7 +308,10 @@ class MoneyMachine(RuleBasedStateMachine):
 
     @staticmethod
     def _period(intent: dict[str, Any]) -> tuple[int, str]:
+        """What is charged once: (account, period), or (account, "oneoff:" + key)."""
         meta = intent["metadata"]
+        if meta.get("billq_kind") == "oneoff":
+            return int(meta["billq_account_id"]), "oneoff:" + meta["billq_idempotency_key"]
         return int(meta["billq_account_id"]), meta["billq_period"]
 
     async def _job_ids(self) -> list[int]:
@@ -354,7 +376,11 @@ class MoneyMachine(RuleBasedStateMachine):
         charged = {self._period(i) for i in await self._succeeded()}
         recorded = {
             (r["account_id"], r["period_start"].isoformat())
-            for r in await self.pool.fetch("SELECT account_id, period_start FROM charges")
+            if r["kind"] == "period"
+            else (r["account_id"], "oneoff:" + r["idempotency_key"])
+            for r in await self.pool.fetch(
+                "SELECT kind, account_id, period_start, idempotency_key FROM charges"
+            )
         }
         missing = sorted(charged - recorded)
         assert not missing, (
@@ -385,12 +411,27 @@ class MoneyMachine(RuleBasedStateMachine):
                 continue
             self.seen.add(intent["id"])
             account, period = self._period(intent)
+            if period.startswith("oneoff:"):
+                key = intent["metadata"]["billq_idempotency_key"]
+                assert intent["amount"] == self.oneoffs[key][1], (
+                    f"one-off {key} charged {intent['amount']}, asked {self.oneoffs[key][1]}"
+                )
+                continue  # asked for now: no period for a cancellation to precede
             cancelled = self.cancelled.get(account)
             starts = _instant(dt.date.fromisoformat(period))
             assert cancelled is None or starts < cancelled, (
                 f"account {account} cancelled at {cancelled} was charged for the period "
                 f"{period} ({intent['id']})"
             )
+        await self._no_day_is_charged_twice(succeeded)
+        reactivated = await self.pool.fetch(
+            "SELECT id FROM accounts WHERE id = ANY($1::bigint[]) AND cancelled_at IS NULL",
+            sorted(self.operator_cancelled),
+        )
+        assert not reactivated, (
+            f"accounts {[r['id'] for r in reactivated]} were cancelled by an operator and "
+            "reactivated without `accounts reactivate`"
+        )
         self.cancelled = {
             r["id"]: r["cancelled_at"]
             for r in await self.pool.fetch(
@@ -410,6 +451,25 @@ class MoneyMachine(RuleBasedStateMachine):
             self.letters = counts[names.dead_letter_queue(p)]
         finally:
             await channel.close()
+
+    async def _no_day_is_charged_twice(self, succeeded: list[dict[str, Any]]) -> None:
+        """Invariant 4: the periods of an account's gateway charges never share a day."""
+        keys = [i["metadata"]["billq_idempotency_key"] for i in succeeded]
+        periods: dict[int, list[tuple[dt.date, dt.date, str]]] = {}
+        for r in await self.pool.fetch(
+            "SELECT account_id, period_start, period_end, idempotency_key FROM billing_jobs"
+            " WHERE idempotency_key = ANY($1::text[]) ORDER BY period_start",
+            keys,
+        ):
+            periods.setdefault(r["account_id"], []).append(
+                (r["period_start"], r["period_end"], r["idempotency_key"])
+            )
+        for account, spans in periods.items():
+            for (_, end, key), (start, _, other) in itertools.pairwise(spans):
+                assert end <= start, (
+                    f"account {account} was charged twice for the days from {start} to {end}: "
+                    f"{key} and {other}"
+                )
 
     # --- the distributor and the reconciler -------------------------------------------
 
@@ -526,24 +586,52 @@ class MoneyMachine(RuleBasedStateMachine):
 
     # One rule for every change to an account, weighted like real life: card updates and
     # re-imports often, a cancel (final) now and then.
+    # Re-imports may move the anchor or switch the interval between (or during) periods.
     @rule(
-        change=st.sampled_from(("card", "card", "card", "reimport", "reimport", "cancel")),
+        change=st.sampled_from(
+            ("card", "card", "card", "reimport", "reimport", "cancel", "reactivate")
+        ),
         account=st.sampled_from(ACCOUNTS),
         card=st.sampled_from(CARDS),
         amount=st.integers(0, 2),
         status=st.sampled_from(("active", "active", "cancelled")),
         at=st.sampled_from(("its_next_period", "its_next_period", *sorted(CANCEL_AT))),
+        plan=st.tuples(st.sampled_from(ANCHORS), st.sampled_from(INTERVALS)),
     )
     def change_an_account(
-        self, change: str, account: int, card: str, amount: int, status: str, at: str
+        self,
+        change: str,
+        account: int,
+        card: str,
+        amount: int,
+        status: str,
+        at: str,
+        plan: tuple[int, str],
     ) -> None:
         self.tally.rules[f"account_{change}"] += 1
         if change == "card":  # as `billq accounts update-payment-method`
             self.run(accounts_repo.update_payment_method(self.pool, account, card))
         elif change == "cancel":  # as `billq accounts cancel ID --at TS`
             self.run(self._cancel(account, at))
+            self.operator_cancelled.add(account)
+        elif change == "reactivate":  # as `billq accounts reactivate ID`
+            today = dt.datetime.now(dt.UTC).date()
+            self.run(accounts_repo.reactivate(self.pool, account, ACTOR, today=today))
+            self.operator_cancelled.discard(account)
         else:  # as `billq accounts import` of one row
-            self.run(self._reimport(self._row(account, card, amount, status)))
+            self.run(self._reimport(self._row(account, card, amount, status, *plan)))
+
+    # What integrators run every night: every account re-imported as `active` (with today's
+    # plan), whatever support did in between — it must not undo an operator's cancel.
+    @precondition(lambda self: bool(self.operator_cancelled))
+    @rule(
+        card=st.sampled_from(CARDS[:2]),
+        plan=st.tuples(st.sampled_from(ANCHORS), st.sampled_from(INTERVALS)),
+    )
+    def the_nightly_sync_says_active(self, card: str, plan: tuple[int, str]) -> None:
+        self.tally.rules["the_nightly_sync_says_active"] += 1
+        for account in ACCOUNTS:
+            self.run(self._reimport(self._row(account, card, 0, "active", *plan)))
 
     async def _cancel(self, account: int, at: str) -> None:
         if at == "its_next_period":  # "at the end of the current term": the very period
@@ -560,6 +648,35 @@ class MoneyMachine(RuleBasedStateMachine):
             await accounts_repo.import_rows(
                 cast(asyncpg.Connection, conn), [row], today=dt.datetime.now(dt.UTC).date()
             )
+
+    # --- an application ---------------------------------------------------------------
+
+    @rule(
+        account=st.sampled_from(ACCOUNTS),
+        key=st.sampled_from(("order-1", "order-2", "order-3")),
+        amount=st.sampled_from((500, 700)),
+        published=st.sampled_from((True, True, False)),
+    )
+    def an_application_asks_for_a_one_off_charge(
+        self, account: int, key: str, amount: int, published: bool
+    ) -> None:
+        """What ``POST /v1/charges`` runs; ``published`` False: the API died between its
+        commit and its publish (the next distribute's outbox repair publishes the job)."""
+        self.tally.rules["oneoff" if published else "oneoff_unpublished"] += 1
+        self.run(self._oneoff(account, key, amount, published))
+
+    async def _oneoff(self, account: int, key: str, amount: int, published: bool) -> None:
+        request = oneoff.ChargeRequest(account, amount, "USD", None)
+        try:
+            created = await oneoff.create(self.pool, request, key)
+        except RequestRefused:  # the key used with another body, or a cancelled account
+            return
+        gateway_key = created.body["idempotency_key"]
+        first = self.oneoffs.setdefault(gateway_key, (created.body["id"], amount))
+        assert first[0] == created.body["id"], f"key {key} made a second job"
+        assert created.replayed == (created.job_id is None)
+        if published and created.job_id is not None:
+            await oneoff.publish(self.pool, self.publisher, self.settings, created.job_id)
 
     # --- operators ------------------------------------------------------------------------
 

@@ -261,7 +261,7 @@ class Handler:
             customer=job.gateway_customer,
             # Derived from the job's identity only, never from row ids: a restored database
             # sends the very same parameters under the same key.
-            metadata=charge_metadata(job.period_start, job.dunning_attempt),
+            metadata=charge_metadata(job.period_start, job.dunning_attempt, job.kind),
         )
         called = time.perf_counter()
         try:

@@ -16,9 +16,9 @@ LANES: tuple[Lane, ...] = ("bulk", "priority")
 ROUTING_KEY = "charge"
 PRIORITY_ROUTING_KEY = "charge.priority"
 
-# Job kinds whose messages travel the priority lane (besides dunning retries): the one-off
-# charge and refund kinds are added here when they exist.
-PRIORITY_KINDS: frozenset[str] = frozenset()
+# Job kinds whose messages travel the priority lane (besides dunning retries): what an
+# application asked for over the API is waited on, the monthly sweep is not.
+PRIORITY_KINDS: frozenset[str] = frozenset({"oneoff", "refund"})
 
 
 def work_exchange(prefix: str) -> str:

@@ -1,6 +1,9 @@
 """What the gateway took against what billq recorded, per (account, period) — pure.
 
-The audit's three findings, each a list of plain dicts (the ``billq audit --json`` shape):
+A one-off charge has no period: it is matched by its own idempotency key instead, so "a
+period" below reads "a one-off charge" for those (``kind`` says which; ``period_start`` is
+None for a one-off). The audit's three findings, each a list of plain dicts (the
+``billq audit --json`` shape):
 
 - ``taken_not_recorded``: the gateway holds a succeeded charge for a period with no charge row;
 - ``recorded_not_taken``: a charge row whose gateway charge the gateway does not list;
@@ -25,10 +28,11 @@ from typing import Any
 class Taken:
     charge_id: str
     account_id: int
-    period_start: str  # ISO date
+    period_start: str | None  # ISO date; None for a one-off (matched by its key)
     idempotency_key: str | None
     amount: int
     currency: str
+    kind: str = "period"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,7 @@ class Recorded:
     period_start: str
     idempotency_key: str
     job_id: int
+    kind: str = "period"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,21 +92,34 @@ class Findings:
         }
 
 
+# What is charged once: (kind, account, period) for a period, (kind, account, key) otherwise.
+Unit = tuple[str, int, str]
+
+
+def _unit(kind: str, account_id: int, period_start: str | None, key: str | None) -> Unit:
+    return (kind, account_id, (period_start if kind == "period" else key) or "")
+
+
+def _where(unit: Unit) -> dict[str, Any]:
+    kind, account, value = unit
+    period = value if kind == "period" else None
+    return {"kind": kind, "account_id": account, "period_start": period}
+
+
 def compare(taken: Iterable[Taken], recorded: Iterable[Recorded]) -> Findings:
-    """Group both sides by (account, period) and name every disagreement."""
-    by_period: defaultdict[tuple[int, str], list[Taken]] = defaultdict(list)
+    """Group both sides by what is charged once and name every disagreement."""
+    by_unit: defaultdict[Unit, list[Taken]] = defaultdict(list)
     for t in taken:
-        by_period[(t.account_id, t.period_start)].append(t)
-    rows = {(r.account_id, r.period_start): r for r in recorded}
-    taken_ids = {t.charge_id for ts in by_period.values() for t in ts}
-    out = Findings(checked=len(set(by_period) | set(rows)))
-    for (account, period), charges in sorted(by_period.items()):
-        row = rows.get((account, period))
+        by_unit[_unit(t.kind, t.account_id, t.period_start, t.idempotency_key)].append(t)
+    rows = {_unit(r.kind, r.account_id, r.period_start, r.idempotency_key): r for r in recorded}
+    taken_ids = {t.charge_id for ts in by_unit.values() for t in ts}
+    out = Findings(checked=len(set(by_unit) | set(rows)))
+    for unit, charges in sorted(by_unit.items()):
+        row = rows.get(unit)
         if len(charges) > 1:
             out.double_taken.append(
                 {
-                    "account_id": account,
-                    "period_start": period,
+                    **_where(unit),
                     "charge_ids": sorted(c.charge_id for c in charges),
                     "recorded_charge_id": row.charge_id if row else None,
                 }
@@ -110,23 +128,17 @@ def compare(taken: Iterable[Taken], recorded: Iterable[Recorded]) -> Findings:
             first = min(charges, key=lambda c: c.charge_id)
             out.taken_not_recorded.append(
                 {
-                    "account_id": account,
-                    "period_start": period,
+                    **_where(unit),
                     "charge_id": first.charge_id,
                     "idempotency_key": first.idempotency_key,
                     "amount": first.amount,
                     "currency": first.currency,
                 }
             )
-    for (account, period), row in sorted(rows.items()):
+    for unit, row in sorted(rows.items()):
         if row.charge_id not in taken_ids:
             out.recorded_not_taken.append(
-                {
-                    "account_id": account,
-                    "period_start": period,
-                    "charge_id": row.charge_id,
-                    "job_id": row.job_id,
-                }
+                {**_where(unit), "charge_id": row.charge_id, "job_id": row.job_id}
             )
     return out
 

@@ -48,6 +48,7 @@ class ClaimedJob:
     refund_of: int | None = None
     refund_charge: str | None = None
     refunded_by: str | None = None
+    kind: str = "period"  # shared.billing.kinds: what the job charges for
 
     @property
     def may_have_called_gateway(self) -> bool:

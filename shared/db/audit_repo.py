@@ -10,7 +10,7 @@ from shared.billing.audit import Recorded
 from shared.db.errors import classified
 
 RECORDED = """
-SELECT gateway_charge_id, account_id, period_start, idempotency_key, job_id
+SELECT gateway_charge_id, kind, account_id, period_start, idempotency_key, job_id
   FROM charges
  WHERE $1::timestamptz IS NULL OR created_at >= $1
 """
@@ -49,6 +49,19 @@ ON CONFLICT DO NOTHING
 RETURNING id, attempts
 """
 
+# The same for a one-off charge: a job of its own (no run), its parameters from the gateway.
+ADOPT_ONEOFF = """
+INSERT INTO billing_jobs (kind, account_id, period_start, period_end, idempotency_key,
+                          amount_cents, currency, state, attempts, locked_by, locked_until,
+                          payment_method, gateway_customer, started_at, description)
+SELECT 'oneoff', a.id, (now() AT TIME ZONE 'UTC')::date, (now() AT TIME ZONE 'UTC')::date + 1,
+       $2, $3, $4, 'processing', 1, 'audit', now() + interval '60 seconds',
+       a.payment_method, a.gateway_customer, now(), 'adopted by audit: taken at the gateway'
+  FROM accounts a WHERE a.id = $1
+ON CONFLICT DO NOTHING
+RETURNING id, attempts
+"""
+
 ACCOUNT_PERIOD = """
 SELECT billing_interval, billing_anchor_day FROM accounts WHERE id = $1
 """
@@ -63,6 +76,7 @@ async def recorded(pool: asyncpg.Pool, since: dt.datetime | None) -> list[Record
             period_start=r["period_start"].isoformat(),
             idempotency_key=r["idempotency_key"],
             job_id=r["job_id"],
+            kind=r["kind"],
         )
         for r in await pool.fetch(RECORDED, since)
     ]
@@ -91,4 +105,12 @@ async def adopt(
     currency: str,
 ) -> tuple[int, int] | None:
     row = await pool.fetchrow(ADOPT, account_id, period_start, period_end, key, amount, currency)
+    return (int(row["id"]), int(row["attempts"])) if row else None
+
+
+@classified
+async def adopt_oneoff(
+    pool: asyncpg.Pool, account_id: int, key: str, amount: int, currency: str
+) -> tuple[int, int] | None:
+    row = await pool.fetchrow(ADOPT_ONEOFF, account_id, key, amount, currency)
     return (int(row["id"]), int(row["attempts"])) if row else None

@@ -38,9 +38,19 @@ SELECT to_timestamp(span.t0::float8) AS t0, span.secs,
  GROUP BY 1, 2, 3 ORDER BY 3
 """
 
+# Period charges through their (account, period) key, one-off charges through theirs.
 CHARGES = """
-SELECT id, job_id, period_start, amount_cents, currency, gateway_charge_id, created_at
-  FROM charges WHERE account_id = $1 ORDER BY period_start DESC LIMIT $2
+SELECT * FROM (
+    (SELECT id, kind, job_id, period_start, amount_cents, currency, gateway_charge_id,
+            created_at
+       FROM charges WHERE account_id = $1 AND kind = 'period'
+      ORDER BY period_start DESC LIMIT $2)
+    UNION ALL
+    (SELECT id, kind, job_id, period_start, amount_cents, currency, gateway_charge_id,
+            created_at
+       FROM charges WHERE account_id = $1 AND kind <> 'period'
+      ORDER BY id DESC LIMIT $2)
+) c ORDER BY period_start DESC, id DESC LIMIT $2
 """
 
 

@@ -3,6 +3,9 @@
 Each phase of the worker is one statement (so one implicit transaction):
 claim → (gateway call) → record. Every record is fenced by ``attempts``: a holder
 whose job was taken over changes nothing.
+
+Longer than most modules: the claim's gate and the group commit are long statements, and
+they say for each job kind (period, one-off) what it may touch, here in one place.
 """
 
 from __future__ import annotations
@@ -51,9 +54,9 @@ WITH m AS (
                      OR NOT EXISTS (SELECT 1 FROM workers w
                                      WHERE w.id = j.locked_by
                                        AND w.last_heartbeat > now() - make_interval(secs => $9)))))
-    RETURNING m.ord, j.id, j.account_id, j.period_start, j.period_end, j.idempotency_key,
-              j.amount_cents, j.currency, j.attempts, j.dunning_attempt, j.attempt_base,
-              j.started_at, j.payment_method AS frozen_payment_method,
+    RETURNING m.ord, j.id, j.kind, j.account_id, j.period_start, j.period_end,
+              j.idempotency_key, j.amount_cents, j.currency, j.attempts, j.dunning_attempt,
+              j.attempt_base, j.started_at, j.payment_method AS frozen_payment_method,
               j.gateway_customer AS frozen_customer, j.refund_of
 )
 SELECT c.*, a.status AS account_status,
@@ -63,28 +66,37 @@ SELECT c.*, a.status AS account_status,
        a.first_declined_at,
        (a.cancelled_at IS NOT NULL
         AND (c.period_start::timestamp AT TIME ZONE 'UTC') >= a.cancelled_at) AS cancelled_before,
-       (SELECT ch.gateway_charge_id FROM charges ch
-         WHERE ch.account_id = c.account_id AND ch.period_start = c.period_start) AS paid_by,
+       -- A period is paid by its period charge; a one-off by the charge under its own key.
+       CASE WHEN c.kind = 'period'
+            THEN (SELECT ch.gateway_charge_id FROM charges ch
+                   WHERE ch.account_id = c.account_id AND ch.period_start = c.period_start
+                     AND ch.kind = 'period')
+            ELSE (SELECT ch.gateway_charge_id FROM charges ch
+                   WHERE ch.idempotency_key = c.idempotency_key) END AS paid_by,
        -- Another period's charge covering some of these days (the anchor or interval
-       -- changed in between): charging would bill those days twice.
-       (SELECT ch.gateway_charge_id FROM charges ch
-         WHERE ch.account_id = c.account_id AND ch.period_start <> c.period_start
-           AND daterange(ch.period_start, ch.period_end) && daterange(c.period_start, c.period_end)
-         LIMIT 1) AS overlaps_paid,
+       -- changed in between): charging would bill those days twice. A one-off covers none.
+       CASE WHEN c.kind = 'period'
+            THEN (SELECT ch.gateway_charge_id FROM charges ch
+                   WHERE ch.account_id = c.account_id AND ch.kind = 'period'
+                     AND ch.period_start <> c.period_start
+                     AND daterange(ch.period_start, ch.period_end)
+                         && daterange(c.period_start, c.period_end)
+                   LIMIT 1) END AS overlaps_paid,
        -- Busy: a live claim on this period or on one that shares days with it — held from
        -- before, or taken in this very statement (whose subqueries cannot see its own
-       -- updates): of two such jobs in one batch only the lower id may charge.
-       coalesce(
-           (SELECT o.id FROM billing_jobs o
-             WHERE o.account_id = c.account_id
-               AND daterange(o.period_start, o.period_end)
-                   && daterange(c.period_start, c.period_end)
-               AND o.id <> c.id AND o.state = 'processing' AND o.locked_until > now()
-             LIMIT 1),
-           (SELECT min(o.id) FROM claimed o
-             WHERE o.account_id = c.account_id AND o.id < c.id
-               AND daterange(o.period_start, o.period_end)
-                   && daterange(c.period_start, c.period_end))) AS busy_with,
+       -- updates): of two such jobs in one batch only the lower id may charge. A one-off
+       -- is its key's only job.
+       CASE WHEN c.kind = 'period' THEN coalesce(
+            (SELECT o.id FROM billing_jobs o
+              WHERE o.account_id = c.account_id AND o.kind = 'period'
+                AND daterange(o.period_start, o.period_end)
+                    && daterange(c.period_start, c.period_end)
+                AND o.id <> c.id AND o.state = 'processing' AND o.locked_until > now()
+              LIMIT 1),
+            (SELECT min(o.id) FROM claimed o
+              WHERE o.account_id = c.account_id AND o.kind = 'period' AND o.id < c.id
+                AND daterange(o.period_start, o.period_end)
+                    && daterange(c.period_start, c.period_end))) END AS busy_with,
        -- A refund job: the gateway id of the charge it refunds, and its recorded refund.
        (SELECT ch.gateway_charge_id FROM charges ch WHERE ch.id = c.refund_of) AS refund_charge,
        (SELECT r.gateway_refund_id FROM refunds r
@@ -99,7 +111,9 @@ SELECT id, account_id, idempotency_key, state, attempts
 
 # Group commit: a batch of charges in one transaction, fenced row by row. Invoice numbers
 # for the batch come from one increment of the year's counter (gap-free: the counter row
-# commits or rolls back with the invoices).
+# commits or rolls back with the invoices). A one-off charge gets its charge row and its own
+# paid invoice, and leaves the account alone: its billing period, status and dunning belong
+# to period jobs only.
 RECORD_SUCCESSES = """
 WITH input AS (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[]) AS t(job_id, attempts, charge_id)
@@ -110,12 +124,13 @@ WITH input AS (
       FROM input i
      WHERE j.id = i.job_id AND j.attempts = i.attempts AND j.state = 'processing'
        AND NOT EXISTS (SELECT 1 FROM charges c
-                        WHERE c.account_id = j.account_id
+                        WHERE j.kind = 'period' AND c.kind = 'period'
+                          AND c.account_id = j.account_id
                           AND daterange(c.period_start, c.period_end)
                               && daterange(j.period_start, j.period_end)
                           AND c.idempotency_key <> j.idempotency_key)
-    RETURNING j.id, j.account_id, j.period_start, j.period_end, j.amount_cents, j.currency,
-              j.idempotency_key, i.charge_id
+    RETURNING j.id, j.kind, j.account_id, j.period_start, j.period_end, j.amount_cents,
+              j.currency, j.idempotency_key, j.description, i.charge_id
 ), twice AS (
     -- The gateway took money for days another charge already paid (only a charge made
     -- before the gate existed, or outside billq, can do this): never overwrite the first
@@ -128,21 +143,22 @@ WITH input AS (
       FROM input i
      WHERE j.id = i.job_id AND j.attempts = i.attempts AND j.state = 'processing'
        AND EXISTS (SELECT 1 FROM charges c
-                    WHERE c.account_id = j.account_id
+                    WHERE j.kind = 'period' AND c.kind = 'period'
+                      AND c.account_id = j.account_id
                       AND daterange(c.period_start, c.period_end)
                           && daterange(j.period_start, j.period_end)
                       AND c.idempotency_key <> j.idempotency_key)
     RETURNING j.id
 ), charge AS (
-    INSERT INTO charges (job_id, account_id, period_start, period_end, amount_cents, currency,
-                         idempotency_key, gateway_charge_id)
-    SELECT id, account_id, period_start, period_end, amount_cents, currency, idempotency_key,
-           charge_id
+    INSERT INTO charges (job_id, kind, account_id, period_start, period_end, amount_cents,
+                         currency, idempotency_key, gateway_charge_id)
+    SELECT id, kind, account_id, period_start, period_end, amount_cents, currency,
+           idempotency_key, charge_id
       FROM done
     ON CONFLICT DO NOTHING
     RETURNING job_id
 ), before AS (
-    SELECT a.id, a.status FROM accounts a JOIN done d ON a.id = d.account_id
+    SELECT a.id, a.status FROM accounts a JOIN done d ON a.id = d.account_id AND d.kind = 'period'
 ), account AS (
     -- Advance at most once: only while next_billing_at is still before the period's end.
     UPDATE accounts a
@@ -152,20 +168,22 @@ WITH input AS (
            dunning_attempt = 0, dunning_next_at = NULL, first_declined_at = NULL,
            updated_at = now()
       FROM done d
-     WHERE a.id = d.account_id
+     WHERE a.id = d.account_id AND d.kind = 'period'
        AND a.next_billing_at < (d.period_end::timestamp AT TIME ZONE 'UTC')
     RETURNING a.id
 ), paid AS (
     UPDATE invoices i SET status = 'paid', gateway_charge_id = d.charge_id, paid_at = now(),
            job_id = d.id
       FROM done d
-     WHERE i.account_id = d.account_id AND i.period_start = d.period_start
+     WHERE d.kind = 'period' AND i.kind = 'period'
+       AND i.account_id = d.account_id AND i.period_start = d.period_start
     RETURNING i.account_id, i.period_start
 ), need AS (
     SELECT d.*, row_number() OVER (ORDER BY d.id) AS rn
       FROM done d JOIN charge c ON c.job_id = d.id
      WHERE NOT EXISTS (SELECT 1 FROM paid p
-                        WHERE p.account_id = d.account_id AND p.period_start = d.period_start)
+                        WHERE d.kind = 'period'
+                          AND p.account_id = d.account_id AND p.period_start = d.period_start)
 ), yr AS (
     SELECT extract(year FROM now() AT TIME ZONE 'UTC')::int AS y
 ), counter AS (
@@ -174,11 +192,11 @@ WITH input AS (
     ON CONFLICT (year) DO UPDATE SET last = invoice_counters.last + EXCLUDED.last
     RETURNING year, last
 ), invoice AS (
-    INSERT INTO invoices (number, account_id, period_start, period_end, amount_cents, currency,
-                          status, gateway_charge_id, job_id, paid_at)
+    INSERT INTO invoices (number, kind, description, account_id, period_start, period_end,
+                          amount_cents, currency, status, gateway_charge_id, job_id, paid_at)
     SELECT k.year::text || '-' || lpad((k.last - (SELECT count(*) FROM need) + n.rn)::text, 6, '0'),
-           n.account_id, n.period_start, n.period_end, n.amount_cents, n.currency,
-           'paid', n.charge_id, n.id, now()
+           n.kind, n.description, n.account_id, n.period_start, n.period_end, n.amount_cents,
+           n.currency, 'paid', n.charge_id, n.id, now()
       FROM need n CROSS JOIN counter k
     RETURNING id
 ), event AS (
@@ -195,15 +213,17 @@ SELECT id, false FROM twice
 """
 
 # $4 next dunning attempt (NULL: stop), $5 its time, $6 account status, $7 invoice status.
+# A declined one-off ends failed with an account event, and touches neither the account's
+# status and dunning nor any invoice: the caller learns of it and decides.
 RECORD_DECLINE = """
 WITH failed AS (
     UPDATE billing_jobs
        SET state = 'failed', finished_at = now(), updated_at = now(),
            locked_by = NULL, locked_until = NULL, last_error = $3, decline_code = $8
      WHERE id = $1 AND attempts = $2 AND state = 'processing'
-    RETURNING id, account_id, period_start, period_end, amount_cents, currency
+    RETURNING id, kind, account_id, period_start, period_end, amount_cents, currency
 ), before AS (
-    SELECT a.id, a.status FROM accounts a JOIN failed f ON a.id = f.account_id
+    SELECT a.id, a.status FROM accounts a JOIN failed f ON a.id = f.account_id AND f.kind = 'period'
 ), account AS (
     UPDATE accounts a
        SET status = CASE WHEN a.status = 'cancelled' THEN a.status ELSE $6 END,
@@ -211,12 +231,13 @@ WITH failed AS (
            dunning_next_at = $5,
            first_declined_at = coalesce(a.first_declined_at, now()),
            updated_at = now()
-      FROM failed f WHERE a.id = f.account_id
+      FROM failed f WHERE a.id = f.account_id AND f.kind = 'period'
     RETURNING a.id
 ), reopened AS (
     UPDATE invoices i SET status = $7
       FROM failed f
-     WHERE i.account_id = f.account_id AND i.period_start = f.period_start
+     WHERE f.kind = 'period' AND i.kind = 'period'
+       AND i.account_id = f.account_id AND i.period_start = f.period_start
        AND i.status <> 'paid'
     RETURNING i.id
 ), invoice AS (
@@ -225,15 +246,19 @@ WITH failed AS (
     SELECT billq_next_invoice_number(extract(year FROM now() AT TIME ZONE 'UTC')::int),
            f.account_id, f.period_start, f.period_end, f.amount_cents, f.currency, $7, f.id
       FROM failed f
-     WHERE NOT EXISTS (SELECT 1 FROM reopened)
+     WHERE f.kind = 'period' AND NOT EXISTS (SELECT 1 FROM reopened)
        AND NOT EXISTS (SELECT 1 FROM invoices i
-                        WHERE i.account_id = f.account_id AND i.period_start = f.period_start)
+                        WHERE i.kind = 'period'
+                          AND i.account_id = f.account_id AND i.period_start = f.period_start)
     RETURNING id
 ), event AS (
     INSERT INTO account_events (account_id, kind, from_status, to_status, reason, job_id)
     SELECT b.id, CASE WHEN $6 = 'suspended' THEN 'suspended' ELSE 'declined' END,
            b.status, $6, $3, f.id
       FROM before b JOIN failed f ON f.account_id = b.id
+    UNION ALL
+    SELECT f.account_id, 'oneoff_declined', NULL, NULL, $3, f.id
+      FROM failed f WHERE f.kind <> 'period'
     RETURNING id
 )
 SELECT count(*) FROM failed
@@ -327,6 +352,7 @@ class PgJobsRepo:
                 attempt_base=row["attempt_base"],
                 started_at=row["started_at"],
                 cancelled_before=bool(row["cancelled_before"]),
+                kind=row["kind"],
                 paid_by=row["paid_by"],
                 overlaps_paid=row["overlaps_paid"],
                 busy_with=row["busy_with"],

@@ -9,7 +9,7 @@ import asyncpg
 # Newest first, one page at a time: ``$5`` is the last id of the previous page (keyset), so
 # a page deep into a million-job run costs what the first one does.
 LIST = """
-SELECT id, run_id, account_id, period_start, idempotency_key, state, attempts, last_error,
+SELECT id, kind, run_id, account_id, period_start, idempotency_key, state, attempts, last_error,
        locked_by, created_at, finished_at
   FROM billing_jobs
  WHERE ($1::text IS NULL OR state = $1)
@@ -21,13 +21,13 @@ SELECT id, run_id, account_id, period_start, idempotency_key, state, attempts, l
 """
 
 GET = """
-SELECT id, run_id, account_id, period_start, idempotency_key, state, attempts, cancelled_at,
+SELECT id, kind, run_id, account_id, period_start, idempotency_key, state, attempts, cancelled_at,
        dunning_attempt
   FROM billing_jobs WHERE id = $1
 """
 
 GET_MANY = """
-SELECT id, run_id, account_id, period_start, idempotency_key, state, attempts, cancelled_at,
+SELECT id, kind, run_id, account_id, period_start, idempotency_key, state, attempts, cancelled_at,
        dunning_attempt
   FROM billing_jobs WHERE id = ANY($1::bigint[])
 """
@@ -40,7 +40,7 @@ UPDATE billing_jobs
        finished_at = NULL, updated_at = now(),
        last_error = left('replayed by operator; was: ' || coalesce(last_error, '?'), 1000)
  WHERE id = ANY($1::bigint[]) AND state = 'dead' AND cancelled_at IS NULL
-RETURNING id, account_id, period_start, idempotency_key, run_id, attempts, dunning_attempt
+RETURNING id, kind, account_id, period_start, idempotency_key, run_id, attempts, dunning_attempt
 """
 
 # A dead letter revives its job only if its body names that very job (account and key).
@@ -55,7 +55,7 @@ UPDATE billing_jobs j
   FROM (SELECT DISTINCT * FROM letter) l
  WHERE j.id = l.job_id AND j.account_id = l.account_id AND j.idempotency_key = l.key
    AND j.state = 'dead' AND j.cancelled_at IS NULL
-RETURNING j.id, j.account_id, j.period_start, j.idempotency_key, j.run_id, j.attempts,
+RETURNING j.id, j.kind, j.account_id, j.period_start, j.idempotency_key, j.run_id, j.attempts,
           j.dunning_attempt
 """
 
@@ -96,7 +96,7 @@ RELEASE = """
 UPDATE billing_jobs SET state = 'retrying', locked_by = NULL, locked_until = NULL,
        updated_at = now(), last_error = $3
  WHERE id = $1 AND attempts = $2 AND state = 'processing'
-RETURNING id, account_id, period_start, idempotency_key, run_id, attempts, dunning_attempt
+RETURNING id, kind, account_id, period_start, idempotency_key, run_id, attempts, dunning_attempt
 """
 
 RECORD_ACTION = """

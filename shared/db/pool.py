@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from shared.config import Settings
 from shared.db.errors import classify
+
+# A connection of its own or one acquired from a pool (statements that run in a caller's
+# transaction take either).
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 
 async def _no_reset(_: Any) -> None:

@@ -10,7 +10,7 @@ RECONCILER_ID = "reconciler"
 
 # Held by nobody alive: lease expired, or the holder's heartbeat is stale.
 ABANDONED = """
-SELECT j.id, j.account_id, j.period_start, j.idempotency_key, j.run_id, j.state, j.attempts,
+SELECT j.id, j.kind, j.account_id, j.period_start, j.idempotency_key, j.run_id, j.state, j.attempts,
        j.amount_cents, j.currency, j.dunning_attempt
   FROM billing_jobs j
  WHERE j.state = 'processing'
@@ -23,7 +23,7 @@ SELECT j.id, j.account_id, j.period_start, j.idempotency_key, j.run_id, j.state,
 
 # Waiting for a message that may no longer exist.
 STALLED = """
-SELECT j.id, j.account_id, j.period_start, j.idempotency_key, j.run_id, j.state, j.attempts,
+SELECT j.id, j.kind, j.account_id, j.period_start, j.idempotency_key, j.run_id, j.state, j.attempts,
        j.dunning_attempt
   FROM billing_jobs j
  WHERE j.state IN ('published', 'retrying')

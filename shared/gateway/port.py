@@ -29,11 +29,14 @@ class ChargeRequest:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def charge_metadata(period_start: date, attempt: int) -> dict[str, str]:
+def charge_metadata(period_start: date, attempt: int, kind: str = "period") -> dict[str, str]:
     """The metadata billq attaches to a charge besides its key and account (which the adapters
     add): derived from the account, period and attempt only, so every call under one key —
     after a card update, a retry or a database restore — sends identical parameters, and the
-    audit can group the gateway's charges by (account, period)."""
+    audit can group the gateway's charges by (account, period). A one-off charge carries its
+    kind instead of a period (``billq_kind``): the audit matches it by its key."""
+    if kind != "period":
+        return {"billq_kind": kind, "billq_attempt": str(attempt)}
     return {"billq_period": period_start.isoformat(), "billq_attempt": str(attempt)}
 
 
@@ -68,6 +71,7 @@ class GatewayCharge:
     idempotency_key: str | None  # None: not made by billq
     account_id: int | None
     period_start: str | None  # ISO date, from billq_period (absent on charges before it)
+    kind: str = "period"  # billq_kind: "oneoff" for a one-off charge (no period)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +170,7 @@ def gateway_charge(
         idempotency_key=metadata.get("billq_idempotency_key"),
         account_id=int(account) if account and account.isdigit() else None,
         period_start=metadata.get("billq_period"),
+        kind=metadata.get("billq_kind") or "period",
     )
 
 

@@ -35,7 +35,9 @@ def test_the_domain_imports_no_io_library() -> None:
             assert f"import {lib}" not in text and f"from {lib}" not in text, (path, lib)
 
 
-@pytest.mark.parametrize("package", ["billq", "distributor", "worker", "sandbox", "dashboard"])
+@pytest.mark.parametrize(
+    "package", ["billq", "distributor", "worker", "sandbox", "dashboard", "api"]
+)
 def test_each_entry_point_runs_from_the_source_tree_without_package_metadata(
     package: str, tmp_path: Path
 ) -> None:
@@ -52,7 +54,7 @@ def test_each_entry_point_runs_from_the_source_tree_without_package_metadata(
     assert proc.stdout.startswith("usage:"), proc.stdout
 
 
-PRODUCT = ("billq", "shared", "distributor", "worker", "sandbox", "dashboard")
+PRODUCT = ("billq", "shared", "distributor", "worker", "sandbox", "dashboard", "api")
 
 
 def test_no_product_module_is_long_without_saying_why() -> None:

@@ -106,6 +106,9 @@ COMMANDS = st.sampled_from(
         ["schema"],
         ["seed", "--accounts"],
         ["reconcile"],
+        ["charge", "1"],
+        ["charge", "1", "100", "EUR", "--key"],
+        ["charge", "1", "100", "--key", "k"],
         ["nonsense"],
     ]
 )

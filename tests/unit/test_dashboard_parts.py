@@ -8,8 +8,8 @@ import pytest
 
 from dashboard.cache import Cache
 from dashboard.charts import bars_svg
-from dashboard.cli import is_loopback
 from dashboard.formatting import duration, money
+from shared.entrypoint import is_loopback
 
 pytestmark = pytest.mark.unit
 

@@ -1,0 +1,1 @@
+"""``billq api``: the HTTP API for applications (one-off charges, jobs, an account's charges)."""
