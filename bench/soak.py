@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psutil
 
 from bench import infra
@@ -200,7 +201,14 @@ async def _watch(
         for w in procs:
             if w.proc.poll() is None and (s := w.sample()) is not None:
                 sample[w.role] = s
-        sample.update(await _progress(db))
+        try:
+            sample.update(await _progress(db))
+        except (OSError, asyncpg.PostgresError) as exc:
+            # The database server may be shared ("too many clients"): a sample it could not
+            # give is skipped; one failed look must not end an hour-long run.
+            print(f"  t={sample['t_s']:>6.0f}s sample skipped: {type(exc).__name__}", flush=True)
+            await asyncio.sleep(args.interval)
+            continue
         samples.append(sample)
         print(
             f"  t={sample['t_s']:>6.0f}s finished {sample['finished']:>9,}/{args.n:,} "

@@ -23,7 +23,7 @@ from aio_pika.abc import AbstractConnection
 
 from shared.amqp.publisher import Publisher
 from shared.config import Settings
-from shared.db import jobs_repo, ops_repo
+from shared.db import jobs_repo, ops_repo, refunds_repo
 from shared.errors import ActionRefused, BillqError, ConfigError
 from shared.gateway.port import Charged, PaymentGateway
 
@@ -115,9 +115,10 @@ async def prepare_retry(pool: asyncpg.Pool, job_id: int) -> tuple[str, list[asyn
 async def cancel(pool: asyncpg.Pool, gateway: PaymentGateway, job_id: int, actor: str) -> str:
     """``jobs cancel``: end a job that is not in flight, never hiding money.
 
-    A job no worker ever claimed ends at once. One that may have called the gateway is first
-    taken (fenced, so no worker claims it meanwhile) and its key looked up: a charge found is
-    recorded (the job succeeded; the cancel is refused), no charge → cancelled.
+    A job no worker ever claimed ends at once; a refund job that was claimed is refused. Any
+    other job that may have called the gateway is first taken (fenced, so no worker claims it
+    meanwhile) and its key looked up: a charge found is recorded (the job succeeded; the
+    cancel is refused), no charge → cancelled.
 
     Returns:
         "cancelled", or "unresolved:<token>" when the gateway could not answer: the job was
@@ -125,13 +126,22 @@ async def cancel(pool: asyncpg.Pool, gateway: PaymentGateway, job_id: int, actor
 
     Raises:
         ConfigError: no such job.
-        ActionRefused: in flight, already finished, or found charged at the gateway.
+        ActionRefused: in flight, already finished, found charged at the gateway, or a
+            refund that may have been made.
     """
     job = await ops_repo.get(pool, job_id)
     if job is None:
         raise ConfigError(f"ID: no job {job_id}")
     if await ops_repo.cancel_unclaimed(pool, job_id, actor):
         return "cancelled"
+    if await refunds_repo.is_refund_job(pool, job_id):
+        # The gateway cannot be asked what a refund key holds the way a charge's can (by the
+        # charge's metadata), so a refund that may have been made is never cancelled: its
+        # worker finishes it under its key (a replay when it was made), recorded once.
+        raise ActionRefused(
+            f"job {job_id} is a refund that a worker already tried: it may have been made at "
+            "the gateway, so it is not cancelled; it completes under its own key"
+        )
     token = await ops_repo.take_for_cancel(pool, job_id, actor)
     if token is None:
         state = (await ops_repo.get(pool, job_id) or job)["state"]

@@ -13,7 +13,11 @@ step:
    charged has a ``charges`` row (checked by the ``audit_records_every_charge`` rule and at
    teardown);
 3. no charge is taken, while an account is cancelled, for a period that starts at or after
-   its ``cancelled_at``.
+   its ``cancelled_at``;
+4. no two succeeded gateway charges of one account cover the same day (re-imports change
+   ``billing_anchor_day`` and ``billing_interval`` between periods);
+5. an operator's cancel (``accounts cancel``) is undone only by ``accounts reactivate``,
+   never by a re-import saying ``active``.
 
 The harness stands in for the processes so that a run is deterministic and fast:
 
@@ -35,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -65,6 +70,7 @@ from shared.amqp import dlq, names, topology
 from shared.amqp.publisher import Publisher
 from shared.audit import audit
 from shared.billing.accounts import AccountRow
+from shared.billing.periods import Interval
 from shared.config import Settings
 from shared.db import accounts_repo
 from shared.db.jobs_repo import PgJobsRepo
@@ -87,6 +93,8 @@ CARDS = (
 )
 FAULTS = ("none", "none", "5xx", "timeout", "down")
 ACTOR = "test:stateful"
+ANCHORS = (1, 1, 15, 28)
+INTERVALS = ("month", "month", "month", "year")
 AUTH = {"Authorization": "Bearer sk_test_billq"}
 
 
@@ -156,6 +164,7 @@ class MoneyMachine(RuleBasedStateMachine):
         self.held: list[tuple[bytes, dict[str, Any], str | None, str]] = []
         self.seen: set[str] = set()  # succeeded intents already checked
         self.cancelled: dict[int, dt.datetime] = {}  # as of the end of the previous step
+        self.operator_cancelled: set[int] = set()  # until `accounts reactivate`
         # Refreshed after every step, for the rules' preconditions (skip steps with no effect).
         self.ready = self.letters = self.jobs = 0
         self.since_audit = 0
@@ -245,7 +254,12 @@ class MoneyMachine(RuleBasedStateMachine):
 
     @staticmethod
     def _row(
-        account: int, card: str = "pm_card_visa", amount: int = 0, status: str = "active"
+        account: int,
+        card: str = "pm_card_visa",
+        amount: int = 0,
+        status: str = "active",
+        anchor: int = 1,
+        interval: str = "month",
     ) -> AccountRow:
         return AccountRow(
             id=account,
@@ -253,12 +267,14 @@ class MoneyMachine(RuleBasedStateMachine):
             email=f"c{account}@example.com",
             amount_cents=1000 + account + amount,
             currency="USD",
-            billing_interval="month",
-            billing_anchor_day=1,
+            billing_interval=cast(Interval, interval),
+            billing_anchor_day=anchor,
             next_billing_at=_instant(START),
             status=status,
             payment_method=card,
             gateway_customer=f"cus_{account}",
+            # A file with a status column: without it an import leaves statuses alone.
+            status_given=True,
         )
 
     def _fault(self, fault: str) -> None:
@@ -407,6 +423,15 @@ class MoneyMachine(RuleBasedStateMachine):
                 f"account {account} cancelled at {cancelled} was charged for the period "
                 f"{period} ({intent['id']})"
             )
+        await self._no_day_is_charged_twice(succeeded)
+        reactivated = await self.pool.fetch(
+            "SELECT id FROM accounts WHERE id = ANY($1::bigint[]) AND cancelled_at IS NULL",
+            sorted(self.operator_cancelled),
+        )
+        assert not reactivated, (
+            f"accounts {[r['id'] for r in reactivated]} were cancelled by an operator and "
+            "reactivated without `accounts reactivate`"
+        )
         self.cancelled = {
             r["id"]: r["cancelled_at"]
             for r in await self.pool.fetch(
@@ -426,6 +451,25 @@ class MoneyMachine(RuleBasedStateMachine):
             self.letters = counts[names.dead_letter_queue(p)]
         finally:
             await channel.close()
+
+    async def _no_day_is_charged_twice(self, succeeded: list[dict[str, Any]]) -> None:
+        """Invariant 4: the periods of an account's gateway charges never share a day."""
+        keys = [i["metadata"]["billq_idempotency_key"] for i in succeeded]
+        periods: dict[int, list[tuple[dt.date, dt.date, str]]] = {}
+        for r in await self.pool.fetch(
+            "SELECT account_id, period_start, period_end, idempotency_key FROM billing_jobs"
+            " WHERE idempotency_key = ANY($1::text[]) ORDER BY period_start",
+            keys,
+        ):
+            periods.setdefault(r["account_id"], []).append(
+                (r["period_start"], r["period_end"], r["idempotency_key"])
+            )
+        for account, spans in periods.items():
+            for (_, end, key), (start, _, other) in itertools.pairwise(spans):
+                assert end <= start, (
+                    f"account {account} was charged twice for the days from {start} to {end}: "
+                    f"{key} and {other}"
+                )
 
     # --- the distributor and the reconciler -------------------------------------------
 
@@ -542,24 +586,52 @@ class MoneyMachine(RuleBasedStateMachine):
 
     # One rule for every change to an account, weighted like real life: card updates and
     # re-imports often, a cancel (final) now and then.
+    # Re-imports may move the anchor or switch the interval between (or during) periods.
     @rule(
-        change=st.sampled_from(("card", "card", "card", "reimport", "reimport", "cancel")),
+        change=st.sampled_from(
+            ("card", "card", "card", "reimport", "reimport", "cancel", "reactivate")
+        ),
         account=st.sampled_from(ACCOUNTS),
         card=st.sampled_from(CARDS),
         amount=st.integers(0, 2),
         status=st.sampled_from(("active", "active", "cancelled")),
         at=st.sampled_from(("its_next_period", "its_next_period", *sorted(CANCEL_AT))),
+        plan=st.tuples(st.sampled_from(ANCHORS), st.sampled_from(INTERVALS)),
     )
     def change_an_account(
-        self, change: str, account: int, card: str, amount: int, status: str, at: str
+        self,
+        change: str,
+        account: int,
+        card: str,
+        amount: int,
+        status: str,
+        at: str,
+        plan: tuple[int, str],
     ) -> None:
         self.tally.rules[f"account_{change}"] += 1
         if change == "card":  # as `billq accounts update-payment-method`
             self.run(accounts_repo.update_payment_method(self.pool, account, card))
         elif change == "cancel":  # as `billq accounts cancel ID --at TS`
             self.run(self._cancel(account, at))
+            self.operator_cancelled.add(account)
+        elif change == "reactivate":  # as `billq accounts reactivate ID`
+            today = dt.datetime.now(dt.UTC).date()
+            self.run(accounts_repo.reactivate(self.pool, account, ACTOR, today=today))
+            self.operator_cancelled.discard(account)
         else:  # as `billq accounts import` of one row
-            self.run(self._reimport(self._row(account, card, amount, status)))
+            self.run(self._reimport(self._row(account, card, amount, status, *plan)))
+
+    # What integrators run every night: every account re-imported as `active` (with today's
+    # plan), whatever support did in between — it must not undo an operator's cancel.
+    @precondition(lambda self: bool(self.operator_cancelled))
+    @rule(
+        card=st.sampled_from(CARDS[:2]),
+        plan=st.tuples(st.sampled_from(ANCHORS), st.sampled_from(INTERVALS)),
+    )
+    def the_nightly_sync_says_active(self, card: str, plan: tuple[int, str]) -> None:
+        self.tally.rules["the_nightly_sync_says_active"] += 1
+        for account in ACCOUNTS:
+            self.run(self._reimport(self._row(account, card, 0, "active", *plan)))
 
     async def _cancel(self, account: int, at: str) -> None:
         if at == "its_next_period":  # "at the end of the current term": the very period

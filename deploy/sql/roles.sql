@@ -42,7 +42,7 @@ GRANT USAGE ON SEQUENCE charges_id_seq, invoices_id_seq, account_events_id_seq
 GRANT SELECT, INSERT, UPDATE ON run_blocked TO billq_distributor;
 GRANT SELECT, INSERT ON operator_actions TO billq_distributor;
 GRANT USAGE ON SEQUENCE operator_actions_id_seq TO billq_distributor;
-GRANT UPDATE (cancelled_at) ON accounts TO billq_distributor;
+GRANT UPDATE (cancelled_at, cancelled_by) ON accounts TO billq_distributor;
 
 -- Worker.
 GRANT SELECT ON accounts, billing_runs, schema_migrations TO billq_worker;
@@ -60,6 +60,8 @@ GRANT EXECUTE ON FUNCTION billq_next_invoice_number(integer) TO billq_worker, bi
 -- Run hooks: whoever settles a run writes its event (trigger) and delivers it.
 GRANT SELECT, INSERT, UPDATE ON run_hook_events TO billq_distributor, billq_worker;
 GRANT USAGE ON SEQUENCE run_hook_events_id_seq TO billq_distributor, billq_worker;
+-- When a webhook URL was first configured: older events are skipped, not sent.
+GRANT SELECT, INSERT ON run_hook_settings TO billq_distributor, billq_worker;
 
 -- Run summaries (migration 0009): every job, account and charge change appends its deltas
 -- (triggers run as the writer); status, runs, report and the dashboard read the totals;

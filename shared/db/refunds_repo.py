@@ -87,6 +87,8 @@ WITH done AS (
 SELECT count(*) FROM refund
 """
 
+IS_REFUND_JOB = "SELECT refund_of IS NOT NULL FROM billing_jobs WHERE id = $1"
+
 RECORDED = """
 SELECT r.gateway_refund_id, r.idempotency_key, r.amount_cents, r.currency, r.job_id,
        c.gateway_charge_id
@@ -170,6 +172,11 @@ async def record_refund(pool: asyncpg.Pool, job_id: int, attempts: int, refund_i
             f"refund {refund_id} of job {job_id} would refund more than its charge took "
             f"({exc.constraint_name}); not recorded"
         ) from None
+
+
+@classified
+async def is_refund_job(pool: asyncpg.Pool, job_id: int) -> bool:
+    return bool(await pool.fetchval(IS_REFUND_JOB, job_id))
 
 
 @classified

@@ -66,7 +66,8 @@ def test_the_adapter_rows_and_the_dramatiq_peer_measure_and_check_the_money(
     stripe = rows["billq drain, stripe 0ms (adapter CPU), 1 proc x 64"]["checks"]
     assert stripe["gateway_keys"] == stripe["gateway_succeeded"] == 50
     for adapter in ("inprocess", "sandbox", "stripe"):
-        assert result["ratios"][f"cpu_us_per_charge_{adapter}"] > 0
+        # 50 in-process charges may take less than the kernel's 10 ms CPU tick: 0 is a figure.
+        assert result["ratios"][f"cpu_us_per_charge_{adapter}"] >= 0
 
 
 def _bench(results: Path, *args: str) -> tuple[str, dict[str, Any]]:
