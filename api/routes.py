@@ -11,7 +11,7 @@ from aiohttp import web
 
 from api.auth import ACTOR
 from api.server import STATE
-from shared import oneoff
+from shared import oneoff, refunds
 from shared.db import oneoff_repo
 from shared.errors import BillqError, InvalidRequest, NotFound
 from shared.messages import INT64_MAX, INT64_MIN
@@ -27,6 +27,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/v1/charges", create_charge)
+    app.router.add_post("/v1/refunds", create_refund)
+    app.router.add_get("/v1/refunds/{id}", get_refund)
     app.router.add_get("/v1/jobs/{id}", get_job)
     app.router.add_get("/v1/accounts/{id}/charges", account_charges)
 
@@ -55,19 +57,46 @@ async def create_charge(request: web.Request) -> web.Response:
     key = oneoff.check_key(request.headers.get("Idempotency-Key"))
     charge = oneoff.parse(await _json_body(request))
     created = await oneoff.create(state.pool, charge, key)
+    return await _created(request, created, "/v1/jobs")
+
+
+async def create_refund(request: web.Request) -> web.Response:
+    """POST /v1/refunds: a refund job of a charge, idempotent by the caller's key."""
+    state = request.app[STATE]
+    key = oneoff.check_key(request.headers.get("Idempotency-Key"))
+    ask = refunds.parse(await _json_body(request))
+    created = await refunds.create(state.pool, ask, key)
+    return await _created(request, created, "/v1/refunds")
+
+
+async def _created(request: web.Request, created: oneoff.Created, where: str) -> web.Response:
+    """The answer to a create: a new job is published now (the outbox repair publishes it if
+    the broker cannot take it now); a replay answers as the first request did."""
+    state = request.app[STATE]
     headers = {REPLAYED: "true"} if created.replayed else {}
     if created.job_id is not None:
-        log.info("api.charge_created", job_id=created.job_id, actor=request.get(ACTOR))
+        log.info("api.job_created", job_id=created.job_id, path=where, actor=request.get(ACTOR))
         try:
             publisher = await state.publisher()
         except BillqError as exc:  # the job is committed: the outbox repair publishes it
             log.warning("api.broker_unavailable", job_id=created.job_id, error=str(exc))
         else:
             await oneoff.publish(state.pool, publisher, state.settings, created.job_id)
-    response = web.json_response(created.body, status=created.status, headers=headers)
-    if isinstance(created.body, dict) and "id" in created.body:
-        response.headers["Location"] = f"/v1/jobs/{created.body['id']}"
+    body = created.body  # as it was created: a replay answers the very same
+    response = web.json_response(body, status=created.status, headers=headers)
+    if isinstance(body, dict) and "id" in body:
+        response.headers["Location"] = f"{where}/{body['id']}"
     return response
+
+
+async def get_refund(request: web.Request) -> web.Response:
+    """GET /v1/refunds/{id}: a refund job, with its gateway refund and credit note once made."""
+    state = request.app[STATE]
+    job_id = _path_id(request, "refund", 1)
+    body = await refunds.get(state.pool, job_id)
+    if body is None:
+        raise NotFound(f"no such refund: {job_id}", param="id")
+    return web.json_response(body)
 
 
 def _path_id(request: web.Request, what: str, low: int) -> int:

@@ -89,10 +89,10 @@ SELECT 2, j.account_id, j.period_start, j.period_end, j.idempotency_key || '_d1'
   FROM billing_jobs j WHERE j.run_id = 1 AND j.state = 'failed'
 """,
     """
-INSERT INTO charges (job_id, account_id, period_start, amount_cents, currency,
+INSERT INTO charges (job_id, account_id, period_start, period_end, amount_cents, currency,
                      idempotency_key, gateway_charge_id, created_at)
-SELECT id, account_id, period_start, amount_cents, currency, idempotency_key, 'pi_' || id,
-       finished_at
+SELECT id, account_id, period_start, period_end, amount_cents, currency, idempotency_key,
+       'pi_' || id, finished_at
   FROM billing_jobs WHERE state = 'succeeded'
 """,
     """
@@ -156,15 +156,25 @@ async def seed(database: str, n: int) -> float:
 
 
 def start(database: str, prefix: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = infra.free_port()
-    proc = infra.spawn(
-        infra.billq_cmd("dashboard", "--port", str(port), "--read-only"),
-        infra.billq_env(database, prefix),
-        log,
-    )
-    base = f"http://127.0.0.1:{port}"
-    infra.wait_http(f"{base}/healthz", proc, timeout=60)
-    return proc, base
+    """A started dashboard and its URL; a start that fails (a shared server out of
+    connections) is tried again, twice."""
+    for attempt in range(3):
+        port = infra.free_port()
+        proc = infra.spawn(
+            infra.billq_cmd("dashboard", "--port", str(port), "--read-only"),
+            infra.billq_env(database, prefix),
+            log,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            infra.wait_http(f"{base}/healthz", proc, timeout=60)
+            return proc, base
+        except RuntimeError:
+            infra.stop_process(proc)
+            if attempt == 2:
+                raise
+            time.sleep(2)
+    raise AssertionError("unreachable")
 
 
 def timed_get(client: httpx.Client, url: str) -> float:

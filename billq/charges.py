@@ -43,7 +43,6 @@ def _request(args: argparse.Namespace) -> tuple[Any, str]:
 def _charge(args: argparse.Namespace, settings: Settings) -> int:
     from shared import oneoff
     from shared.db.pool import create_pool
-    from shared.errors import BillqError
 
     request, key = _request(args)
 
@@ -53,15 +52,7 @@ def _charge(args: argparse.Namespace, settings: Settings) -> int:
             created = await oneoff.create(pool, request, key)
             if created.job_id is None:
                 return created, False
-            try:
-                conn, publisher = await oneoff.open_publisher(settings)
-            except BillqError:
-                return created, False  # committed: the next distribute publishes it
-            try:
-                return created, await oneoff.publish(pool, publisher, settings, created.job_id)
-            finally:
-                await publisher.close()
-                await conn.close()
+            return created, await oneoff.publish_now(pool, settings, created.job_id)
         finally:
             await pool.close()
 

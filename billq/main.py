@@ -16,7 +16,7 @@ from shared.entrypoint import Parser, add_connection_arguments, run
 
 def build_parser() -> Parser:
     from api import cli as api_cli
-    from billq import accounts, admin, audit, billing, charges, ops
+    from billq import accounts, admin, audit, billing, charges, ops, refunds
     from dashboard import cli as dashboard_cli
     from distributor import cli as distributor_cli
     from sandbox import cli as sandbox_cli
@@ -37,6 +37,7 @@ def build_parser() -> Parser:
         ops.register,
         audit.register,
         charges.register,
+        refunds.register,
         sandbox_cli.register,
         dashboard_cli.register,
         api_cli.register,

@@ -8,6 +8,7 @@ does it through ``shared.operations`` — the code behind ``billq dlq replay`` a
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 from urllib.parse import urlencode
@@ -65,25 +66,29 @@ def _int(value: str | None, name: str) -> int | None:
 # --- overview and runs -------------------------------------------------------------------
 
 
+async def _queues(state: State) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """Queue depths, or why the broker could not say."""
+    from shared import views
+
+    try:
+        return await views.queues(state.pool, await state.broker(), state.settings), None
+    except (BillqError, OSError) as exc:
+        return None, str(exc)
+
+
 async def overview_data(state: State) -> dict[str, Any]:
     from shared import views
 
-    runs = await views.runs(state.pool, 20)
-    live = {}
-    for r in runs:
-        if r["state"] in ("running", "published"):
-            live[r["id"]] = await views.run_status(state.pool, r["id"])
-    try:
-        queues: list[dict[str, Any]] | None = await views.queues(
-            state.pool, await state.broker(), state.settings
-        )
-        broker_error = None
-    except (BillqError, OSError) as exc:
-        queues, broker_error = None, str(exc)
-    workers = await views.workers(state.pool)
+    # Independent reads at once (the pool has several connections, the broker its own): a
+    # first view waits for the slowest of them, not for their sum.
+    runs, (queues, broker_error), workers = await asyncio.gather(
+        views.runs(state.pool, 20), _queues(state), views.workers(state.pool)
+    )
+    open_ids = [r["id"] for r in runs if r["state"] in ("running", "published")]
+    statuses = await asyncio.gather(*(views.run_status(state.pool, i) for i in open_ids))
     return {
         "runs": runs,
-        "live": live,
+        "live": dict(zip(open_ids, statuses, strict=True)),
         "queues": queues,
         "broker_error": broker_error,
         "live_workers": sum(1 for w in workers if w["status"] == "live"),
@@ -107,15 +112,20 @@ async def overview_live(request: web.Request) -> web.Response:
 async def run_data(state: State, run_id: int) -> dict[str, Any]:
     from shared import views
 
-    status = await views.run_status(state.pool, run_id)
+    status = await views.run_status(state.pool, run_id)  # first: no such run → ConfigError
+    # The page lists the first dead jobs; /jobs?state=dead pages through the rest.
+    report, dunning, throughput = await asyncio.gather(
+        views.report(state.pool, run_id, DEAD_SHOWN),
+        views.dunning(state.pool, run_id),
+        views.throughput(state.pool, run_id),
+    )
     return {
         "status": status,
         "open_jobs": sum(status["counts"][s] for s in OPEN_STATES),
         "done_jobs": sum(status["counts"][s] for s in TERMINAL),
-        # The page lists the first dead jobs; /jobs?state=dead pages through the rest.
-        "report": await views.report(state.pool, run_id, DEAD_SHOWN),
-        "dunning": await views.dunning(state.pool, run_id),
-        "throughput": await views.throughput(state.pool, run_id),
+        "report": report,
+        "dunning": dunning,
+        "throughput": throughput,
     }
 
 

@@ -114,7 +114,8 @@ async def serve(
     """Serve until ``stop`` is set."""
     from shared.db.pool import create_pool
 
-    pool = await create_pool(settings, min_size=1, max_size=4)
+    # All four connections open before the first request: a page's reads run at once.
+    pool = await create_pool(settings, min_size=4, max_size=4)
     state = State(settings, pool, read_only, finish_within_s, templates())
     await warm_up(state)
     runner = web.AppRunner(build_app(state), access_log=None)

@@ -30,6 +30,7 @@ BEGIN
       FROM (SELECT a.*, b.id AS other
               FROM charges a JOIN charges b
                 ON b.account_id = a.account_id AND b.id > a.id
+               AND a.kind = 'period' AND b.kind = 'period'
                AND daterange(a.period_start, a.period_end) && daterange(b.period_start, b.period_end)
              ORDER BY a.account_id, a.id LIMIT 20) a
       JOIN charges b ON b.id = a.other;
@@ -39,21 +40,11 @@ BEGIN
     END IF;
 END $$;
 
--- Period charges only: a one-off charge (a `kind` other than 'period', where that column
--- exists) covers no period. Written as dynamic SQL so this file applies with or without it.
-DO $$
-DECLARE
-    only_periods text := '';
-BEGIN
-    IF EXISTS (SELECT 1 FROM information_schema.columns
-                WHERE table_schema = current_schema() AND table_name = 'charges'
-                  AND column_name = 'kind') THEN
-        only_periods := ' WHERE (kind = ''period'')';
-    END IF;
-    EXECUTE 'ALTER TABLE charges ADD CONSTRAINT charges_no_overlapping_periods '
-            'EXCLUDE USING gist (int8range(account_id, account_id, ''[]'') WITH &&, '
-            'daterange(period_start, period_end) WITH &&)' || only_periods;
-END $$;
+-- Period charges only: a one-off charge (kind 'oneoff', migration 0010) covers no period.
+ALTER TABLE charges ADD CONSTRAINT charges_no_overlapping_periods
+    EXCLUDE USING gist (int8range(account_id, account_id, '[]') WITH &&,
+                        daterange(period_start, period_end) WITH &&)
+    WHERE (kind = 'period');
 
 -- 2. Who cancelled an account: 'accounts import' for an import row, else the operator
 --    (`cli:USER`, `dashboard:LOGIN`). An operator's cancel is sticky: an import's

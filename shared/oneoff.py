@@ -25,6 +25,7 @@ from shared.billing.money import MAX_AMOUNT_CENTS, check_currency
 from shared.config import Settings
 from shared.db import idempotency_repo, oneoff_repo, runs_repo
 from shared.db.errors import classified
+from shared.db.pool import Conn
 from shared.errors import IdempotencyConflict, InvalidRequest, NotFound
 from shared.gateway.amounts import to_gateway_units
 from shared.messages import INT64_MAX, INT64_MIN
@@ -105,21 +106,48 @@ def _storable(value: object) -> bool:
     return True
 
 
+def body_fields(data: Any, fields: tuple[str, ...]) -> dict[str, Any]:
+    """The request body as an object of known fields only.
+
+    Raises:
+        InvalidRequest: not an object, or an unknown field (named).
+    """
+    if not isinstance(data, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    for name in data:
+        if name not in fields:
+            raise InvalidRequest(
+                f"received unknown parameter: {str(name)[:64]}",
+                param=str(name)[:64],
+                code="parameter_unknown",
+            )
+    return data
+
+
+async def replayed(conn: Conn, caller_key: str, endpoint: str, digest: str) -> Created | None:
+    """None: the key is this transaction's; else the first answer under it, replayed.
+
+    Raises:
+        IdempotencyConflict: the key was used for another request.
+    """
+    earlier = await idempotency_repo.begin(conn, caller_key, endpoint, digest)
+    if earlier is None:
+        return None
+    if earlier.endpoint != endpoint or earlier.request_hash != digest:
+        raise IdempotencyConflict(
+            "keys for idempotent requests can only be used with the same parameters "
+            "they were first used with; this key was used for another request"
+        )
+    return Created(earlier.status, earlier.response, True, None)
+
+
 def parse(data: Any) -> ChargeRequest:
     """A request body (decoded JSON) as a ``ChargeRequest``.
 
     Raises:
         InvalidRequest: not an object, an unknown or missing field, or a bad value (named).
     """
-    if not isinstance(data, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    for name in data:
-        if name not in FIELDS:
-            raise InvalidRequest(
-                f"received unknown parameter: {str(name)[:64]}",
-                param=str(name)[:64],
-                code="parameter_unknown",
-            )
+    body_fields(data, FIELDS)
     account_id = _int(data, "account_id", INT64_MIN, INT64_MAX)
     amount = _int(data, "amount", 1, MAX_AMOUNT_CENTS)
     raw = data.get("currency")
@@ -212,14 +240,9 @@ async def create(pool: asyncpg.Pool, request: ChargeRequest, caller_key: str) ->
     """
     digest = kinds.request_hash(ENDPOINT, request.fields())
     async with pool.acquire() as conn, conn.transaction():
-        earlier = await idempotency_repo.begin(conn, caller_key, ENDPOINT, digest)
+        earlier = await replayed(conn, caller_key, ENDPOINT, digest)
         if earlier is not None:
-            if earlier.endpoint != ENDPOINT or earlier.request_hash != digest:
-                raise IdempotencyConflict(
-                    "keys for idempotent requests can only be used with the same parameters "
-                    "they were first used with; this key was used for another request"
-                )
-            return Created(earlier.status, earlier.response, True, None)
+            return earlier
         account = await oneoff_repo.account_for_charge(conn, request.account_id)
         if account is None:
             raise NotFound(f"no such account: {request.account_id}", param="account_id")
@@ -293,3 +316,19 @@ async def publish(
         return False
     log.info("oneoff.published", job_id=job_id)
     return True
+
+
+async def publish_now(pool: asyncpg.Pool, settings: Settings, job_id: int) -> bool:
+    """``publish`` on a connection of its own (the CLI twins): False when no broker answered or
+    the publish failed; the job is committed, and the next ``billq distribute`` publishes it."""
+    from shared.errors import BillqError
+
+    try:
+        conn, publisher = await open_publisher(settings)
+    except BillqError:
+        return False
+    try:
+        return await publish(pool, publisher, settings, job_id)
+    finally:
+        await publisher.close()
+        await conn.close()

@@ -8,6 +8,7 @@ returns plain dicts and lists; ``plain`` turns dates and decimals into JSON valu
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import decimal
 import math
@@ -228,10 +229,12 @@ async def scale_hint_at(pool: asyncpg.Pool, deadline: dt.datetime, window_s: int
     from shared.db import ops_repo, workers_repo
     from shared.db.jobs_repo import STALE_WORKER_S
 
-    found = await workers_repo.list_workers(pool, STALE_WORKER_S)
+    found, rate, open_jobs = await asyncio.gather(
+        workers_repo.list_workers(pool, STALE_WORKER_S),
+        ops_repo.recent_rate(pool, window_s),
+        ops_repo.open_count(pool),
+    )
     live = sum(1 for w in found if w["live"])
-    rate = await ops_repo.recent_rate(pool, window_s)
-    open_jobs = await ops_repo.open_count(pool)
     left = (deadline - dt.datetime.now(dt.UTC)).total_seconds()
     return scale_hint(open_jobs, rate, live, left)
 

@@ -453,12 +453,13 @@ class MoneyMachine(RuleBasedStateMachine):
             await channel.close()
 
     async def _no_day_is_charged_twice(self, succeeded: list[dict[str, Any]]) -> None:
-        """Invariant 4: the periods of an account's gateway charges never share a day."""
+        """Invariant 4: the periods of an account's gateway charges never share a day (a
+        one-off charge covers no period: it is charged once by its key, invariant 1)."""
         keys = [i["metadata"]["billq_idempotency_key"] for i in succeeded]
         periods: dict[int, list[tuple[dt.date, dt.date, str]]] = {}
         for r in await self.pool.fetch(
             "SELECT account_id, period_start, period_end, idempotency_key FROM billing_jobs"
-            " WHERE idempotency_key = ANY($1::text[]) ORDER BY period_start",
+            " WHERE idempotency_key = ANY($1::text[]) AND kind = 'period' ORDER BY period_start",
             keys,
         ):
             periods.setdefault(r["account_id"], []).append(

@@ -257,15 +257,13 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
     return proc.wait()
 
 
-def ledger(gateway_url: str) -> list[dict[str, Any]]:
-    """Every payment intent the sandbox gateway holds."""
+def ledger(gateway_url: str, path: str = "/v1/payment_intents") -> list[dict[str, Any]]:
+    """Every payment intent (or, with ``path="/v1/refunds"``, refund) the sandbox holds."""
     out: list[dict[str, Any]] = []
     params: dict[str, Any] = {"limit": 100}
     headers = {"Authorization": "Bearer sk_test_billq"}
     while True:
-        page = httpx.get(
-            f"{gateway_url}/v1/payment_intents", params=params, headers=headers, timeout=10
-        ).json()
+        page = httpx.get(f"{gateway_url}{path}", params=params, headers=headers, timeout=10).json()
         out.extend(page["data"])
         if not page["has_more"]:
             return out

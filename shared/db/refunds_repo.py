@@ -18,6 +18,7 @@ import asyncpg
 
 from shared.billing.audit import Refund
 from shared.db.errors import classified
+from shared.db.pool import Conn
 from shared.errors import ActionRefused
 
 # States in which a refund job has given, or may still give, money back.
@@ -112,7 +113,7 @@ class LockedCharge:
     jobs: int  # refund jobs it has had, whatever became of them
 
 
-async def lock_charge(conn: asyncpg.Connection, charge_id: int) -> LockedCharge | None:
+async def lock_charge(conn: Conn, charge_id: int) -> LockedCharge | None:
     """The charge under its row lock (inside the caller's transaction), or None."""
     row = await conn.fetchrow(LOCK_CHARGE, charge_id)
     if row is None:
@@ -133,7 +134,7 @@ async def lock_charge(conn: asyncpg.Connection, charge_id: int) -> LockedCharge 
 
 
 async def insert_refund_job(
-    conn: asyncpg.Connection,
+    conn: Conn,
     charge: LockedCharge,
     *,
     idempotency_key: str,

@@ -109,6 +109,8 @@ COMMANDS = st.sampled_from(
         ["charge", "1"],
         ["charge", "1", "100", "EUR", "--key"],
         ["charge", "1", "100", "--key", "k"],
+        ["refund"],
+        ["refund", "1", "--amount"],
         ["nonsense"],
     ]
 )

@@ -151,25 +151,26 @@ async def test_the_migration_stops_naming_the_charges_when_existing_rows_overlap
     assert "period_end" not in {c["column_name"] for c in columns}  # nothing changed
 
 
-async def test_the_constraint_holds_period_charges_only_when_charges_have_a_kind(
+async def test_one_off_charges_neither_stop_the_migration_nor_meet_the_constraint(
     before_0012: asyncpg.Connection,
 ) -> None:
-    """One-off charges (a ``kind`` other than 'period') cover no period."""
+    """A one-off charge (kind 'oneoff') covers no period, whatever its dates."""
     db = before_0012
-    await db.execute(
-        "ALTER TABLE charges ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'period'"
-    )
-    await db.execute(_0012())
     await _world(db, [(D(2026, 3, 1), D(2026, 4, 1)), (D(2026, 3, 15), D(2026, 5, 15))])
-    await _world_job(db, 3, D(2026, 3, 20), D(2026, 4, 20))
-    await _charge(db, 1, D(2026, 3, 1), D(2026, 4, 1))
-    await db.execute("UPDATE billing_jobs SET idempotency_key = 'oneoff' WHERE id = 3")
+    await _world_job(db, 3, D(2026, 3, 20), D(2026, 3, 21))
+    await _world_job(db, 4, D(2026, 3, 21), D(2026, 3, 22))
+    await db.execute("UPDATE billing_jobs SET kind = 'oneoff' WHERE id IN (3, 4)")
+    await _charge(db, 1, D(2026, 3, 1))
+    await _charge(db, 3, D(2026, 3, 20))
+    await db.execute("UPDATE charges SET kind = 'oneoff' WHERE job_id = 3")
+
+    await db.execute(_0012())  # the existing one-off inside March is no overlap
+
     await db.execute(
         "INSERT INTO charges (job_id, account_id, period_start, period_end, amount_cents,"
         " currency, idempotency_key, gateway_charge_id, kind)"
-        " VALUES (3, 1, '2026-03-20', '2026-04-20', 500, 'USD', 'oneoff', 'pi_3', 'oneoff')"
+        " VALUES (4, 1, '2026-03-21', '2026-03-22', 500, 'USD', 'oneoff_4', 'pi_4', 'oneoff')"
     )
-
     with pytest.raises(asyncpg.ExclusionViolationError):
         await _charge(db, 2, D(2026, 3, 15), D(2026, 5, 15))
 
