@@ -7,6 +7,9 @@ on either lane) and reconnects. The bulk and priority queues are consumed on a c
 each, with its own prefetch window and its own ack frontier (a delivery of one lane
 waiting for a charge slot never holds back the other lane's acks); which delivery
 starts next is ``worker/lanes.py``'s decision.
+
+Longer than most: the reconnect loop, both lanes' consumers, the watchdog and the one broker
+action per outcome share one connection's state; split, each part would reach into the others.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ the key (after 24 h; see ``shared.gateway.pruned_keys``).
 The API base is ``BILLQ_GATEWAY_URL``: ``https://api.stripe.com`` for Stripe itself, the
 sandbox gateway (Stripe's wire format) in development and tests, so the tests run this code.
 
+Longer than most: one adapter per gateway is the rule, and charges, refunds, the key search
+and their classification share the SDK client and the error table below.
+
 Every SDK failure is classified here, with the same meaning as ``SandboxGateway``::
 
     intent succeeded                        Charged
