@@ -20,6 +20,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
@@ -81,6 +82,17 @@ class Consumer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._publisher: Publisher | None = None
         self.connected = asyncio.Event()
+        if metrics:
+            # Read at scrape time: the per-delivery path pays nothing for these gauges.
+            for lane in names.LANES:
+                metrics.lane_in_flight.labels(lane).set_function(partial(self._busy_in, lane))
+                metrics.lane_waiting.labels(lane).set_function(partial(self._waiting_in, lane))
+
+    def _busy_in(self, lane: names.Lane) -> int:
+        return self._busy[lane]
+
+    def _waiting_in(self, lane: names.Lane) -> int:
+        return len(self._pending[lane])
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; then finish in-flight work within the grace period."""
@@ -258,14 +270,7 @@ class Consumer:
             started.append((lane, waiting[:n]))
             self._pending[lane] = waiting[n:]
             self._busy[lane] += n
-        self._lane_gauges()
         return started
-
-    def _lane_gauges(self) -> None:
-        if self._metrics:
-            for lane in names.LANES:
-                self._metrics.lane_in_flight.labels(lane).set(self._busy[lane])
-                self._metrics.lane_waiting.labels(lane).set(len(self._pending[lane]))
 
     def _resume(self) -> None:
         """The breaker closed: what it held starts now."""
@@ -347,7 +352,6 @@ class Consumer:
     def _done_one(self, message: AbstractIncomingMessage, started: float) -> None:
         lane = self._lane(message)
         self._busy[lane] = max(0, self._busy[lane] - 1)
-        self._lane_gauges()
         if self._pending["priority"]:
             self._flush()  # the freed slot: a waiting priority delivery takes it now
         elif self._pending["bulk"]:
