@@ -12,6 +12,10 @@ from shared.db.errors import classified, retried_on_conflict
 
 # Shared by every distributor host: one distribution at a time.
 DISTRIBUTE_LOCK_ID = 0x62696C6C71_02
+# Find-or-create of a run. It equals the migration lock's id (0x..._01), and that is kept on
+# purpose: no run is created while a migration runs, and distributors of the previous release,
+# which use this id, still serialise with this one during a rolling upgrade.
+RUN_CREATE_LOCK_ID = DISTRIBUTE_LOCK_ID - 1
 
 # Keyset pages over accounts_due_idx, each its own short statement: no snapshot lives for
 # the whole scan (a long snapshot keeps vacuum from removing the job rows workers update
@@ -174,7 +178,7 @@ async def join_or_create_run(
     as-of, so shards started seconds apart form one run that completes."""
     async with pool.acquire() as conn, conn.transaction():
         # Serialise find-or-create across shards starting at the same moment.
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", DISTRIBUTE_LOCK_ID - 1)
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", RUN_CREATE_LOCK_ID)
         row = await conn.fetchrow(
             JOIN_SHARDED_RUN, as_of if explicit_as_of else None, shards, SHARD_JOIN_WINDOW_S
         )
