@@ -1,0 +1,129 @@
+"""The run-summary triggers cost one index probe per changed row, whatever the table holds.
+
+Mid-run, billing_jobs has no statistics (autovacuum has not caught up with a run that grew
+from nothing). A 1,000,000-account soak then stalled: the jobs trigger read every first
+decline of every run on each group commit, and the accounts trigger scanned every job on
+each status change. Counted in tuples read, not timed: the counts do not depend on load.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+import pytest
+from testkit import seed
+
+from shared.config import Settings
+from shared.db import jobs_repo
+from shared.db.pool import connect, create_pool
+
+pytestmark = pytest.mark.integration
+
+HISTORY = 20_000  # first declines of an earlier run: what a bad plan reads
+BATCH = 256
+PER_ROW = 8  # tuples read per changed row, all statements and triggers included
+
+TUPLES_READ = """
+SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)
+  FROM pg_stat_user_tables WHERE relname = 'billing_jobs'
+"""
+
+
+async def _tuples_read(db: asyncpg.Connection) -> int:
+    await db.execute("SELECT pg_stat_clear_snapshot()")
+    return int(await db.fetchval(TUPLES_READ))
+
+
+async def _counted(db: asyncpg.Connection, sql: str, *args: object) -> int:
+    """billing_jobs tuples read by one statement and the triggers it fires."""
+    before = await _tuples_read(db)
+    await db.execute("SELECT pg_stat_force_next_flush()")
+    await db.execute(sql, *args)
+    await db.execute("SELECT pg_stat_force_next_flush()")
+    await db.execute("SELECT 1")  # the flush happens once the backend is idle again
+    return await _tuples_read(db) - before
+
+
+async def _history(db: asyncpg.Connection) -> list[asyncpg.Record]:
+    """HISTORY accounts declined last month, and this month's batch being charged."""
+    await seed(db, HISTORY)
+    await db.execute("ALTER TABLE billing_jobs SET (autovacuum_enabled = off)")
+    last, this = [
+        await db.fetchval("INSERT INTO billing_runs (as_of) VALUES ($1) RETURNING id", at)
+        for at in (
+            dt.datetime(2026, 2, 1, 12, tzinfo=dt.UTC),
+            dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC),
+        )
+    ]
+    await db.execute(
+        """
+        INSERT INTO billing_jobs (run_id, account_id, period_start, period_end, idempotency_key,
+                                  amount_cents, currency, payment_method, state, finished_at)
+        SELECT $1, i, '2026-02-01', '2026-03-01', 'billq_' || i || '_2026-02-01', 1000, 'USD',
+               'pm_card_visa', 'failed', now() - interval '20 days'
+          FROM generate_series(1, $2::int) AS i
+        """,
+        last,
+        HISTORY,
+    )
+    return list(
+        await db.fetch(
+            """
+            INSERT INTO billing_jobs (run_id, account_id, period_start, period_end,
+                                      idempotency_key, amount_cents, currency, payment_method,
+                                      state, attempts, locked_by, locked_until, started_at)
+            SELECT $1, i, '2026-03-01', '2026-04-01', 'billq_' || i || '_2026-03-01', 1000,
+                   'USD', 'pm_card_visa', 'processing', 1, 'w', now() + interval '60 s', now()
+              FROM generate_series($3::int - $2::int + 1, $3::int) AS i
+            RETURNING id, attempts
+            """,
+            this,
+            BATCH,
+            HISTORY,
+        )
+    )
+
+
+async def test_a_group_commit_reads_its_own_jobs_not_the_history(db: asyncpg.Connection) -> None:
+    batch = await _history(db)
+    read = await _counted(
+        db,
+        jobs_repo.RECORD_SUCCESSES,
+        [r["id"] for r in batch],
+        [r["attempts"] for r in batch],
+        [f"ch_{r['id']}" for r in batch],
+    )
+    assert await db.fetchval("SELECT count(*) FROM charges") == BATCH
+    assert read < PER_ROW * BATCH, f"{read} billing_jobs tuples read for {BATCH} commits"
+
+
+async def test_a_status_change_reads_the_accounts_own_jobs_not_every_job(
+    db: asyncpg.Connection,
+) -> None:
+    await _history(db)
+    read = await _counted(
+        db,
+        "UPDATE accounts SET status = 'past_due' WHERE id BETWEEN 1 AND $1",
+        BATCH,
+    )
+    # Each of those accounts' first declines moved to the new status.
+    moved = await db.fetchval(
+        "SELECT n FROM run_summary_totals WHERE kind = 'dunning' AND key = 'past_due'"
+    )
+    assert moved == BATCH
+    assert read < PER_ROW * BATCH, f"{read} billing_jobs tuples read for {BATCH} accounts"
+
+
+async def test_billq_connections_never_jit_compile(settings: Settings) -> None:
+    # A misestimated plan (no statistics yet) was JIT-compiled before it ran: ~1 s per commit.
+    pool = await create_pool(settings, max_size=1)
+    try:
+        assert await pool.fetchval("SHOW jit") == "off"
+    finally:
+        await pool.close()
+    conn = await connect(settings)
+    try:
+        assert await conn.fetchval("SHOW jit") == "off"
+    finally:
+        await conn.close()
