@@ -84,7 +84,9 @@ def test_compose_file_matches_the_compose_schema_and_its_commands_exist() -> Non
     assert proc.returncode == 0, proc.stdout + proc.stderr
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"rabbitmq", "postgres", "gateway", "migrate", "worker", "distributor"} <= set(services)
+    assert {"rabbitmq", "postgres", "gateway", "migrate", "worker", "distributor", "api"} <= set(
+        services
+    )
     assert "container_name" not in services["worker"], "workers must scale"
     assert services["worker"]["depends_on"]["migrate"]["condition"] == (
         "service_completed_successfully"
@@ -112,7 +114,7 @@ def test_kubernetes_manifests_are_well_formed_and_run_billq_commands() -> None:
     kinds = {d["kind"]: d for d in docs}
     assert {"Deployment", "CronJob", "ScaledObject", "ConfigMap", "Secret"} <= set(kinds)
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
-    assert set(deployments) == {"billq-worker", "billq-dashboard"}
+    assert set(deployments) == {"billq-worker", "billq-dashboard", "billq-api"}
     deployment = deployments["billq-worker"]["spec"]["template"]["spec"]
     assert deployment["terminationGracePeriodSeconds"] > 30  # > BILLQ_SHUTDOWN_GRACE
     container = deployment["containers"][0]
@@ -135,6 +137,13 @@ def test_kubernetes_manifests_are_well_formed_and_run_billq_commands() -> None:
     ]
     secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
     assert any("BILLQ_DASHBOARD_TOKEN" in secrets[r]["stringData"] for r in refs)
+    api = deployments["billq-api"]["spec"]["template"]["spec"]["containers"][0]
+    assert_billq_command(api["args"])
+    # Off loopback the API refuses to start without tokens; it runs as billq_distributor.
+    assert "0.0.0.0" in api["args"] and api["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    api_refs = [e["secretRef"]["name"] for e in api["envFrom"] if "secretRef" in e]
+    assert "BILLQ_API_TOKENS" in secrets[api_refs[-1]]["stringData"]
+    assert "billq_distributor" in secrets[api_refs[-1]]["stringData"]["BILLQ_DATABASE_URL"]
     scaled = kinds["ScaledObject"]
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     assert scaled["spec"]["scaleTargetRef"]["name"] == "billq-worker"
@@ -169,6 +178,7 @@ def test_systemd_units_parse_and_run_billq_commands() -> None:
         "billq-worker@.service",
         "billq-distribute.service",
         "billq-distribute.timer",
+        "billq-api.service",
     }
     for unit in units:
         parser = configparser.ConfigParser(strict=False, interpolation=None)
