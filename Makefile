@@ -14,7 +14,7 @@ help: ## list targets
 $(BIN)/billq: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	@touch $@
 
 install: $(BIN)/billq ## create the venv and install billq with dev tools
