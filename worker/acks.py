@@ -6,8 +6,13 @@ per-delivery acks cost the broker more than the rest of a charge. A ``multiple``
 tag T settles every outstanding delivery up to T, so it may only be sent once *every*
 delivery up to T is finished — committed (then acked) or already settled on its own
 (a nack that requeues). Deliveries finish out of order; the frontier acks the longest
-finished prefix, under a lock so that acks leave in increasing order (RabbitMQ closes the
-channel on a ``multiple`` ack of a tag it no longer holds).
+finished prefix, one flush at a time so that acks leave in increasing order (RabbitMQ closes
+the channel on a ``multiple`` ack of a tag it no longer holds).
+
+A finisher never waits for that turn: it records its tag and, if a flush is under way, leaves
+it to that flush, which goes round again before it ends. (Waiting on a lock instead, every
+finished delivery stayed alive — message, job, frames — until its turn came, long after the
+broker had its ack and refilled the window: a CPU-starved worker held thousands of them.)
 
 But one slow charge (a gateway's 3 s tail) at the head would hold every finished delivery
 behind it unacked, and once they fill the prefetch window the broker stops delivering: the
@@ -31,6 +36,8 @@ log = structlog.get_logger("billq.worker")
 
 STRAGGLER_S = 0.25  # a head older than this no longer holds the finished ones behind it
 BLOCKED_MAX = 64  # nor do more finished deliveries than this wait behind any head
+# Settled tags behind an unfinished head are forgotten once more than this many wait.
+FORGET_SETTLED_AFTER = 1024
 
 
 class AckFrontier:
@@ -50,7 +57,8 @@ class AckFrontier:
         self._since: dict[int, float] = {}
         self._ackable: set[int] = set()
         self._settled: set[int] = set()
-        self._lock = asyncio.Lock()
+        self._flushing = False
+        self._again = False
         self._recheck: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -73,23 +81,35 @@ class AckFrontier:
         await self._flush()
 
     async def _flush(self) -> None:
-        async with self._lock:
-            last = None
-            while self._outstanding:
-                head = self._outstanding[0]
-                if head in self._ackable:
-                    self._ackable.discard(head)
-                    last = head
-                elif head in self._settled:
-                    self._settled.discard(head)
-                else:
-                    break
-                self._outstanding.popleft()
-                self._since.pop(head, None)
-            if last is not None:
-                await self._ack(last, multiple=True)
-            if self._ackable and self._straggler_s is not None:
-                await self._unblock()
+        if self._flushing:
+            self._again = True  # the flush under way takes these on its next round
+            return
+        self._flushing = True
+        try:
+            self._again = True
+            while self._again:
+                self._again = False
+                await self._flush_once()
+        finally:
+            self._flushing = False
+
+    async def _flush_once(self) -> None:
+        last = None
+        while self._outstanding:
+            head = self._outstanding[0]
+            if head in self._ackable:
+                self._ackable.discard(head)
+                last = head
+            elif head in self._settled:
+                self._settled.discard(head)
+            else:
+                break
+            self._outstanding.popleft()
+            self._since.pop(head, None)
+        if last is not None:
+            await self._ack(last, multiple=True)
+        if self._ackable and self._straggler_s is not None:
+            await self._unblock()
 
     async def _unblock(self) -> None:
         """Single acks for finished deliveries behind an unfinished head that is too old."""
@@ -107,6 +127,19 @@ class AckFrontier:
         for tag in blocked:
             await self._ack(tag, multiple=False)
         self._settled.update(blocked)  # the prefix passes over them like nacked ones
+        self._forget_settled()
+
+    def _forget_settled(self) -> None:
+        """Drop settled deliveries from the line once they outnumber the open ones (and
+        ``FORGET_SETTLED_AFTER``): a head that takes long, or never finishes, must not keep
+        every tag delivered after it. The prefix would only have passed over them."""
+        still_open = len(self._outstanding) - len(self._settled)
+        if len(self._settled) <= max(FORGET_SETTLED_AFTER, still_open):
+            return
+        self._outstanding = deque(t for t in self._outstanding if t not in self._settled)
+        for tag in self._settled:
+            self._since.pop(tag, None)
+        self._settled.clear()
 
     def _schedule_recheck(self) -> None:
         self._recheck = None
@@ -121,6 +154,11 @@ class AckFrontier:
         except Exception as exc:
             # The channel is gone: the broker redelivers, and the claim sorts it out.
             log.info("ack.failed", error=type(exc).__name__, will_be_redelivered=True)
+
+    @property
+    def held(self) -> int:
+        """Deliveries the frontier still keeps track of (what tests look at)."""
+        return len(self._outstanding)
 
     @property
     def waiting(self) -> int:

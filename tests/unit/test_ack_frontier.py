@@ -14,7 +14,7 @@ import pytest
 import structlog
 from aio_pika.abc import AbstractChannel
 
-from worker.acks import AckFrontier
+from worker.acks import FORGET_SETTLED_AFTER, AckFrontier
 
 pytestmark = pytest.mark.unit
 
@@ -97,3 +97,50 @@ async def test_an_ack_on_a_closed_channel_is_logged_and_not_raised() -> None:
             "will_be_redelivered": True,
         }
     ]
+
+
+class SlowAckChannel(FakeChannel):
+    """An ack takes a few loop turns, like aiormq's frame through the writer and its drain."""
+
+    async def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        self.acks.append((tag, multiple))
+
+
+async def test_finishers_never_queue_up_behind_acks_while_the_broker_refills_the_window() -> None:
+    # The soak's shape: a head that does not finish (a slow charge), so every finished
+    # delivery behind it is acked singly, and each ack frees a prefetch slot the broker fills
+    # at once. A finisher that waited its turn to ack held its delivery (message, job, frames)
+    # after the broker had its ack: the waiters grew without bound (6,678 in a worker after
+    # 60,000 accounts). Now one flush runs at a time and the others leave their tags to it.
+    channel = SlowAckChannel()
+    f = AckFrontier(cast(AbstractChannel, channel), straggler_s=0.0)
+    window, total = 64, 3 * FORGET_SETTLED_AFTER
+    f.delivered(1)  # the head, unfinished throughout
+    live: set[asyncio.Task[None]] = set()
+    most_live = most_held = 0
+
+    async def charge(tag: int) -> None:
+        await asyncio.sleep(0)
+        await f.finished([tag])
+
+    tag = 1
+    while tag < total or live:
+        while tag < total and (tag - len(channel.acks)) < window:  # unacked < prefetch
+            tag += 1
+            f.delivered(tag)
+            task = asyncio.create_task(charge(tag))
+            live.add(task)
+            task.add_done_callback(live.discard)
+        most_live, most_held = max(most_live, len(live)), max(most_held, f.held)
+        await asyncio.sleep(0)
+
+    assert len(channel.acks) == total - 1  # everything behind the head, one by one
+    assert most_live <= window + 1
+    # Nor does the frontier keep every tag delivered behind the head it waits for.
+    assert most_held <= FORGET_SETTLED_AFTER + 2 * window
+    assert f.waiting == 1
+    await f.finished([1])  # the head finishes at last: nothing else was left
+    assert f.held == 0
+    assert channel.acks[-1] == (1, True)
