@@ -20,6 +20,7 @@ import contextlib
 import datetime as dt
 import json
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -169,12 +170,24 @@ async def _money(db: str, prefix: str, n: int, ledger: Path) -> dict[str, Any]:
 
 
 def _trend(samples: list[dict[str, Any]], role: str, key: str) -> dict[str, float]:
-    """First value after warm-up (10 % of the run), peak and last, for one process role."""
+    """One process role's series: the first value after warm-up (10 % of its samples, at
+    least the one taken as it started), peak, last, and the medians of the first and last
+    quarter after warm-up, whose difference (``quarter_growth``) says whether it is flat."""
     series = [s[role][key] for s in samples if s.get(role)]
     if not series:
         return {}
-    warm = series[min(len(series) - 1, len(series) // 10)]
-    return {"after_warmup": warm, "peak": max(series), "last": series[-1]}
+    warmed = series[max(1, len(series) // 10) :] or series[-1:]
+    warm = warmed[0]
+    quarter = max(1, len(warmed) // 4)
+    first, last = statistics.median(warmed[:quarter]), statistics.median(warmed[-quarter:])
+    return {
+        "after_warmup": warm,
+        "peak": max(series),
+        "last": series[-1],
+        "first_quarter": first,
+        "last_quarter": last,
+        "quarter_growth": round(last - first, 1),
+    }
 
 
 def _start(
@@ -340,7 +353,7 @@ def print_summary(result: dict[str, Any]) -> None:
     )
     for role, trend in result["trends"].items():
         line = "  ".join(
-            f"{key} {t['after_warmup']:g} -> peak {t['peak']:g} -> last {t['last']:g}"
+            f"{key} {t['first_quarter']:g} -> {t['last_quarter']:g} (quarters; peak {t['peak']:g})"
             for key, t in trend.items()
             if t
         )
