@@ -155,6 +155,12 @@ class AckFrontier:
             # The channel is gone: the broker redelivers, and the claim sorts it out.
             log.info("ack.failed", error=type(exc).__name__, will_be_redelivered=True)
 
+    async def flushed(self) -> None:
+        """Wait for the flushes no finisher awaits (the straggler re-checks): a finisher may
+        have left its tag to one of them. For a clean shutdown."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks)
+
     @property
     def held(self) -> int:
         """Deliveries the frontier still keeps track of (what tests look at)."""

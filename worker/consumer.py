@@ -190,14 +190,19 @@ class Consumer:
         return tag in consumers
 
     async def _drain(self) -> None:
-        if not self._tasks:
-            return
-        log.info("worker.draining", in_flight=len(self._tasks))
-        _, pending = await asyncio.wait(self._tasks, timeout=self._settings.shutdown_grace)
-        if pending:
-            log.warning("worker.grace_expired", abandoned=len(pending))
-            for task in pending:
-                task.cancel()
+        if self._tasks:
+            log.info("worker.draining", in_flight=len(self._tasks))
+            _, pending = await asyncio.wait(self._tasks, timeout=self._settings.shutdown_grace)
+            if pending:
+                log.warning("worker.grace_expired", abandoned=len(pending))
+                for task in pending:
+                    task.cancel()
+        # A finished delivery may have left its ack to a frontier's own flush: let it leave.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*(f.flushed() for f in self._frontiers.values())),
+                timeout=self._settings.shutdown_grace,
+            )
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         # Deliveries that arrive within BILLQ_BATCH_WAIT_MS of each other are claimed in one

@@ -144,3 +144,33 @@ async def test_finishers_never_queue_up_behind_acks_while_the_broker_refills_the
     await f.finished([1])  # the head finishes at last: nothing else was left
     assert f.held == 0
     assert channel.acks[-1] == (1, True)
+
+
+class GatedChannel(FakeChannel):
+    """Each ack waits for ``gate``; ``entered`` says one is under way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.entered = asyncio.Event(), asyncio.Event()
+
+    async def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        self.acks.append((tag, multiple))
+
+
+async def test_a_tag_left_to_the_straggler_recheck_is_acked_before_flushed_returns() -> None:
+    channel = GatedChannel()
+    f = AckFrontier(cast(AbstractChannel, channel), straggler_s=0.001)
+    for tag in (1, 2, 3):
+        f.delivered(tag)
+
+    await f.finished([2])  # the head is young: held, and a re-check is due when it is not
+    await channel.entered.wait()  # the re-check (no finisher awaits it) is acking 2
+    await f.finished([3])  # returns at once: 3 is left to the flush under way
+    assert channel.acks == []
+    channel.gate.set()
+    await f.flushed()  # what a stopping worker waits for
+
+    assert channel.acks == [(2, False), (3, False)]
+    assert f.waiting == 1  # only the head
