@@ -380,6 +380,11 @@ class Consumer:
             # The copy is not confirmed: keep the original; it comes back to us or a peer.
             log.warning("outcome.publish_failed", error=str(exc))
             return False
+        except Exception as exc:
+            # Unclassified (a library's own error): the same, or the delivery would never
+            # finish and would hold its channel's ack frontier for the channel's life.
+            log.exception("outcome.publish_failed", error=f"{type(exc).__name__}: {exc}")
+            return False
         return True
 
     async def _publish_retry(self, message: AbstractIncomingMessage, outcome: Retry) -> None:
