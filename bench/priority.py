@@ -51,7 +51,7 @@ SELECT count(*) AS n,
   FROM billing_jobs WHERE kind = 'oneoff' AND state = 'succeeded'
 """
 
-# The bulk run alone: its accounts ÷ (last committed charge − first claim).
+# The bulk run alone: its accounts ÷ (last committed charge - first claim).
 BULK_FIGURES = """
 SELECT count(*) AS n, extract(epoch FROM max(finished_at) - min(started_at)) AS seconds
   FROM billing_jobs WHERE kind = 'period' AND state = 'succeeded'
@@ -156,8 +156,13 @@ async def priority_figures(db: str) -> dict[str, Any]:
     finally:
         await conn.close()
     assert oneoff is not None and bulk is not None and during is not None and periods
-    return {"oneoff": oneoff, "bulk": bulk, "during": during, "unmoved": periods[0],
-            "moved": periods[1]}
+    return {
+        "oneoff": oneoff,
+        "bulk": bulk,
+        "during": during,
+        "unmoved": periods[0],
+        "moved": periods[1],
+    }
 
 
 async def measure(bench: Bench, n: int) -> None:

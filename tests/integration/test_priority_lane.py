@@ -282,6 +282,7 @@ async def test_the_reconciler_leaves_deliveries_a_consumer_holds_and_the_backlog
         assert not summary.lost_messages_suspected
         assert await depth(s, names.work_queue(p)) == 40 - held
         assert await depth(s, names.priority_queue(p)) == 8
+
     # The consumer gone, what it held is back: every job has exactly one message.
     async def all_back() -> bool:
         return await depth(s, names.work_queue(p)) == 40
