@@ -1,58 +1,77 @@
-"""The priority lane row: how soon a priority charge is made while a big bulk run drains.
+"""The priority lane row: how soon a one-off charge is charged while a big bulk run drains.
 
 The bulk run (``n`` due accounts, 50,000 by default) is distributed first; two workers (the
-default concurrency, the in-process gateway) drain it. Meanwhile, every round adds a
-few accounts whose dunning retry is due — past due, one period earlier than the bulk run, so
-only they are due at ``PRIORITY_AS_OF`` — and runs ``billq distribute`` for them: each becomes
-a dunning-retry job, which billq routes to the priority lane. Latency per priority job is
-published → committed, from the timestamps Postgres recorded; the row says how many bulk
-jobs were still open when each priority job was published (it must be "during" the run).
+default concurrency, the in-process gateway) drain it. Meanwhile the bench asks for one-off
+charges the way an application does — ``POST /v1/charges`` to a ``billq api`` process, each
+with its own ``Idempotency-Key`` — one every ``PACE_S``, each on an account of its own that
+the run does not bill, until ``SAMPLES`` are in (or the bulk backlog is down to
+``MIN_BULK_OPEN``: a later one would not be "during" the run). Nothing more is submitted
+once the samples are in; the row then only waits for the bulk run to finish and checks it.
+
+Time-to-charged per one-off is the job's ``created_at`` (the API's create transaction) →
+``finished_at`` (the worker's committed charge), both Postgres' clock; the row also says how
+many bulk jobs were still open when each one-off was created (proof it was "during" the run).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import subprocess
-import time
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import httpx
 
 from bench import infra
 
 if TYPE_CHECKING:
     from bench.run import Bench
 
-PRIORITY_AS_OF = "2026-02-05T12:00:00Z"
-PRIORITY_DUE_AT = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
-PRIORITY_ADVANCED = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+# The one-off accounts: not due during the run (a one-off never moves an account's period).
+ONEOFF_NEXT_AT = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 FIRST_ID = 100_000_000
-PER_ROUND = 10
-ATTEMPTS = 5
-# Rounds stop once the bulk backlog is this small: later ones would not be "during" the run.
+SAMPLES = 200
+PACE_S = 0.1
+# Submissions stop once the bulk backlog is this small: later ones would not be "during" it.
 MIN_BULK_OPEN = 0.1
+PROBE_EVERY = 10
+TOKEN = "bench-priority-token"
+ATTEMPTS = 5
 
-OPEN_BULK = "SELECT count(*) FROM billing_jobs WHERE dunning_attempt = 0 AND state <> 'succeeded'"
+OPEN_BULK = "SELECT count(*) FROM billing_jobs WHERE kind = 'period' AND state <> 'succeeded'"
 
-FIGURES = """
+ONEOFF_FIGURES = """
 SELECT count(*) AS n,
        percentile_cont(0.5) WITHIN GROUP (
-           ORDER BY extract(epoch FROM finished_at - published_at)) AS p50,
+           ORDER BY extract(epoch FROM finished_at - created_at)) AS p50,
        percentile_cont(0.99) WITHIN GROUP (
-           ORDER BY extract(epoch FROM finished_at - published_at)) AS p99,
-       max(extract(epoch FROM finished_at - published_at)) AS worst
-  FROM billing_jobs WHERE dunning_attempt = 1 AND state = 'succeeded'
+           ORDER BY extract(epoch FROM finished_at - created_at)) AS p99,
+       max(extract(epoch FROM finished_at - created_at)) AS worst
+  FROM billing_jobs WHERE kind = 'oneoff' AND state = 'succeeded'
 """
 
-# For each priority job: the bulk jobs not yet finished when it was published.
-BULK_OPEN_AT_PUBLISH = """
+# The bulk run alone: its accounts ÷ (last committed charge - first claim).
+BULK_FIGURES = """
+SELECT count(*) AS n, extract(epoch FROM max(finished_at) - min(started_at)) AS seconds
+  FROM billing_jobs WHERE kind = 'period' AND state = 'succeeded'
+"""
+
+# For each one-off: the bulk jobs not yet finished when it was created.
+BULK_OPEN_AT_CREATE = """
 SELECT min(open), max(open) FROM (
   SELECT (SELECT count(*) FROM billing_jobs b
-           WHERE b.dunning_attempt = 0
-             AND (b.finished_at IS NULL OR b.finished_at > d.published_at)) AS open
-    FROM billing_jobs d WHERE d.dunning_attempt = 1) per_job
+           WHERE b.kind = 'period'
+             AND (b.finished_at IS NULL OR b.finished_at > d.created_at)) AS open
+    FROM billing_jobs d WHERE d.kind = 'oneoff') per_job
+"""
+
+# The one-off accounts charged whose billing period did not move, and any that moved.
+UNMOVED = """
+SELECT count(*) FILTER (WHERE a.next_billing_at = $2 AND EXISTS (
+                 SELECT 1 FROM billing_jobs j WHERE j.account_id = a.id AND j.kind = 'oneoff')),
+       count(*) FILTER (WHERE a.next_billing_at <> $2)
+  FROM accounts a WHERE a.id >= $1
 """
 
 
@@ -66,137 +85,131 @@ async def connect(database: str) -> asyncpg.Connection:
     return await infra.connect(database)
 
 
-async def seed_due_retries(database: str, first: int, count: int) -> None:
-    """Accounts past due since ``PRIORITY_DUE_AT`` whose first dunning retry is due."""
+async def seed_oneoff_accounts(database: str, count: int) -> None:
+    """Active accounts billed from ``ONEOFF_NEXT_AT`` on: nothing of theirs is due."""
+    rows = [
+        (*row[:7], ONEOFF_NEXT_AT, *row[8:])
+        for row in infra.account_rows(FIRST_ID, FIRST_ID + count - 1)
+    ]
     conn = await connect(database)
     try:
-        rows = [
-            (
-                i,
-                f"Retry {i}",
-                f"retry{i}@example.com",
-                1500,
-                "USD",
-                "month",
-                1,
-                PRIORITY_DUE_AT,
-                "past_due",
-                "pm_card_visa",
-                f"cus_{i:09d}",
-                1,
-                PRIORITY_DUE_AT + dt.timedelta(days=1),
-                PRIORITY_DUE_AT,
-            )
-            for i in range(first, first + count)
-        ]
-        await conn.copy_records_to_table(
-            "accounts",
-            records=rows,
-            columns=(
-                *infra.ACCOUNT_COLUMNS,
-                "dunning_attempt",
-                "dunning_next_at",
-                "first_declined_at",
-            ),
-        )
+        await conn.copy_records_to_table("accounts", records=rows, columns=infra.ACCOUNT_COLUMNS)
     finally:
         await conn.close()
 
 
-def distribute_retries(bench: Bench, db: str, prefix: str, settings: dict[str, str]) -> None:
-    """``billq distribute`` as cron runs it: exit 1 (a service unavailable, e.g. a shared
-    Postgres out of connections) is tried again, as the next cron run would."""
-    env = infra.billq_env(db, prefix, **settings)
+def start_api(bench: Bench, db: str, prefix: str) -> tuple[subprocess.Popen[bytes], str]:
+    """``billq api`` on a free port; its process and URL."""
+    port = infra.free_port()
+    proc = infra.spawn(
+        infra.billq_cmd("api", "--port", str(port)),
+        infra.billq_env(db, prefix, BILLQ_API_TOKENS=TOKEN),
+        bench.workdir / f"{prefix}.api.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    infra.wait_http(f"{url}/healthz", proc)
+    return proc, url
+
+
+async def charge(client: httpx.AsyncClient, i: int, prefix: str) -> None:
+    """One one-off, as an application asks for it (a 5xx is retried under the same key)."""
+    body = {"account_id": FIRST_ID + i, "amount": 1250, "currency": "USD"}
+    headers = {"Idempotency-Key": f"{prefix}-oneoff-{i}"}
     for _ in range(ATTEMPTS):
-        with (bench.workdir / f"{prefix}.distribute-retries.log").open("ab") as log:
-            proc = subprocess.run(
-                infra.billq_cmd("distribute", "--as-of", PRIORITY_AS_OF, "--json"),
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                cwd=infra.ROOT,
-                timeout=600,
-                check=False,
-            )
-        if proc.returncode == 0:
-            json.loads(proc.stdout.decode().strip().splitlines()[-1])  # one summary line
+        resp = await client.post("/v1/charges", json=body, headers=headers)
+        if resp.status_code in (200, 201):
             return
-        if proc.returncode != 1:
+        if resp.status_code < 500:
             break
-        time.sleep(1.0)
-    raise RuntimeError(f"billq distribute (retries) exited {proc.returncode}")
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"POST /v1/charges answered {resp.status_code}: {resp.text[:300]}")
 
 
-async def retries_while_bulk_runs(
-    bench: Bench, db: str, prefix: str, settings: dict[str, str], n: int
-) -> int:
-    """Rounds of due dunning retries while the bulk backlog is big; how many were added."""
-    added = 0
+async def oneoffs_while_bulk_runs(url: str, db: str, prefix: str, n: int) -> int:
+    """One-off charges, one every ``PACE_S``, until the samples are in; how many were sent."""
     conn = await connect(db)
     try:
-        while True:
-            open_bulk = await conn.fetchval(OPEN_BULK)
-            if open_bulk < n * MIN_BULK_OPEN:
-                return added
-            await seed_due_retries(db, FIRST_ID + added, PER_ROUND)
-            added += PER_ROUND
-            distribute_retries(bench, db, prefix, settings)
+        async with httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+        ) as client:
+            for i in range(SAMPLES):
+                # A count over the run's jobs: asked now and then, not before every charge,
+                # so the bench's own probe does not load the database it measures.
+                if i % PROBE_EVERY == 0 and await conn.fetchval(OPEN_BULK) < n * MIN_BULK_OPEN:
+                    return i
+                await charge(client, i, prefix)
+                await asyncio.sleep(PACE_S)
     finally:
         await conn.close()
+    return SAMPLES
 
 
-async def priority_figures(db: str) -> tuple[Any, Any, int]:
-    """Latency of the priority jobs, bulk jobs open at their publish, accounts advanced."""
+async def priority_figures(db: str) -> dict[str, Any]:
+    """One-off latency, the bulk run's own rate, bulk jobs open at each one-off's create,
+    and the one-off accounts whose period did not move."""
     conn = await connect(db)
     try:
-        prio = await conn.fetchrow(FIGURES)
-        during = await conn.fetchrow(BULK_OPEN_AT_PUBLISH)
-        advanced = await conn.fetchval(
-            "SELECT count(*) FROM accounts WHERE id >= $1 AND next_billing_at = $2",
-            FIRST_ID,
-            PRIORITY_ADVANCED,
-        )
+        oneoff = await conn.fetchrow(ONEOFF_FIGURES)
+        bulk = await conn.fetchrow(BULK_FIGURES)
+        during = await conn.fetchrow(BULK_OPEN_AT_CREATE)
+        periods = await conn.fetchrow(UNMOVED, FIRST_ID, ONEOFF_NEXT_AT)
     finally:
         await conn.close()
-    assert prio is not None and during is not None
-    return prio, during, int(advanced)
+    assert oneoff is not None and bulk is not None and during is not None and periods
+    return {
+        "oneoff": oneoff,
+        "bulk": bulk,
+        "during": during,
+        "unmoved": periods[0],
+        "moved": periods[1],
+    }
 
 
 async def measure(bench: Bench, n: int) -> None:
     from bench.run import measured
 
     db, prefix = await bench.fresh(n, "priority")
+    await seed_oneoff_accounts(db, SAMPLES)
     # The in-process gateway: the row measures the lane, not an HTTP gateway's CPU.
     settings = {"BILLQ_GATEWAY": "inprocess"}
-    workers: list[subprocess.Popen[bytes]] = []
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         bench.distribute(db, prefix)
+        api, url = start_api(bench, db, prefix)
+        procs.append(api)
         cpu = infra.CpuMeter(db)
+        load_before = infra.loadavg()
         with infra.RssSampler() as sampler:
             workers = bench.start_workers(db, prefix, 2, **settings)
+            procs += workers
             for w in workers:
                 sampler.watch(w.pid)
             cpu_before = infra.cpu_seconds([w.pid for w in workers])
             cpu.start()
-            added = await retries_while_bulk_runs(bench, db, prefix, settings, n)
-            await bench.wait_all_succeeded(db, n + added, workers)
+            sent = await oneoffs_while_bulk_runs(url, db, prefix, n)
+            await bench.wait_all_succeeded(db, n + sent, workers)
             services = cpu.stop()
             services["billq"] = infra.cpu_seconds([w.pid for w in workers]) - cpu_before
-        for w in workers:
-            infra.stop_process(w)
-        workers = []
-        figures = await bench.job_figures(db, "started_at")
-        prio, during, advanced = await priority_figures(db)
-        checks = await bench.check(db, prefix, n + added, advanced_extra=advanced)
-        checks["priority_jobs_succeeded"] = prio["n"]
-        checks["ok"] = checks["ok"] and prio["n"] == added
+        load_after = infra.loadavg()
+        for p in procs:
+            infra.stop_process(p)
+        procs = []
+        f = await priority_figures(db)
+        oneoff, bulk, during = f["oneoff"], f["bulk"], f["during"]
+        # A one-off never advances its account: those accounts are the ones not advanced.
+        checks = await bench.check(db, prefix, n + sent, advanced_extra=f["unmoved"])
+        checks["oneoff_charged"] = oneoff["n"]
+        checks["oneoff_accounts_moved"] = f["moved"]
+        checks["ok"] = (
+            checks["ok"] and sent > 0 and oneoff["n"] == sent == f["unmoved"] and not f["moved"]
+        )
         bench.record(
             measured(
-                f"priority lane during a {n:,} drain, inprocess, 2 proc x "
+                f"priority lane: one-offs over HTTP during a {n:,} drain, inprocess, 2 proc x "
                 f"{infra.DEFAULT_CONCURRENCY} (default)",
                 "priority",
-                n + added,
-                float(figures["seconds"]),
+                n,
+                float(bulk["seconds"]),
                 sampler.peak_mb(),
                 services,
                 checks,
@@ -204,18 +217,21 @@ async def measure(bench: Bench, n: int) -> None:
                 concurrency=infra.DEFAULT_CONCURRENCY,
                 gateway="inprocess",
                 mode="priority",
-                p50_ms=float(prio["p50"]) * 1000,
-                p99_ms=float(prio["p99"]) * 1000,
+                p50_ms=float(oneoff["p50"]) * 1000 if sent else None,
+                p99_ms=float(oneoff["p99"]) * 1000 if sent else None,
                 extra={
-                    "priority_jobs": added,
-                    "priority_p99_ms": round(float(prio["p99"]) * 1000),
-                    "priority_worst_ms": round(float(prio["worst"]) * 1000),
-                    "bulk_open_at_publish_min": during[0],
-                    "bulk_open_at_publish_max": during[1],
+                    "oneoff_samples": sent,
+                    "oneoff_p50_ms": round(float(oneoff["p50"] or 0) * 1000),
+                    "oneoff_p99_ms": round(float(oneoff["p99"] or 0) * 1000),
+                    "oneoff_worst_ms": round(float(oneoff["worst"] or 0) * 1000),
+                    "bulk_open_at_create_min": during[0],
+                    "bulk_open_at_create_max": during[1],
+                    "load_avg_1m_before": load_before,
+                    "load_avg_1m_after": load_after,
                 },
             )
         )
     finally:
-        for w in workers:
-            infra.stop_process(w)
+        for p in procs:
+            infra.stop_process(p)
         await bench.cleanup(db, prefix)

@@ -24,12 +24,22 @@ SELECT j.id, j.kind, j.account_id, j.period_start, j.idempotency_key, j.run_id, 
 # Waiting for a message that may no longer exist.
 STALLED = """
 SELECT j.id, j.kind, j.account_id, j.period_start, j.idempotency_key, j.run_id, j.state, j.attempts,
-       j.dunning_attempt
+       j.dunning_attempt, j.updated_at
   FROM billing_jobs j
  WHERE j.state IN ('published', 'retrying')
    AND j.updated_at < now() - make_interval(secs => $1)
  ORDER BY j.id
  LIMIT $2
+"""
+
+# The same jobs, unchanged since they were read (a claim or a retry changes updated_at).
+STILL_STALLED = """
+SELECT j.id, j.kind, j.account_id, j.period_start, j.idempotency_key, j.run_id, j.state, j.attempts,
+       j.dunning_attempt
+  FROM billing_jobs j JOIN unnest($1::bigint[], $2::timestamptz[]) AS s(id, updated_at)
+    ON j.id = s.id AND j.updated_at = s.updated_at
+ WHERE j.state IN ('published', 'retrying')
+ ORDER BY j.id
 """
 
 OPEN_WAITING = "SELECT count(*) FROM billing_jobs WHERE state IN ('published', 'retrying')"
@@ -57,6 +67,12 @@ async def abandoned(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
 
 async def stalled(pool: asyncpg.Pool, older_than_s: float, limit: int) -> list[asyncpg.Record]:
     return list(await pool.fetch(STALLED, older_than_s, limit))
+
+
+async def still_stalled(pool: asyncpg.Pool, rows: list[asyncpg.Record]) -> list[asyncpg.Record]:
+    """Those of ``rows`` (from ``stalled``) that nobody has touched since."""
+    ids, seen = [r["id"] for r in rows], [r["updated_at"] for r in rows]
+    return list(await pool.fetch(STILL_STALLED, ids, seen))
 
 
 async def open_waiting(pool: asyncpg.Pool) -> int:

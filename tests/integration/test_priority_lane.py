@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aio_pika
@@ -76,6 +76,17 @@ async def dunning_retries_due(s: Settings, db: asyncpg.Connection, n: int) -> dt
 
 async def depth(settings: Settings, queue: str) -> int:
     return (await testkit.queue_depths(settings)).get(queue, (0, 0))[0]
+
+
+def hold(
+    into: list[aio_pika.abc.AbstractIncomingMessage],
+) -> Callable[[aio_pika.abc.AbstractIncomingMessage], Awaitable[None]]:
+    """A consumer callback that keeps each delivery, unacked."""
+
+    async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        into.append(message)
+
+    return on_message
 
 
 @pytest.fixture
@@ -236,6 +247,77 @@ async def test_the_reconciler_republishes_a_lost_priority_message_to_the_priorit
     assert summary is not None and summary.republished == 2
     assert await depth(s, names.priority_queue(p)) == 2
     assert await depth(s, names.work_queue(p)) == 0
+
+
+async def test_the_reconciler_leaves_deliveries_a_consumer_holds_and_the_backlog_alone(
+    s: Settings, db: asyncpg.Connection
+) -> None:
+    # A long drain: jobs published long ago, most still queued, some delivered to a
+    # consumer (prefetched, not yet claimed: still 'published'). Only the ready ones show in
+    # a queue's depth; counting those alone made the reconciler "find" lost messages and
+    # republish the whole old backlog — copies left queued once every job was done.
+    p, held = s.queue_prefix, 5
+    retry_at = await dunning_retries_due(s, db, 8)
+    await testkit.seed(db, 40, start=100)
+    await distribute(s, as_of=retry_at)
+    await db.execute(
+        "UPDATE billing_jobs SET updated_at = now() - interval '1 hour' WHERE state = 'published'"
+    )
+    conn = await aio_pika.connect(testkit.AMQP)
+    async with conn:
+        channel = await conn.channel()
+        await channel.set_qos(prefetch_count=held)
+        delivered: list[aio_pika.abc.AbstractIncomingMessage] = []
+        queue = await channel.get_queue(names.work_queue(p))
+        await queue.consume(hold(delivered))  # unacked, as a worker's window holds them
+
+        async def window_full() -> bool:
+            return len(delivered) == held
+
+        await testkit.wait_until(window_full, timeout=10, interval=0.05)
+
+        summary = await reconcile_once(s.model_copy(update={"stuck_after": 60.0}))
+
+        assert summary is not None and summary.republished == 0
+        assert not summary.lost_messages_suspected
+        assert await depth(s, names.work_queue(p)) == 40 - held
+        assert await depth(s, names.priority_queue(p)) == 8
+
+    # The consumer gone, what it held is back: every job has exactly one message.
+    async def all_back() -> bool:
+        return await depth(s, names.work_queue(p)) == 40
+
+    await testkit.wait_until(all_back, timeout=10, interval=0.05)
+    assert await depth(s, names.priority_queue(p)) == 8
+
+
+async def test_the_reconciler_republishes_what_was_lost_while_a_consumer_holds_deliveries(
+    s: Settings, db: asyncpg.Connection
+) -> None:
+    p, held = s.queue_prefix, 3
+    await testkit.seed(db, 2, start=100)
+    await distribute(s, as_of=NOW)
+    await db.execute(
+        "UPDATE billing_jobs SET updated_at = now() - interval '1 hour' WHERE state = 'published'"
+    )
+    conn = await aio_pika.connect(testkit.AMQP)
+    async with conn:
+        channel = await conn.channel()
+        await channel.set_qos(prefetch_count=held)
+        delivered: list[aio_pika.abc.AbstractIncomingMessage] = []
+        await (await channel.get_queue(names.work_queue(p))).consume(hold(delivered))
+
+        async def both_held() -> bool:
+            return len(delivered) == 2
+
+        await testkit.wait_until(both_held, timeout=10, interval=0.05)
+        for message in delivered:
+            await message.ack()  # acked without a claim: both messages are lost
+
+        summary = await reconcile_once(s.model_copy(update={"stuck_after": 60.0}))
+
+    assert summary is not None and summary.republished == 2
+    assert await depth(s, names.work_queue(p)) == 2
 
 
 async def test_the_topology_redeclares_over_a_deployment_that_had_no_priority_lane(

@@ -37,6 +37,9 @@ async def _tuples_read(db: asyncpg.Connection) -> int:
 
 async def _counted(db: asyncpg.Connection, sql: str, *args: object) -> int:
     """billing_jobs tuples read by one statement and the triggers it fires."""
+    # What earlier statements read is flushed first, or it would land in this count.
+    await db.execute("SELECT pg_stat_force_next_flush()")
+    await db.execute("SELECT 1")
     before = await _tuples_read(db)
     await db.execute("SELECT pg_stat_force_next_flush()")
     await db.execute(sql, *args)
@@ -96,6 +99,47 @@ async def test_a_group_commit_reads_its_own_jobs_not_the_history(db: asyncpg.Con
     )
     assert await db.fetchval("SELECT count(*) FROM charges") == BATCH
     assert read < PER_ROW * BATCH, f"{read} billing_jobs tuples read for {BATCH} commits"
+
+
+async def test_a_group_commit_of_dunning_retries_reads_one_first_decline_per_retry(
+    db: asyncpg.Connection,
+) -> None:
+    # The priority lane's commits: each retry's row looks up its period's first decline
+    # (the "retry" summary), and the recovered account's status change moves that decline.
+    await _history(db)
+    await db.execute("UPDATE accounts SET status = 'past_due' WHERE id <= $1", BATCH)
+    retries = list(
+        await db.fetch(
+            """
+            INSERT INTO billing_jobs (run_id, account_id, period_start, period_end,
+                                      idempotency_key, dunning_attempt, amount_cents, currency,
+                                      payment_method, state, attempts, locked_by, locked_until,
+                                      started_at)
+            SELECT o.run_id, o.account_id, o.period_start, o.period_end,
+                   o.idempotency_key || '_retry1', 1, 1000, 'USD', 'pm_card_visa',
+                   'processing', 1, 'w', now() + interval '60 s', now()
+              FROM billing_jobs o
+             WHERE o.dunning_attempt = 0 AND o.state = 'failed' AND o.account_id <= $1
+            RETURNING id, attempts
+            """,
+            BATCH,
+        )
+    )
+    assert len(retries) == BATCH
+
+    read = await _counted(
+        db,
+        jobs_repo.RECORD_SUCCESSES,
+        [r["id"] for r in retries],
+        [r["attempts"] for r in retries],
+        [f"ch_{r['id']}" for r in retries],
+    )
+
+    recovered = await db.fetchval(
+        "SELECT n FROM run_summary_totals WHERE kind = 'retry' AND key = 'succeeded'"
+    )
+    assert recovered == BATCH
+    assert read <= PER_ROW * BATCH, f"{read} billing_jobs tuples read for {BATCH} retries"
 
 
 async def test_a_status_change_reads_the_accounts_own_jobs_not_every_job(
