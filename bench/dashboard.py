@@ -95,20 +95,77 @@ SELECT id, account_id, period_start, period_end, amount_cents, currency, idempot
        'pi_' || id, finished_at
   FROM billing_jobs WHERE state = 'succeeded'
 """,
+    # Every first attempt that was charged or declined has its invoice, as the record steps
+    # leave them: the invoices table is as big as the run.
     """
 INSERT INTO invoices (number, account_id, period_start, period_end, amount_cents, currency,
                       status, gateway_charge_id, job_id, paid_at)
 SELECT '2026-' || lpad(j.id::text, 7, '0'), j.account_id, j.period_start, j.period_end,
-       j.amount_cents, j.currency, 'paid', 'pi_' || j.id, j.id, j.finished_at
-  FROM billing_jobs j WHERE j.account_id <= 1000 AND j.state = 'succeeded'
+       j.amount_cents, j.currency, CASE WHEN j.state = 'succeeded' THEN 'paid' ELSE 'open' END,
+       CASE WHEN j.state = 'succeeded' THEN 'pi_' || j.id END, j.id,
+       CASE WHEN j.state = 'succeeded' THEN j.finished_at END
+  FROM billing_jobs j WHERE j.run_id = 1 AND j.state IN ('succeeded', 'failed')
 """,
     """
 INSERT INTO account_events (account_id, at, kind, from_status, to_status, reason, job_id)
 SELECT j.account_id, j.finished_at, 'declined', 'active', 'past_due', j.decline_code, j.id
   FROM billing_jobs j WHERE j.state = 'failed' AND j.dunning_attempt = 0
 """,
-    "ANALYZE",
+    # One-off charges an application asked for (no run; 1 % of the accounts, account 20
+    # among them), each charged and invoiced under its own kind.
+    """
+INSERT INTO billing_jobs (kind, run_id, account_id, period_start, period_end, idempotency_key,
+                          amount_cents, currency, state, attempts, created_at, published_at,
+                          started_at, finished_at, updated_at, payment_method, gateway_customer,
+                          description)
+SELECT 'oneoff', NULL, i, date '2026-02-10', date '2026-02-11', 'billq_' || i || '_oneoff_bench',
+       500, CASE WHEN i % 7 = 0 THEN 'EUR' ELSE 'USD' END, 'succeeded', 1,
+       now() - interval '50 minutes', now() - interval '50 minutes',
+       now() - interval '50 minutes', now() - interval '50 minutes',
+       now() - interval '50 minutes', 'pm_card_visa', 'cus_' || i, 'setup fee'
+  FROM generate_series(20, $1, 100) i
+""",
+    """
+INSERT INTO charges (job_id, kind, account_id, period_start, period_end, amount_cents, currency,
+                     idempotency_key, gateway_charge_id, created_at)
+SELECT id, kind, account_id, period_start, period_end, amount_cents, currency, idempotency_key,
+       'pi_' || id, finished_at
+  FROM billing_jobs WHERE kind = 'oneoff'
+""",
+    """
+INSERT INTO invoices (number, kind, description, account_id, period_start, period_end,
+                      amount_cents, currency, status, gateway_charge_id, job_id, paid_at)
+SELECT '2026-O' || lpad(j.id::text, 7, '0'), j.kind, j.description, j.account_id,
+       j.period_start, j.period_end, j.amount_cents, j.currency, 'paid', 'pi_' || j.id, j.id,
+       j.finished_at
+  FROM billing_jobs j WHERE j.kind = 'oneoff'
+""",
+    # Refunds of 0.1 % of the period charges (and of account 20's), each a refund job.
+    """
+INSERT INTO billing_jobs (kind, run_id, account_id, period_start, period_end, idempotency_key,
+                          amount_cents, currency, state, attempts, created_at, published_at,
+                          started_at, finished_at, updated_at, refund_of, description)
+SELECT 'refund', NULL, c.account_id, c.period_start, c.period_end,
+       'billq_refund_' || c.id || '_1', 100, c.currency, 'succeeded', 1,
+       now() - interval '5 minutes', now() - interval '5 minutes', now() - interval '5 minutes',
+       now() - interval '5 minutes', now() - interval '5 minutes', c.id, 'goodwill'
+  FROM charges c WHERE c.kind = 'period' AND (c.account_id % 1000 = 100 OR c.account_id = 20)
+""",
+    """
+INSERT INTO refunds (job_id, charge_id, account_id, amount_cents, currency, gateway_refund_id,
+                     idempotency_key, created_at)
+SELECT id, refund_of, account_id, amount_cents, currency, 're_' || id, idempotency_key,
+       finished_at
+  FROM billing_jobs WHERE kind = 'refund'
+""",
+    """
+UPDATE charges c SET refunded_cents = r.amount_cents FROM refunds r WHERE r.charge_id = c.id
+""",
 ]
+
+# Postgres' autovacuum may be off (it is on some of our machines): a database that was
+# never analyzed is measured first, then again after ANALYZE.
+ANALYZE = "ANALYZE"
 
 # Each page and API call (with a job-heavy run, a declined account, an open queue).
 PAGES = [
