@@ -4,13 +4,20 @@ the database (the dashboard's target: < 200 ms per page).
 The run is seeded with SQL (generate_series), not by billing it: 1,000,000 first attempts
 (succeeded with their charges, declined, dead, already paid, 1 % still open), then a
 dunning run retrying the declines. billq's own triggers see these inserts like any other,
-so the summaries the pages read are the ones a real run leaves. Then ``billq dashboard``
-is started as a process, once per page: the first request after start (its caches empty)
-is the cold figure, the next ones (answered partly from its per-second cache) the warm.
+so the summaries the pages read are the ones a real run leaves; invoices, one-off charges
+and refunds are seeded beside them. Then ``billq dashboard`` is started as a process, once
+per page: the first request after start (its caches empty) is the cold figure, the next
+ones (answered partly from its per-second cache) the warm. Every page is measured twice:
+first on the database as seeded, which was never analyzed (Postgres has no statistics for
+it, as with autovacuum off), then after ANALYZE. Each pass also walks the keyset pages of
+a few job lists to their end, following each page's "older" link.
 """
 
 from __future__ import annotations
 
+import asyncio
+import html
+import re
 import statistics
 import subprocess
 import time
@@ -178,8 +185,14 @@ PAGES = [
     "/jobs?run=1",
     "/jobs?run=1&state=failed",
     "/jobs?run=1&state=dead",
+    "/jobs?run=2&state=dead",
     "/jobs?state=published",
+    "/jobs?state=failed",
+    "/jobs?state=dead",
+    "/jobs?state=already_paid",
+    "/jobs?state=succeeded",
     "/jobs?account=20",
+    "/jobs?account=20&state=succeeded",
     "/accounts/20",
     "/dlq",
     "/workers",
@@ -191,10 +204,17 @@ PAGES = [
     "/api/queues",
     "/api/dlq",
     "/api/jobs?run=1&state=failed",
+    "/api/jobs?run=1",
+    "/api/jobs?account=20",
     "/api/accounts/20",
     "/api/workers",
     "/api/scale-hint?deadline=2026-03-01T18:00:00Z",
 ]
+
+# Job lists walked page after page to the end (the first page is the cold figure).
+WALKS = ["/jobs?run=1&limit=1000", "/jobs?run=2", "/jobs?state=failed&limit=1000"]
+OLDER = re.compile(r'id="older" href="([^"]+)"')
+PASSES = ("no stats", "analyzed")
 
 TARGET_MS = 200.0
 ROUNDS = 3  # dashboard starts per page: cold figures
@@ -210,6 +230,14 @@ async def seed(database: str, n: int) -> float:
     finally:
         await conn.close()
     return time.perf_counter() - started
+
+
+async def analyze(database: str) -> None:
+    conn = await infra.connect(database)
+    try:
+        await conn.execute(ANALYZE)
+    finally:
+        await conn.close()
 
 
 def start(database: str, prefix: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -243,19 +271,35 @@ def timed_get(client: httpx.Client, url: str) -> float:
     return took
 
 
-def measure(database: str, prefix: str, workdir: Path) -> dict[str, dict[str, Any]]:
-    """Per page: cold (first request after a dashboard start) and warm p50 / max in ms."""
+def timed_walk(client: httpx.Client, url: str) -> list[float]:
+    """ms per page of a job list, from ``url`` through each page's "older" link to the last."""
+    took: list[float] = []
+    next_url: str | None = url
+    while next_url is not None:
+        t0 = time.perf_counter()
+        response = client.get(next_url)
+        took.append((time.perf_counter() - t0) * 1000)
+        if response.status_code != 200:
+            raise RuntimeError(f"GET {next_url}: {response.status_code}")
+        found = OLDER.search(response.text)
+        next_url = html.unescape(found.group(1)) if found else None
+    return took
+
+
+def figures(cold: list[float], warm: list[float]) -> dict[str, Any]:
+    return {
+        "cold_p50_ms": round(statistics.median(cold), 1),
+        "cold_max_ms": round(max(cold), 1),
+        "warm_p50_ms": round(statistics.median(warm), 1) if warm else 0.0,
+        "warm_max_ms": round(max(warm), 1) if warm else 0.0,
+    }
+
+
+def measure_pass(database: str, prefix: str, log: Path, label: str) -> dict[str, dict[str, Any]]:
+    """Per page: cold (first request after a dashboard start) and warm p50 / max in ms; per
+    walk: its first page (cold) and the pages after it (warm), and how many."""
     cold: dict[str, list[float]] = {p: [] for p in PAGES}
     warm: dict[str, list[float]] = {p: [] for p in PAGES}
-    log = workdir / f"{prefix}.dashboard.log"
-    subprocess.run(  # the queues the dlq and queue pages read
-        infra.billq_cmd("topology"),
-        env=infra.billq_env(database, prefix),
-        cwd=infra.ROOT,
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
     for _ in range(ROUNDS):
         for page in PAGES:
             proc, base = start(database, prefix, log)
@@ -265,25 +309,47 @@ def measure(database: str, prefix: str, workdir: Path) -> dict[str, dict[str, An
                     warm[page].extend(timed_get(client, page) for _ in range(WARM))
             finally:
                 infra.stop_process(proc)
-    return {
-        page: {
-            "cold_p50_ms": round(statistics.median(cold[page]), 1),
-            "cold_max_ms": round(max(cold[page]), 1),
-            "warm_p50_ms": round(statistics.median(warm[page]), 1),
-            "warm_max_ms": round(max(warm[page]), 1),
-        }
-        for page in PAGES
-    }
+    out = {f"{label} {page}": figures(cold[page], warm[page]) for page in PAGES}
+    for walk in WALKS:
+        proc, base = start(database, prefix, log)
+        try:
+            with httpx.Client(base_url=base, timeout=60) as client:
+                took = timed_walk(client, walk)
+        finally:
+            infra.stop_process(proc)
+        out[f"{label} walk {walk} ({len(took)} pages)"] = figures(took[:1], took[1:])
+    return out
+
+
+def measure(database: str, prefix: str, workdir: Path) -> dict[str, dict[str, Any]]:
+    """Every page and walk, before and after ANALYZE (rows keyed "no stats /page", ...)."""
+    log = workdir / f"{prefix}.dashboard.log"
+    subprocess.run(  # the queues the dlq and queue pages read
+        infra.billq_cmd("topology"),
+        env=infra.billq_env(database, prefix),
+        cwd=infra.ROOT,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    out = measure_pass(database, prefix, log, PASSES[0])
+    asyncio.run(analyze(database))  # measure runs in a thread of its own: a loop of its own
+    return out | measure_pass(database, prefix, log, PASSES[1])
 
 
 def print_pages(pages: dict[str, dict[str, Any]], jobs: int) -> None:
     print(f"\ndashboard, {jobs:,}-job run: ms per request (target < {TARGET_MS:.0f})")
-    head = f"{'page':<48} {'cold p50':>9} {'cold max':>9} {'warm p50':>9} {'warm max':>9}"
+    head = (
+        f"{'statistics':<10} {'page':<52} {'cold p50':>9} {'cold max':>9}"
+        f" {'warm p50':>9} {'warm max':>9}"
+    )
     print(head)
     print("-" * len(head))
-    for page, f in pages.items():
+    for key, f in pages.items():
+        label = next((p for p in PASSES if key.startswith(p + " ")), "")
+        page = key[len(label) :].strip()
         slow = " *" if max(f["cold_max_ms"], f["warm_max_ms"]) >= TARGET_MS else ""
         print(
-            f"{page:<48} {f['cold_p50_ms']:>9.1f} {f['cold_max_ms']:>9.1f}"
+            f"{label:<10} {page:<52} {f['cold_p50_ms']:>9.1f} {f['cold_max_ms']:>9.1f}"
             f" {f['warm_p50_ms']:>9.1f} {f['warm_max_ms']:>9.1f}{slow}"
         )
