@@ -164,7 +164,7 @@ async def test_every_jobs_page_reads_about_a_page(seeded: asyncpg.Connection) ->
     assert await buffers(seeded, OLD_LIST, None, None, 20, 100, None) > 5 * BOUND
 
 
-FIGURES = [  # (name, statement, the one it replaced, arguments)
+FIGURES: list[tuple[str, str, str | None, list[object]]] = [  # name, new, old, arguments
     ("run rate", runs_repo.RECENT_RATE, OLD_RUN_RATE, [1]),
     (
         "account invoices",
@@ -197,7 +197,8 @@ async def test_open_jobs_are_counted_from_summaries_right_after_publishing(
 
 
 def _expected_where(page: ops_repo.JobsPage) -> tuple[str, list[object]]:
-    where, args = ["true"], []
+    where: list[str] = ["true"]
+    args: list[object] = []
     for column, value in (
         ("state", page.state),
         ("run_id", page.run),
