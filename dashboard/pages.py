@@ -194,16 +194,15 @@ async def jobs_page(request: web.Request) -> web.Response:
     if job_state is not None and job_state not in JOB_STATES:
         raise web.HTTPBadRequest(text=f"state: one of {', '.join(JOB_STATES)}\n")
     run, account = _int(q.get("run"), "run"), _int(q.get("account"), "account")
-    limit = min(_int(q.get("limit"), "limit") or 100, 1000)
+    asked = _int(q.get("limit"), "limit")
+    limit = min(asked or 100, 1000)
     before = _int(q.get("before"), "before")
     rows = await views.jobs(state_of(request).pool, job_state, run, account, limit, before)
     filters = {"state": job_state or "", "run": run or "", "account": account or ""}
-    # Keyset pages: the next one starts after the last job shown (a full page means more).
-    older = (
-        "/jobs?" + urlencode({**{k: v for k, v in filters.items() if v}, "before": rows[-1]["id"]})
-        if len(rows) == limit
-        else None
-    )
+    # Keyset pages: the next one starts after the last job shown (a full page means more),
+    # with the page size asked for.
+    kept = {k: v for k, v in filters.items() if v} | ({"limit": limit} if asked else {})
+    older = "/jobs?" + urlencode({**kept, "before": rows[-1]["id"]}) if len(rows) == limit else None
     return render(request, "jobs.html", jobs=rows, states=JOB_STATES, filters=filters, older=older)
 
 

@@ -38,11 +38,11 @@ SELECT key AS currency, n AS charges, amount AS amount_cents
   FROM run_summary_totals WHERE run_id = $1 AND kind = 'billed' ORDER BY key
 """
 
-# Refunds of the run's charges (made later, through refund jobs of their own), per currency.
+# Refunds of the run's charges (made later, through refund jobs of their own), per currency:
+# summary rows (migration 0017), not a join over every refund ever made.
 REFUNDED = """
-SELECT r.currency, count(*) AS refunds, sum(r.amount_cents)::bigint AS amount_cents
-  FROM refunds r JOIN charges c ON c.id = r.charge_id JOIN billing_jobs j ON j.id = c.job_id
- WHERE j.run_id = $1 GROUP BY r.currency ORDER BY r.currency
+SELECT key AS currency, n AS refunds, amount AS amount_cents
+  FROM run_summary_totals WHERE run_id = $1 AND kind = 'refunded' ORDER BY key
 """
 
 DECLINES = """
@@ -59,6 +59,24 @@ SELECT id AS job_id, account_id, last_error AS reason
 BLOCKED = """
 SELECT account_id, period_start, job_id, reason
   FROM run_blocked WHERE run_id = $1 ORDER BY account_id
+"""
+
+# One account's invoices: period invoices through invoices_period_key, the other kinds
+# through the account's non-period jobs (billing_jobs_account_other_idx, invoices_job_key),
+# so an account page reads its own few rows. The catch-all INVOICES below, given an account,
+# scanned every invoice in number order (they are as many as the charges).
+ACCOUNT_INVOICES = """
+SELECT number, account_id, period_start, period_end, amount_cents, currency, status,
+       gateway_charge_id, created_at, paid_at
+  FROM (SELECT i.* FROM invoices i WHERE i.account_id = $1 AND i.kind = 'period'
+        UNION ALL
+        SELECT i.* FROM billing_jobs j
+          JOIN invoices i ON i.job_id = j.id AND i.kind <> 'period'
+         WHERE j.account_id = $1 AND j.kind <> 'period') i
+ WHERE ($2::date IS NULL OR period_start >= $2)
+   AND ($3::date IS NULL OR period_start < $3)
+ ORDER BY number
+ LIMIT $4
 """
 
 INVOICES = """
@@ -105,7 +123,9 @@ async def invoices(
     pool: asyncpg.Pool, account_id: int | None, period: tuple[object, object] | None, limit: int
 ) -> list[asyncpg.Record]:
     start, end = period if period else (None, None)
-    return list(await pool.fetch(INVOICES, account_id, start, end, limit))
+    if account_id is not None:
+        return list(await pool.fetch(ACCOUNT_INVOICES, account_id, start, end, limit))
+    return list(await pool.fetch(INVOICES, None, start, end, limit))
 
 
 async def invoice(pool: asyncpg.Pool, number: str) -> asyncpg.Record | None:

@@ -6,18 +6,73 @@ from dataclasses import dataclass
 
 import asyncpg
 
-# Newest first, one page at a time: ``$5`` is the last id of the previous page (keyset), so
-# a page deep into a million-job run costs what the first one does.
-LIST = """
-SELECT id, kind, run_id, account_id, period_start, idempotency_key, state, attempts, last_error,
-       locked_by, created_at, finished_at
-  FROM billing_jobs
- WHERE ($1::text IS NULL OR state = $1)
-   AND ($2::bigint IS NULL OR run_id = $2)
-   AND ($3::bigint IS NULL OR account_id = $3)
-   AND ($5::bigint IS NULL OR id < $5)
- ORDER BY id DESC
- LIMIT $4
+from shared.billing.jobs import JOB_STATES, OPEN_STATES
+
+JOB_COLUMNS = """id, kind, run_id, account_id, period_start, idempotency_key, state, attempts,
+       last_error, locked_by, created_at, finished_at"""
+
+# Newest first, one page at a time: ``$2`` is the last id of the previous page (keyset), so a
+# page deep into a million-job run costs what the first one does. Each filter has its own
+# statement, shaped so that whatever the statistics (none on a database autovacuum has not
+# analyzed) and whether Postgres plans it generic or custom, it reads about one page of
+# index entries: a catch-all ``($n IS NULL OR col = $n)`` left the planner a backward scan
+# of the primary key filtering every job (all 1,040,000 of them for /jobs?account=20).
+NO_PAGE_END = 2**63 - 1
+
+# Every job: the primary key, backwards.
+LIST_ALL = f"""
+SELECT {JOB_COLUMNS} FROM billing_jobs
+ WHERE id < coalesce($2::bigint, {NO_PAGE_END})
+ ORDER BY id DESC LIMIT $1
+"""
+
+# One state: its (state, id) partial index, open (billing_jobs_open_idx) or ended
+# (billing_jobs_ended_idx, migration 0017); the IN list proves the index's predicate.
+# Formatted with one of the two lists below, never with input.
+#
+# The order is (state, id), and the state is matched as the range [s, s], not by = (which
+# would make Postgres drop it from the order as a constant): only a state index gives that
+# order, so a page is always read from one (see IN_INDEX_ORDER). Ordered by id alone, an
+# analyzed database took the primary key backwards, filtering (right while the statistics
+# say the state is common; a scan of the whole run when they are out of date or the state is
+# rare in it: 800 ms a page of /jobs?run=1).
+LIST_STATE = f"""
+SELECT j.* FROM unnest(ARRAY[$3::text]) AS s(state)
+ CROSS JOIN LATERAL (
+    SELECT {JOB_COLUMNS} FROM billing_jobs
+     WHERE state BETWEEN s.state AND s.state AND state IN ({{states}})
+       AND id < coalesce($2::bigint, {NO_PAGE_END})
+     ORDER BY state DESC, id DESC LIMIT $1) j
+"""
+OPEN_LIST = "'pending', 'published', 'processing', 'retrying'"
+ENDED_LIST = "'succeeded', 'failed', 'dead', 'already_paid'"
+
+# A run (and a state, or each of them): (run_id, state, id) gives each state's newest page in
+# id order (the state as a range, as above); the pages merged are the run's newest page,
+# whichever states it holds.
+LIST_RUN = f"""
+SELECT j.* FROM unnest($4::text[]) AS s(state)
+ CROSS JOIN LATERAL (
+    SELECT {JOB_COLUMNS} FROM billing_jobs
+     WHERE run_id = $3 AND state BETWEEN s.state AND s.state
+       AND id < coalesce($2::bigint, {NO_PAGE_END})
+     ORDER BY state DESC, id DESC LIMIT $1) j
+ ORDER BY j.id DESC LIMIT $1
+"""
+
+# An account (and a run or state): its few jobs through its keys, period jobs by
+# billing_jobs_period_key and the other kinds by billing_jobs_account_other_idx; the
+# filters and the order apply to those only.
+LIST_ACCOUNT = f"""
+WITH mine AS MATERIALIZED (
+    SELECT {JOB_COLUMNS} FROM billing_jobs WHERE account_id = $3 AND kind = 'period'
+    UNION ALL
+    SELECT {JOB_COLUMNS} FROM billing_jobs WHERE account_id = $3 AND kind <> 'period'
+)
+SELECT * FROM mine
+ WHERE ($4::text IS NULL OR state = $4) AND ($5::bigint IS NULL OR run_id = $5)
+   AND id < coalesce($2::bigint, {NO_PAGE_END})
+ ORDER BY id DESC LIMIT $1
 """
 
 GET = """
@@ -103,14 +158,26 @@ RECORD_ACTION = """
 INSERT INTO operator_actions (actor, action, target, outcome) VALUES ($1, $2, $3, $4)
 """
 
+# Open jobs: of runs from their summary rows (a run only completes with none open, and a
+# retry reopens it), of no run (one-off and refund jobs) from (run_id, state, id). Counting
+# billing_jobs_open_idx read every open job: a whole run's million right after publishing.
 OPEN_COUNT = """
-SELECT count(*) FROM billing_jobs
- WHERE state IN ('pending', 'published', 'processing', 'retrying')
+SELECT (SELECT coalesce(sum(t.n), 0)
+          FROM billing_runs r CROSS JOIN LATERAL (
+               SELECT sum(s.n) AS n FROM run_summary_totals s
+                WHERE s.run_id = r.id AND s.kind = 'state'
+                  AND s.key IN ('pending', 'published', 'processing', 'retrying')) t
+         WHERE r.state NOT IN ('completed', 'completed_with_failures'))
+     + (SELECT count(*) FROM billing_jobs
+         WHERE run_id IS NULL AND state IN ('pending', 'published', 'processing', 'retrying'))
 """
 
+# Both bounds: without statistics Postgres guesses a third of the table for a one-sided
+# range (and scanned it all), a small share for a two-sided one (billing_jobs_finished_idx).
 RECENT_RATE = """
 SELECT count(*) / $1::float FROM billing_jobs
  WHERE finished_at > now() - make_interval(secs => $1)
+   AND finished_at <= now() + interval '1 hour'
 """
 
 
@@ -126,8 +193,38 @@ class JobsPage:
     before: int | None = None
 
 
+def list_query(page: JobsPage) -> tuple[str, list[object]]:
+    """The statement and arguments that list ``page`` (see LIST_ALL and the others)."""
+    head: list[object] = [page.limit, page.before]
+    if page.account is not None:
+        return LIST_ACCOUNT, [*head, page.account, page.state, page.run]
+    if page.run is not None:
+        states = [page.state] if page.state is not None else list(JOB_STATES)
+        return LIST_RUN, [*head, page.run, states]
+    if page.state is not None:
+        if page.state not in JOB_STATES:
+            raise ValueError(f"not a job state: {page.state!r}")
+        listed = OPEN_LIST if page.state in OPEN_STATES else ENDED_LIST
+        return LIST_STATE.format(states=listed), [*head, page.state]
+    return LIST_ALL, head
+
+
+# A page is read in index order and stops at its LIMIT. Postgres' other choice, a bitmap of
+# every matching entry then a sort, is the cheaper one only when few jobs match, and it
+# believes few do whenever its statistics are missing or older than the run (a run grows
+# from nothing to a million jobs between two ANALYZEs): /jobs?state=published then read all
+# of a run's published jobs for each page. (A plan with a sort left in, as the account's
+# does, costs past jit_above_cost: jit off, or compiling it takes 150 ms.)
+IN_INDEX_ORDER = (
+    "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off; SET LOCAL jit = off"
+)
+
+
 async def list_jobs(pool: asyncpg.Pool, page: JobsPage) -> list[asyncpg.Record]:
-    return list(await pool.fetch(LIST, page.state, page.run, page.account, page.limit, page.before))
+    sql, args = list_query(page)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(IN_INDEX_ORDER)
+        return list(await conn.fetch(sql, *args))
 
 
 async def get(pool: asyncpg.Pool, job_id: int) -> asyncpg.Record | None:

@@ -321,16 +321,22 @@ UPDATE billing_runs r
        finished_at = coalesce(
            (SELECT max(finished_at) FROM billing_jobs j WHERE j.run_id = r.id), now())
  WHERE r.id = $1 AND r.state = 'published'
-   AND NOT EXISTS (SELECT 1 FROM billing_jobs j WHERE j.run_id = r.id
-                    AND j.state IN ('pending', 'published', 'processing', 'retrying'))
+   -- None open, from the run's summary rows: a probe of its open jobs read all of them (a
+   -- bitmap of a million right after publishing), on every status page.
+   AND (SELECT coalesce(sum(s.n), 0) FROM run_summary_totals s
+         WHERE s.run_id = r.id AND s.kind = 'state'
+           AND s.key IN ('pending', 'published', 'processing', 'retrying')) = 0
 """
 
-# The finished_at bound lets billing_jobs_finished_idx find the last seconds' jobs.
+# The run's finished jobs per second over the last 10 seconds, from its per-second summary
+# rows (a primary-key range). Read from billing_jobs, a database without statistics chose
+# (run_id, state, id) and read every ended job of the run: 990,000 entries, 340 ms a page.
 RECENT_RATE = """
-SELECT count(*) / 10.0
-  FROM billing_jobs
- WHERE run_id = $1 AND state IN ('succeeded', 'failed', 'dead', 'already_paid')
-   AND finished_at > now() - interval '10 seconds'
+SELECT coalesce(sum(n), 0) / 10.0
+  FROM run_summary_totals
+ WHERE run_id = $1 AND kind = 'finished' AND key = '' AND attempt = 0
+   AND second >= floor(extract(epoch FROM now()))::bigint - 10
+   AND second < floor(extract(epoch FROM now()))::bigint
 """
 
 
