@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import asyncpg
 import httpx
 from hypothesis import strategies as st
-from hypothesis.stateful import invariant, precondition, rule
+from hypothesis.stateful import invariant, rule
 
 from shared import oneoff, operations, refunds
 from shared.amqp.publisher import Publisher
@@ -88,7 +88,9 @@ class RefundRules:
 
     # --- the application and the CLI --------------------------------------------------
 
-    @precondition(lambda self: bool(self.charge_ids))
+    # No preconditions on these rules: what they find (charges, refund jobs) depends on how
+    # the gateway's timeouts fell on a loaded machine, and a precondition that flips between
+    # two runs of one example makes Hypothesis's data generation inconsistent.
     @rule(
         pick=st.integers(0, 100),
         amount=st.sampled_from(AMOUNTS),
@@ -101,12 +103,13 @@ class RefundRules:
         """``POST /v1/refunds`` (with a caller key, replays included) or ``billq refund``
         (without); ``published`` False: the process died between its commit and its publish
         (the outbox repair of the next reconcile or distribute publishes the job)."""
+        if not self.charge_ids:
+            return
         self.tally.rules["refund" if published else "refund_unpublished"] += 1
         charge_id = self.charge_ids[pick % len(self.charge_ids)]
         self.run(self._ask_refund(charge_id, amount, caller_key, published))
 
     # Refunds are the subject here: weighted like worker batches are in the machine.
-    @precondition(lambda self: bool(self.charge_ids))
     @rule(pick=st.integers(0, 100), amount=st.sampled_from(AMOUNTS))
     def a_customer_is_refunded(self, pick: int, amount: int | None) -> None:
         self.an_application_asks_for_a_refund(pick, amount, None, True)
@@ -137,7 +140,6 @@ class RefundRules:
 
     # --- operators on refund jobs --------------------------------------------------------
 
-    @precondition(lambda self: bool(self.refund_jobs))
     @rule(
         action=st.sampled_from(("retry", "cancel")),
         pick=st.integers(0, 100),
@@ -146,6 +148,8 @@ class RefundRules:
     def operator_on_a_refund_job(self, action: str, pick: int, gateway: str) -> None:
         """``jobs retry`` / ``jobs cancel`` aimed at refund jobs (the machine's own operator
         rule picks among every job, where refunds are few)."""
+        if not self.refund_jobs:
+            return
         self.tally.rules[f"refund_jobs_{action}"] += 1
         job_id = self.refund_jobs[pick % len(self.refund_jobs)]
         self._fault("down" if gateway == "down" else "none")
