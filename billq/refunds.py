@@ -56,7 +56,11 @@ def _refund(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"refund job {body['id']}: {amount} of charge {body['charge_id']} "
         f"(gateway key {body['idempotency_key']}) "
-        + ("published" if published else "pending: the next `billq distribute` publishes it")
+        + (
+            "published"
+            if published
+            else "pending: the next `billq reconcile` or `billq distribute` publishes it"
+        )
     )
     return 0
 

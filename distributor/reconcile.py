@@ -3,6 +3,14 @@
 - ``processing`` held by nobody alive (lease expired or holder's heartbeat stale): take the
   job over (fencing), ask the gateway about its idempotency key; a charge that exists is
   recorded from the gateway's answer, anything else is released and republished.
+- a refund job's key is looked up among its charge's refunds (``find_refund``) instead:
+  when it is held by nobody alive, and when it may have been sent but holds no refund row
+  (retrying, dead in the last ``REFUND_LOOKBACK_DAYS``, revived by an operator). A refund
+  found is recorded (refund, credit note, job succeeded) — ``refunds_recovered``: money
+  given back is never left unrecorded until the next audit.
+- a one-off or refund job (no run) left ``pending`` by an API process that died between its
+  commit and its publish: published (the outbox repair ``distribute`` also does, without
+  waiting for a run).
 - ``published`` / ``retrying`` unchanged for ``BILLQ_STUCK_AFTER`` seconds while the queues
   hold fewer messages than such jobs (messages were lost, e.g. a purged queue): republished.
   A deep but healthy backlog is left alone, so a slow month never doubles the queue.
@@ -31,14 +39,17 @@ from aio_pika.abc import AbstractConnection
 from distributor.outbox import Outbox
 from shared.amqp.inspect import queue_depths
 from shared.config import Settings
-from shared.db import jobs_repo, reconcile_repo
-from shared.errors import BillqError
-from shared.gateway.port import Charged, PaymentGateway
+from shared.db import jobs_repo, reconcile_repo, refunds_repo
+from shared.errors import ActionRefused, BillqError
+from shared.gateway.port import Charged, ChargeOutcome, PaymentGateway, Refunded
 
 log = structlog.get_logger("billq.reconcile")
 
 # Long enough for a worker to claim what its window holds (a batch wait, one claim).
 HELD_CLAIM_S = 5.0
+# How long a dead refund job is still asked about: a call its worker gave up on can only
+# have run around the time it died; older ones are left to ``billq audit``.
+REFUND_LOOKBACK_DAYS = 7
 
 
 @dataclass
@@ -47,6 +58,7 @@ class ReconcileSummary:
     completed_from_gateway: int = 0
     republished: int = 0
     lost_messages_suspected: bool = False
+    refunds_recovered: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,7 +67,8 @@ class ReconcileSummary:
         return (
             f"reconcile: abandoned={self.abandoned} "
             f"completed_from_gateway={self.completed_from_gateway} "
-            f"republished={self.republished}"
+            f"republished={self.republished} "
+            f"refunds_recovered={self.refunds_recovered}"
         )
 
 
@@ -74,12 +87,12 @@ async def reconcile(
         token = await reconcile_repo.take_over(pool, row["id"], row["attempts"])
         if token is None:
             continue  # its holder moved on meanwhile
-        try:
-            found = await gateway.find_by_idempotency_key(row["idempotency_key"])
-        except BillqError as exc:
-            log.warning("reconcile.gateway_lookup_failed", job_id=row["id"], error=str(exc))
-            found = None
-        if isinstance(found, Charged):
+        found = await _look_up(gateway, row)
+        if isinstance(found, Refunded):
+            if await _record_refund(pool, row["id"], token, found):
+                summary.refunds_recovered += 1
+                continue
+        elif isinstance(found, Charged):
             landed = await jobs_repo.record_successes(pool, [(row["id"], token, found.charge_id)])
             if landed:
                 summary.completed_from_gateway += 1
@@ -94,6 +107,14 @@ async def reconcile(
             await outbox.publish_one(row, handoff=token)
             summary.republished += 1
             log.info("reconcile.republished", job_id=row["id"], account_id=row["account_id"])
+
+    summary.refunds_recovered += await _recover_refunds(pool, gateway, limit)
+    unpublished = await reconcile_repo.unpublished_outside_runs(
+        pool, settings.publish_timeout, limit
+    )
+    if unpublished:
+        summary.republished += await outbox.publish(unpublished)
+        log.info("reconcile.outbox_repaired", jobs=len(unpublished))
 
     stalled = await _lost(settings, pool, conn, limit)
     if stalled:
@@ -129,3 +150,46 @@ async def _lost(
         return []
     await asyncio.sleep(HELD_CLAIM_S)
     return await reconcile_repo.still_stalled(pool, candidates)
+
+
+async def _look_up(gateway: PaymentGateway, row: asyncpg.Record) -> ChargeOutcome | Refunded | None:
+    """What the gateway holds under an abandoned job's key (None when it cannot say)."""
+    try:
+        if row["kind"] == "refund":
+            if row["refund_charge"] is None:
+                return None
+            return await gateway.find_refund(row["refund_charge"], row["idempotency_key"])
+        return await gateway.find_by_idempotency_key(row["idempotency_key"])
+    except BillqError as exc:
+        log.warning("reconcile.gateway_lookup_failed", job_id=row["id"], error=str(exc))
+        return None
+
+
+async def _record_refund(pool: asyncpg.Pool, job_id: int, token: int, found: Refunded) -> bool:
+    try:
+        landed = await refunds_repo.record_refund(pool, job_id, token, found.refund_id)
+    except ActionRefused as exc:  # beyond the charge: left to the audit, which lists it
+        log.error("reconcile.refund_unrecorded", job_id=job_id, error=str(exc))
+        return False
+    if landed:
+        log.warning("reconcile.refund_recovered", job_id=job_id, refund_id=found.refund_id)
+    return landed
+
+
+async def _recover_refunds(pool: asyncpg.Pool, gateway: PaymentGateway, limit: int) -> int:
+    """Record the refunds the gateway made for jobs that hold none and are not in flight.
+    The job is taken only once its refund is found, so a job the gateway holds nothing for
+    keeps its state and its message."""
+    recovered = 0
+    for row in await reconcile_repo.unrecorded_refunds(pool, REFUND_LOOKBACK_DAYS, limit):
+        try:
+            found = await gateway.find_refund(row["gateway_charge_id"], row["idempotency_key"])
+        except BillqError as exc:
+            log.warning("reconcile.gateway_lookup_failed", job_id=row["id"], error=str(exc))
+            return recovered  # the gateway is not answering: the next reconcile asks again
+        if found is None:
+            continue
+        token = await reconcile_repo.take_refund(pool, row["id"], row["attempts"], row["state"])
+        if token is not None and await _record_refund(pool, row["id"], token, found):
+            recovered += 1
+    return recovered

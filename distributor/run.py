@@ -173,7 +173,9 @@ async def _distribute(
                 repaired = await reconcile(settings, pool, conn, outbox, gateway)
             finally:
                 await gateway.aclose()
-            summary.reconciled = repaired.republished + repaired.completed_from_gateway
+            summary.reconciled = (
+                repaired.republished + repaired.completed_from_gateway + repaired.refunds_recovered
+            )
             await accounts_repo.apply_due_cancellations(pool)
             summary.republished = await _repair_outbox(pool, outbox, batch)
             summary.settled_runs = await runs_repo.settle_orphaned_runs(pool, summary.run_id)

@@ -4,9 +4,10 @@
 Idempotency-Key and inserts the job (``pending``: the jobs table is the outbox) together
 with the answer to replay. ``publish`` then publishes it with confirms (``mandatory``) and
 marks it published; if that never happens (a crash, the broker down) the job stays
-``pending`` and the next ``billq distribute`` publishes it (its outbox repair). From there a
-one-off is a job like any other: a worker claims it through the gate, charges the gateway
-under its own key with the job's frozen parameters, and records the charge fenced.
+``pending`` and the next ``billq reconcile`` or ``billq distribute`` publishes it (the outbox
+repair). From there a one-off is a job like any other: a worker claims it through the gate,
+charges the gateway under its own key with the job's frozen parameters, and records the
+charge fenced.
 """
 
 from __future__ import annotations

@@ -135,9 +135,9 @@ async def cancel(pool: asyncpg.Pool, gateway: PaymentGateway, job_id: int, actor
     if await ops_repo.cancel_unclaimed(pool, job_id, actor):
         return "cancelled"
     if await refunds_repo.is_refund_job(pool, job_id):
-        # The gateway cannot be asked what a refund key holds the way a charge's can (by the
-        # charge's metadata), so a refund that may have been made is never cancelled: its
-        # worker finishes it under its key (a replay when it was made), recorded once.
+        # A refund that may have been made is never cancelled: its worker finishes it under
+        # its key — looking the refund up first (``find_refund``), recorded once — and a
+        # refund the gateway made is recorded by the next reconcile whatever the job's state.
         raise ActionRefused(
             f"job {job_id} is a refund that a worker already tried: it may have been made at "
             "the gateway, so it is not cancelled; it completes under its own key"

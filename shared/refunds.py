@@ -5,10 +5,10 @@ asked for, never more than the charge minus every refund of it that succeeded or
 succeed — and in ONE transaction inserts the refund job (``pending``: the jobs table is the
 outbox) with, for the API, the caller's Idempotency-Key record and the answer to replay.
 ``oneoff.publish`` then publishes it like a one-off; if that never happens the next
-``billq distribute`` does (its outbox repair). From there a refund is a job like any other: a
-worker claims it through the gate, asks the gateway's refund API under the job's own key
-(``billq_refund_{charge}_{n}``) for the job's frozen amount, and records the refund, its
-credit note and the job fenced, then acks.
+``billq reconcile`` or ``billq distribute`` does (the outbox repair). From there a refund is
+a job like any other: a worker claims it through the gate, asks the gateway's refund API under the
+job's own key (``billq_refund_{charge}_{n}``) for the job's frozen amount, and records the
+refund, its credit note and the job fenced, then acks.
 """
 
 from __future__ import annotations

@@ -54,6 +54,8 @@ class FakeJob:
     gateway_customer: str | None = None
     last_error: str | None = None
     decline_code: str | None = None
+    refund_of: int | None = None  # a refund job: the billq charge it refunds
+    refund_charge: str | None = None  # ... and that charge's gateway id
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,16 @@ class FakeJobsRepo:
             dunning_attempt=dunning_attempt,
         )
         self.jobs[job_id] = job
+        return job
+
+    def add_refund_job(
+        self, job_id: int, account_id: int, charge_id: int, gateway_charge: str, amount: int
+    ) -> FakeJob:
+        """A refund job as ``billq refund`` leaves it (published), on gateway charge
+        ``gateway_charge`` (billq charge ``charge_id``)."""
+        job = self.add_job(job_id, account_id)
+        job.idempotency_key = f"billq_refund_{charge_id}_1"
+        job.amount_cents, job.refund_of, job.refund_charge = amount, charge_id, gateway_charge
         return job
 
     # -- the port ----------------------------------------------------------------------------
@@ -327,6 +339,9 @@ class FakeJobsRepo:
             paid_by=paid.charge_id if paid else None,
             overlaps_paid=overlapping[0] if overlapping else None,
             busy_with=busy[0] if busy else None,
+            refund_of=job.refund_of,
+            refund_charge=job.refund_charge,
+            refunded_by=self.refunds.get(job.job_id),
         )
 
     def _held(self, job_id: int, attempts: int) -> FakeJob | None:

@@ -191,6 +191,9 @@ class BreakerGateway:
     def list_charges(self, since: datetime | None) -> AsyncIterator[GatewayCharge]:
         return self._inner.list_charges(since)
 
+    async def find_refund(self, charge_id: str, idempotency_key: str) -> Refunded | None:
+        return await self._inner.find_refund(charge_id, idempotency_key)
+
     def list_refunds(self, since: datetime | None) -> AsyncIterator[GatewayRefund]:
         return self._inner.list_refunds(since)
 

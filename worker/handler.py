@@ -46,6 +46,7 @@ from shared.gateway.port import (
     ChargeOutcome,
     ChargeRequest,
     PaymentGateway,
+    Refunded,
     RefundRequest,
     charge_metadata,
 )
@@ -287,8 +288,10 @@ class Handler:
 
     async def _refund(self, job: ClaimedJob) -> Outcome:
         """A refund job: the gate, the gateway's refund under the job's own key with its
-        frozen amount, then the fenced record. A crash between the two is repaired by the
-        redelivery: the same key replays the gateway's refund, recorded once."""
+        frozen amount, then the fenced record. A job an earlier claim may have sent looks its
+        refund up first (a crash between the call and the commit, a key the gateway may have
+        pruned), and so does one whose outcome is unknown before it is retried or ends: money
+        given back is recorded, never left behind a retry or a dead letter."""
         refused = job.gate()
         if refused == "already_refunded":
             reason = f"already refunded: {job.refunded_by} is recorded; nothing refunded"
@@ -307,15 +310,23 @@ class Handler:
             metadata=refund_metadata(job.refund_of, job.account_id),
         )
         try:
-            refunded = await self._gateway.refund(request)
+            found = None
+            if job.may_have_called_gateway:
+                found = await self._gateway.find_refund(job.refund_charge, job.idempotency_key)
+            refunded = found or await self._gateway.refund(request)
         except TransientError as exc:
-            if job.attempts - job.attempt_base >= self._settings.max_attempts:
-                # Never dead while the gateway may have refunded: keep asking, slowly.
-                return await self._unresolved(job, "refund unconfirmed", exc)
-            return await self._retry(job, exc)
+            resolved = await self._resolve_refund(job, exc)
+            if not isinstance(resolved, Refunded):
+                return resolved
+            refunded = resolved
         except FatalError as exc:
-            # Refused (more than is left, an unknown charge): the gateway refunded nothing.
-            return await self._dead(job, exc)
+            # Refused (more than is left, an unknown charge): nothing refunded by this call.
+            if not job.may_have_called_gateway:
+                return await self._dead(job, exc)
+            resolved = await self._resolve_refund(job, exc)
+            if not isinstance(resolved, Refunded):
+                return resolved
+            refunded = resolved
         try:
             landed = await self._jobs.record_refund(job, refunded.refund_id)
         except TransientError as err:
@@ -333,6 +344,28 @@ class Handler:
             landed=landed,
         )
         return Ack("refunded" if landed else "fenced")
+
+    async def _resolve_refund(self, job: ClaimedJob, exc: BillqError) -> Refunded | Outcome:
+        """A refund call failed: the refund the gateway holds under the job's key, or the
+        outcome once the gateway says it holds none (a retry; dead once out of attempts or
+        refused). If the gateway cannot say, the job never ends: it keeps asking, slowly."""
+        assert job.refund_charge is not None
+        spent = job.attempts - job.attempt_base
+        final = isinstance(exc, FatalError) or spent >= self._settings.max_attempts
+        try:
+            found = await self._gateway.find_refund(job.refund_charge, job.idempotency_key)
+        except BillqError as lookup_exc:
+            if final:
+                return await self._unresolved(job, f"refund unconfirmed: {exc}", lookup_exc)
+            return await self._retry(job, exc)
+        if found is not None:
+            log.info("job.refund_found", job_id=job.job_id, refund_id=found.refund_id)
+            return found
+        if isinstance(exc, FatalError):
+            return await self._dead(job, exc)
+        if final:
+            return await self._dead(job, exc, f"gave up after {spent} attempts: ")
+        return await self._retry(job, exc)
 
     async def _end_without_charge(self, job: ClaimedJob, refused: str) -> ChargeOutcome | Outcome:
         """The gate said no. An earlier claim may have charged under this key, so the gateway

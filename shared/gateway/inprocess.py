@@ -176,6 +176,12 @@ class InProcessGateway:
         )
         return refunded
 
+    async def find_refund(self, charge_id: str, idempotency_key: str) -> Refunded | None:
+        stored = self._refund_keys.get(idempotency_key)
+        if stored is None or stored[0][0] != charge_id:
+            return None
+        return stored[1]
+
     async def list_refunds(self, since: datetime | None) -> AsyncIterator[GatewayRefund]:
         """What this process refunded, newest first."""
         for refund in reversed(self.refunds):

@@ -6,6 +6,8 @@ only ``shared.errors.TransientError`` (``GatewayUnavailable``, ``OutcomeUnknown`
 or ``shared.errors.FatalError`` (``GatewayRejected``). ``refund`` gives money of a charge
 back under its own idempotency key, with the same classification; a refund of more than
 the charge has left is ``RefundRefused`` (a ``GatewayRejected``), as Stripe refuses it.
+``find_refund`` looks a refund up by its key among the charge's refunds (Stripe has no search
+over refunds: its refund list filtered by ``payment_intent``, matched on the metadata).
 """
 
 from __future__ import annotations
@@ -140,6 +142,19 @@ class PaymentGateway(Protocol):
             OutcomeUnknown: the gateway may have refunded; retry with the same key.
             RefundRefused: more than the charge has left to refund (nothing was refunded).
             GatewayRejected: invalid request (unknown charge, bad amount) or authentication.
+        """
+        ...
+
+    async def find_refund(self, charge_id: str, idempotency_key: str) -> Refunded | None:
+        """The succeeded refund of gateway charge ``charge_id`` made under ``idempotency_key``
+        (billq's key in its metadata), or None if the gateway holds none.
+
+        What a refund whose outcome is unknown (a timeout, a crash after the call) asks before
+        it may be retried, given up or cancelled: money returned is recorded, never hidden.
+
+        Raises:
+            GatewayUnavailable: the lookup could not be answered now.
+            GatewayRejected: the lookup was refused (authentication, unknown charge).
         """
         ...
 

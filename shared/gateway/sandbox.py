@@ -185,6 +185,26 @@ class SandboxGateway:
                 if r.get("status") == "succeeded":
                     yield refund
 
+    async def find_refund(self, charge_id: str, idempotency_key: str) -> Refunded | None:
+        """The succeeded refund of intent ``charge_id`` carrying this billq key, or None:
+        the intent's refunds (``payment_intent`` filter) matched on the metadata, as at
+        Stripe, which has no search over refunds.
+
+        Raises:
+            GatewayUnavailable: the listing could not be answered now.
+            GatewayMisconfigured: the gateway refused the key (401/403), or an unusable URL.
+            GatewayRejected: the listing was refused (an unknown intent).
+        """
+        async for refunds in self._pages(REFUNDS, {"payment_intent": charge_id}):
+            for r in refunds:
+                if (r.get("metadata") or {}).get(BILLQ_KEY) == idempotency_key and r.get(
+                    "status"
+                ) == "succeeded":
+                    currency = str(r.get("currency") or "")
+                    amount = from_gateway_units(int(r.get("amount") or 0), currency)
+                    return Refunded(refund_id=str(r["id"]), amount_cents=amount)
+        return None
+
     async def list_charges(self, since: datetime | None) -> AsyncIterator[GatewayCharge]:
         """Succeeded intents, newest first, paging with ``starting_after``.
 
@@ -226,16 +246,18 @@ class SandboxGateway:
                 f"no answer from the gateway ({exc}); retry with the same idempotency key"
             ) from exc
 
-    async def _pages(self, path: str) -> AsyncIterator[list[dict[str, Any]]]:
+    async def _pages(
+        self, path: str, filters: Mapping[str, str] | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
         """The objects of a Stripe list, a page at a time, newest first (``starting_after``)."""
-        params = {"limit": "100"}
+        params = {**(filters or {}), "limit": "100"}
         while True:
             page = await self._get(path, params, "listing")
             items: list[dict[str, Any]] = page.get("data") or []
             yield items
             if not page.get("has_more") or not items:
                 return
-            params = {"limit": "100", "starting_after": items[-1]["id"]}
+            params = {**(filters or {}), "limit": "100", "starting_after": items[-1]["id"]}
 
     async def _get(self, path: str, params: Mapping[str, str], what: str) -> dict[str, Any]:
         """A read's JSON answer, its failures classified."""

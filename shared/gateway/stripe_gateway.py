@@ -316,6 +316,33 @@ class StripeGateway:
                 return
             params["starting_after"] = refunds[-1].id
 
+    async def find_refund(self, charge_id: str, idempotency_key: str) -> Refunded | None:
+        """The succeeded refund of PaymentIntent ``charge_id`` carrying this billq key, or None.
+
+        Stripe has no search over refunds; its refund list takes a ``payment_intent`` filter
+        and is read-after-write consistent (unlike the search ``find_by_idempotency_key``
+        uses), so a refund made a moment ago is found. The key is matched on the metadata.
+
+        Raises:
+            GatewayUnavailable: a page could not be read now.
+            GatewayRejected: the listing was refused (authentication, an unknown intent).
+        """
+        params: RefundListParams = {"payment_intent": charge_id, "limit": 100}
+        while True:
+            try:
+                page = await self._client.v1.refunds.list_async(params=params)
+            except stripe.StripeError as exc:
+                raise self._read_failure(exc, "refund lookup") from exc
+            refunds = list(page.data)
+            for r in refunds:
+                metadata = r.metadata.to_dict() if r.metadata else {}
+                if metadata.get(BILLQ_KEY) == idempotency_key and r.status == "succeeded":
+                    amount = from_gateway_units(int(r.amount or 0), str(r.currency or ""))
+                    return Refunded(refund_id=r.id, amount_cents=amount)
+            if not page.has_more or not refunds:
+                return None
+            params["starting_after"] = refunds[-1].id
+
     def _read_failure(self, exc: stripe.StripeError, what: str) -> BillqError:
         """A failed read (a search, a listing): it changes nothing, so asking again is safe
         whatever went wrong."""

@@ -112,6 +112,9 @@ class _ObservedInProcess:
     async def refund(self, request: RefundRequest) -> Refunded:
         return await self._gateway.refund(request)
 
+    async def find_refund(self, charge_id: str, idempotency_key: str) -> Refunded | None:
+        return await self._gateway.find_refund(charge_id, idempotency_key)
+
     def list_refunds(self, since: datetime | None) -> AsyncIterator[GatewayRefund]:
         return self._gateway.list_refunds(since)
 
@@ -412,6 +415,40 @@ async def test_a_repeated_refund_key_replays_the_same_refund_and_refunds_once(ri
 
     assert second == first
     assert len(await _refunds(rig.gateway)) == 1
+
+
+async def test_find_refund_finds_a_refund_by_its_key_among_the_charges_refunds_or_none(
+    rig: Rig,
+) -> None:
+    charge_id = await _charged(rig)
+    other_charge = await _charged(rig, key="acct-2:2026-03")
+    first = await rig.gateway.refund(refund(charge_id, 300, key="billq_refund_7_1"))
+    second = await rig.gateway.refund(refund(charge_id, 200, key="billq_refund_7_2"))
+    await rig.gateway.refund(refund(other_charge, 100, key="billq_refund_8_1"))
+
+    assert await rig.gateway.find_refund(charge_id, "billq_refund_7_1") == first
+    assert await rig.gateway.find_refund(charge_id, "billq_refund_7_2") == second
+    # A key is looked up among that charge's refunds only; an unknown key finds nothing.
+    assert await rig.gateway.find_refund(charge_id, "billq_refund_8_1") is None
+    assert await rig.gateway.find_refund(charge_id, "billq_refund_7_3") is None
+    assert await rig.gateway.find_refund(other_charge, "billq_refund_7_1") is None
+
+
+async def test_find_refund_reads_past_the_first_page_of_a_charges_refunds(rig: Rig) -> None:
+    charge_id = await _charged(rig)
+    first = await rig.gateway.refund(refund(charge_id, 1, key="billq_refund_7_1"))
+    for n in range(2, 106):  # newest first: the first refund is on the second page of 100
+        await rig.gateway.refund(refund(charge_id, 1, key=f"billq_refund_7_{n}"))
+
+    assert await rig.gateway.find_refund(charge_id, "billq_refund_7_1") == first
+
+
+async def test_find_refund_does_not_find_a_refund_that_was_refused(rig: Rig) -> None:
+    charge_id = await _charged(rig)
+    with pytest.raises(RefundRefused):
+        await rig.gateway.refund(refund(charge_id, 5000, key="billq_refund_7_1"))
+
+    assert await rig.gateway.find_refund(charge_id, "billq_refund_7_1") is None
 
 
 @pytest.mark.parametrize("changed", [{"amount": 701}, {"metadata": {"billq_charge_id": "2"}}])

@@ -1,6 +1,7 @@
 """Proof beyond examples: Hypothesis interleaves every path that can move money — distribute,
 worker batches, gateway faults, a worker dying after the charge, card updates, cancels,
-re-imports, one-off charges (published or left to the outbox repair), ``jobs retry``,
+re-imports, one-off charges and refunds (published or left to the outbox repair), a worker
+dying between the gateway's refund and its commit, ``jobs retry``,
 ``jobs cancel``, ``dlq replay``, reconcile and audit — against the
 real Postgres and RabbitMQ and the sandbox gateway, and checks after every step that no period
 is charged twice, that reconcile + audit record every charge taken, and that no cancelled
@@ -32,6 +33,7 @@ def test_no_interleaving_of_operator_paths_double_charges_or_hides_money(
     assert tally.steps >= 60 and tally.periods_charged > 0, tally
     assert tally.double_charges == 0, tally
     assert tally.rules["oneoff"] > 0, tally  # one-off charges interleaved with the rest
+    assert tally.rules["refund"] > 0 and tally.refunds > 0, tally  # refunds given back
 
 
 def test_a_reactivation_on_a_new_anchor_while_a_period_is_open_never_bills_its_days_twice(
