@@ -35,7 +35,7 @@ from shared.messages import HANDOFF_HEADER
 from worker.acks import AckFrontier
 from worker.breaker import Breaker
 from worker.handler import Delivery, Handler
-from worker.lanes import admit, priority_slots, window_full
+from worker.lanes import admit, priority_slots
 from worker.metrics import Metrics
 from worker.outcome import Ack, Dead, Outcome, Retry
 from worker.stats import Stats
@@ -212,16 +212,8 @@ class Consumer:
             if self._held_since is None:
                 self._held_since = time.monotonic()
             return  # held until the breaker closes (``_resume``)
-        if (
-            lane == "priority"  # a priority delivery does not wait to be batched
-            or self._waiting() >= self._settings.worker_batch_max
-            or window_full(
-                waiting=len(self._pending[lane]),
-                busy=self._busy[lane],
-                prefetch=self._settings.concurrency,
-            )
-        ):
-            self._flush()
+        if lane == "priority" or self._waiting() >= self._settings.worker_batch_max:
+            self._flush()  # a priority delivery does not wait to be batched
         else:
             self._flush_later()
 

@@ -48,11 +48,3 @@ def admit(
     # Slots the bulk lane leaves unused go to priority deliveries still waiting.
     priority += min(waiting_priority - priority, free - priority - bulk)
     return Admit(priority, bulk)
-
-
-def window_full(*, waiting: int, busy: int, prefetch: int) -> bool:
-    """Every delivery a lane's prefetch window lets the broker send is here, waiting for its
-    claim or charging: nothing more arrives on that lane before an ack, so gathering a
-    bigger claim for BILLQ_BATCH_WAIT_MS would only add latency to each delivery's cycle
-    (and with ``prefetch`` under BILLQ_WORKER_BATCH_MAX, the default, a claim never fills)."""
-    return waiting + busy >= prefetch

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from shared.amqp import names
 from shared.config import load_settings
 from shared.errors import ConfigError
-from worker.lanes import admit, priority_slots, window_full
+from worker.lanes import admit, priority_slots
 
 pytestmark = pytest.mark.unit
 
@@ -107,14 +107,3 @@ def test_admission_never_exceeds_the_free_slots_nor_what_waits_and_never_starves
     # With bulk waiting, priority only grows while it holds less than its share.
     if waiting_bulk > 0 and chosen.priority > 0 and chosen.bulk < waiting_bulk:
         assert busy_priority + chosen.priority <= slots
-
-
-def test_a_lane_whose_whole_prefetch_window_has_arrived_is_claimed_without_waiting() -> None:
-    # 64 in the window: 40 charging and 24 just delivered — nothing more can come before an ack.
-    assert window_full(waiting=24, busy=40, prefetch=64)
-    assert window_full(waiting=64, busy=0, prefetch=64)
-
-
-def test_a_lane_with_room_in_its_window_gathers_its_claim_for_the_batch_wait() -> None:
-    assert not window_full(waiting=23, busy=40, prefetch=64)
-    assert not window_full(waiting=0, busy=0, prefetch=64)
