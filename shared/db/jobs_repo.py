@@ -195,10 +195,12 @@ WITH input AS (
 ), invoice AS (
     INSERT INTO invoices (number, kind, description, account_id, period_start, period_end,
                           amount_cents, currency, status, gateway_charge_id, job_id, paid_at)
-    SELECT k.year::text || '-' || lpad((k.last - (SELECT count(*) FROM need) + n.rn)::text, 6, '0'),
+    SELECT k.year::text || '-' || lpad(x.seq::text, greatest(6, length(x.seq::text)), '0'),
            n.kind, n.description, n.account_id, n.period_start, n.period_end, n.amount_cents,
            n.currency, 'paid', n.charge_id, n.id, now()
       FROM need n CROSS JOIN counter k
+           -- lpad() truncates: past 999,999 the number grows instead.
+           CROSS JOIN LATERAL (SELECT k.last - (SELECT count(*) FROM need) + n.rn AS seq) x
     RETURNING id
 ), event AS (
     INSERT INTO account_events (account_id, kind, from_status, to_status, reason, job_id)
