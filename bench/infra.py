@@ -66,6 +66,9 @@ ACCOUNT_COLUMNS = (
 )
 # Retry tiers billq declares by default (BILLQ_RETRY_DELAYS), for the emptiness checks.
 DEFAULT_RETRY_DELAYS = (5, 30, 120, 600, 3600)
+# ... and those the storm row and the soak set: their retry queues are checked and deleted
+# too (missing ones are skipped), or a message waiting there would pass for "none left".
+RETRY_DELAYS_IN_USE = (*DEFAULT_RETRY_DELAYS, 1, 2, 3, 4, 10)
 
 
 def unique(prefix: str) -> str:
@@ -229,7 +232,7 @@ def queue_names(prefix: str) -> dict[str, str]:
         "priority": f"{prefix}.charge.priority",
         "dead": f"{prefix}.charge.dead",
     }
-    for d in DEFAULT_RETRY_DELAYS:
+    for d in RETRY_DELAYS_IN_USE:
         names[f"retry.{d}s"] = f"{prefix}.charge.retry.{d}s"
         names[f"priority.retry.{d}s"] = f"{prefix}.charge.priority.retry.{d}s"
     return names
