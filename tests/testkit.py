@@ -323,6 +323,29 @@ async def seed(
     )
 
 
+async def claimed_jobs(
+    db: asyncpg.Connection, run_id: int, first: int, last: int
+) -> list[asyncpg.Record]:
+    """March's period jobs of accounts ``first``..``last``, as a worker's claim leaves them
+    (``processing``, attempt 1): what a group commit records. Returns ``id, attempts``."""
+    return list(
+        await db.fetch(
+            """
+            INSERT INTO billing_jobs (run_id, account_id, period_start, period_end,
+                                      idempotency_key, amount_cents, currency, payment_method,
+                                      state, attempts, locked_by, locked_until, started_at)
+            SELECT $1, i, '2026-03-01', '2026-04-01', 'billq_' || i || '_2026-03-01', 1000,
+                   'USD', 'pm_card_visa', 'processing', 1, 'w', now() + interval '60 s', now()
+              FROM generate_series($2::int, $3::int) AS i
+            RETURNING id, attempts
+            """,
+            run_id,
+            first,
+            last,
+        )
+    )
+
+
 def distribute(env: dict[str, str], *extra: str) -> dict[str, Any]:
     out = billq("distribute", "--as-of", AS_OF, "--json", *extra, env=env)
     return dict(json.loads(out.stdout))

@@ -190,6 +190,8 @@ class Consumer:
         return tag in consumers
 
     async def _drain(self) -> None:
+        # One grace for both steps: supervisors stop waiting (and SIGKILL) after it.
+        deadline = time.monotonic() + self._settings.shutdown_grace
         if self._tasks:
             log.info("worker.draining", in_flight=len(self._tasks))
             _, pending = await asyncio.wait(self._tasks, timeout=self._settings.shutdown_grace)
@@ -201,7 +203,7 @@ class Consumer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(
                 asyncio.gather(*(f.flushed() for f in self._frontiers.values())),
-                timeout=self._settings.shutdown_grace,
+                timeout=max(0.0, deadline - time.monotonic()),
             )
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:

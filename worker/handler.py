@@ -314,14 +314,9 @@ class Handler:
             if job.may_have_called_gateway:
                 found = await self._gateway.find_refund(job.refund_charge, job.idempotency_key)
             refunded = found or await self._gateway.refund(request)
-        except TransientError as exc:
-            resolved = await self._resolve_refund(job, exc)
-            if not isinstance(resolved, Refunded):
-                return resolved
-            refunded = resolved
-        except FatalError as exc:
-            # Refused (more than is left, an unknown charge): nothing refunded by this call.
-            if not job.may_have_called_gateway:
+        except (TransientError, FatalError) as exc:
+            if isinstance(exc, FatalError) and not job.may_have_called_gateway:
+                # Refused (more than is left, an unknown charge) and never sent before.
                 return await self._dead(job, exc)
             resolved = await self._resolve_refund(job, exc)
             if not isinstance(resolved, Refunded):

@@ -44,8 +44,8 @@ SELECT j.* FROM unnest(ARRAY[$3::text]) AS s(state)
        AND id < coalesce($2::bigint, {NO_PAGE_END})
      ORDER BY state DESC, id DESC LIMIT $1) j
 """
-OPEN_LIST = "'pending', 'published', 'processing', 'retrying'"
-ENDED_LIST = "'succeeded', 'failed', 'dead', 'already_paid'"
+OPEN_LIST = ", ".join(f"'{s}'" for s in OPEN_STATES)
+ENDED_LIST = ", ".join(f"'{s}'" for s in JOB_STATES if s not in OPEN_STATES)
 
 # A run (and a state, or each of them): (run_id, state, id) gives each state's newest page in
 # id order (the state as a range, as above); the pages merged are the run's newest page,

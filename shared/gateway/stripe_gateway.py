@@ -290,12 +290,7 @@ class StripeGateway:
         params: RefundListParams = {"limit": 100}
         if since is not None:
             params["created"] = {"gte": int(since.timestamp())}
-        while True:
-            try:
-                page = await self._client.v1.refunds.list_async(params=params)
-            except stripe.StripeError as exc:
-                raise self._read_failure(exc, "listing") from exc
-            refunds = list(page.data)
+        async for refunds in self._refund_pages(params, "listing"):
             for r in refunds:
                 currency = str(r.currency or "")
                 intent = r.payment_intent
@@ -312,9 +307,6 @@ class StripeGateway:
                     return
                 if r.status == "succeeded":
                     yield refund
-            if not page.has_more or not refunds:
-                return
-            params["starting_after"] = refunds[-1].id
 
     async def find_refund(self, charge_id: str, idempotency_key: str) -> Refunded | None:
         """The succeeded refund of PaymentIntent ``charge_id`` carrying this billq key, or None.
@@ -328,19 +320,27 @@ class StripeGateway:
             GatewayRejected: the listing was refused (authentication, an unknown intent).
         """
         params: RefundListParams = {"payment_intent": charge_id, "limit": 100}
-        while True:
-            try:
-                page = await self._client.v1.refunds.list_async(params=params)
-            except stripe.StripeError as exc:
-                raise self._read_failure(exc, "refund lookup") from exc
-            refunds = list(page.data)
+        async for refunds in self._refund_pages(params, "refund lookup"):
             for r in refunds:
                 metadata = r.metadata.to_dict() if r.metadata else {}
                 if metadata.get(BILLQ_KEY) == idempotency_key and r.status == "succeeded":
                     amount = from_gateway_units(int(r.amount or 0), str(r.currency or ""))
                     return Refunded(refund_id=r.id, amount_cents=amount)
+        return None
+
+    async def _refund_pages(
+        self, params: RefundListParams, what: str
+    ) -> AsyncIterator[list[stripe.Refund]]:
+        """Stripe's refund list a page at a time, newest first (``starting_after``)."""
+        while True:
+            try:
+                page = await self._client.v1.refunds.list_async(params=params)
+            except stripe.StripeError as exc:
+                raise self._read_failure(exc, what) from exc
+            refunds = list(page.data)
+            yield refunds
             if not page.has_more or not refunds:
-                return None
+                return
             params["starting_after"] = refunds[-1].id
 
     def _read_failure(self, exc: stripe.StripeError, what: str) -> BillqError:

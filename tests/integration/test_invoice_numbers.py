@@ -11,7 +11,7 @@ import datetime as dt
 
 import asyncpg
 import pytest
-from testkit import seed
+from testkit import claimed_jobs, seed
 
 from shared.db import jobs_repo
 
@@ -30,21 +30,7 @@ async def _processing_jobs(db: asyncpg.Connection) -> list[asyncpg.Record]:
         "INSERT INTO billing_runs (as_of) VALUES ($1) RETURNING id",
         dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC),
     )
-    return list(
-        await db.fetch(
-            """
-            INSERT INTO billing_jobs (run_id, account_id, period_start, period_end,
-                                      idempotency_key, amount_cents, currency, payment_method,
-                                      state, attempts, locked_by, locked_until, started_at)
-            SELECT $1, i, '2026-03-01', '2026-04-01', 'billq_' || i || '_2026-03-01', 1000,
-                   'USD', 'pm_card_visa', 'processing', 1, 'w', now() + interval '60 s', now()
-              FROM generate_series(1, $2::int) AS i
-            RETURNING id, attempts
-            """,
-            run,
-            BATCH,
-        )
-    )
+    return await claimed_jobs(db, run, 1, BATCH)
 
 
 @pytest.mark.parametrize("last", [999_998, 9_999_999])

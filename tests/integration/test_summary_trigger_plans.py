@@ -12,7 +12,7 @@ import datetime as dt
 
 import asyncpg
 import pytest
-from testkit import seed
+from testkit import claimed_jobs, seed
 
 from shared.config import Settings
 from shared.db import jobs_repo
@@ -70,22 +70,7 @@ async def _history(db: asyncpg.Connection) -> list[asyncpg.Record]:
         last,
         HISTORY,
     )
-    return list(
-        await db.fetch(
-            """
-            INSERT INTO billing_jobs (run_id, account_id, period_start, period_end,
-                                      idempotency_key, amount_cents, currency, payment_method,
-                                      state, attempts, locked_by, locked_until, started_at)
-            SELECT $1, i, '2026-03-01', '2026-04-01', 'billq_' || i || '_2026-03-01', 1000,
-                   'USD', 'pm_card_visa', 'processing', 1, 'w', now() + interval '60 s', now()
-              FROM generate_series($3::int - $2::int + 1, $3::int) AS i
-            RETURNING id, attempts
-            """,
-            this,
-            BATCH,
-            HISTORY,
-        )
-    )
+    return await claimed_jobs(db, this, HISTORY - BATCH + 1, HISTORY)
 
 
 async def test_a_group_commit_reads_its_own_jobs_not_the_history(db: asyncpg.Connection) -> None:
