@@ -17,7 +17,7 @@
 
 A queue's depth counts ready messages only: a delivery a consumer holds (prefetched, not
 yet claimed, so its job is still ``published``) is in none. Each lane consumer holds at most
-its prefetch window (``BILLQ_CONCURRENCY``), so messages are proven lost only when the
+its prefetch window (``BILLQ_PREFETCH``), so messages are proven lost only when the
 queues and every window together cannot hold the waiting jobs. A smaller shortfall is
 looked at only once nothing is queued: then each waiting job is lost or held, and held
 deliveries are claimed within moments, so what is still untouched after ``HELD_CLAIM_S`` is
@@ -137,7 +137,7 @@ async def _lost(
         return []
     depths = [d for d in await queue_depths(conn, settings) if d.role != "dead"]
     queued = sum(d.ready for d in depths)
-    windows = settings.concurrency * sum(d.consumers for d in depths if d.role != "retry")
+    windows = settings.prefetch_window * sum(d.consumers for d in depths if d.role != "retry")
     if queued >= waiting:
         return []
     log.info("reconcile.shortfall", waiting=waiting, queued=queued, held_at_most=windows)

@@ -149,8 +149,14 @@ class Settings(BaseSettings):
     delivery_limit: int = Field(
         20, ge=1, le=10000, description="Quorum queue redeliveries before the broker dead-letters."
     )
-    concurrency: int = Field(
-        64, ge=1, le=10000, description="Charges a worker has in flight (its prefetch window)."
+    concurrency: int = Field(64, ge=1, le=10000, description="Charges a worker has in flight.")
+    prefetch: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Deliveries each lane's consumer holds unacked: charging, waiting for a "
+        "charge slot or for their ack (default: twice BILLQ_CONCURRENCY, so the slots never "
+        "wait for the broker's next delivery).",
     )
     priority_share: float = Field(
         0.25,
@@ -318,7 +324,18 @@ class Settings(BaseSettings):
                 f"BILLQ_BREAKER_HOLD_S ({self.breaker_hold_s:g}) must stay 120 s below "
                 f"RabbitMQ's consumer_timeout ({RABBITMQ_CONSUMER_TIMEOUT_S:g})"
             )
+        if self.prefetch is not None and self.prefetch < self.concurrency:
+            raise ValueError(
+                f"BILLQ_PREFETCH ({self.prefetch}) must be at least BILLQ_CONCURRENCY "
+                f"({self.concurrency}): a charge slot needs a delivery to charge"
+            )
         return self
+
+    @property
+    def prefetch_window(self) -> int:
+        """Each lane consumer's QoS window: the charge slots and the deliveries that wait for
+        them, so a freed slot starts its next charge without a round trip to the broker."""
+        return max(self.prefetch or 2 * self.concurrency, self.concurrency)
 
     @property
     def amqp_urls(self) -> list[str]:

@@ -70,14 +70,30 @@ class Seen:
     peer: object = None  # the client's (host, port): one per connection it opened
 
 
+@dataclass
+class InFlight:
+    """Requests the server is answering now, and the most it ever answered at once."""
+
+    now: int = 0
+    peak: int = 0
+    total: int = 0
+
+
 @contextlib.asynccontextmanager
 async def sandbox(
-    ledger: Path | str, *, seen: list[Seen] | None = None, **faults: Any
+    ledger: Path | str,
+    *,
+    seen: list[Seen] | None = None,
+    in_flight: InFlight | None = None,
+    **faults: Any,
 ) -> AsyncIterator[str]:
-    """The sandbox gateway on a free port; ``seen`` collects the requests it answers."""
+    """The sandbox gateway on a free port; ``seen`` collects the requests it answers,
+    ``in_flight`` counts those it is answering at once."""
     app = build_app(ledger=str(ledger), faults=Faults(**faults))
     if seen is not None:
         app.middlewares.append(_recorder(seen))
+    if in_flight is not None:
+        app.middlewares.append(_counter(in_flight))
     async with _serve(app) as url:
         yield url
 
@@ -117,6 +133,22 @@ def _recorder(seen: list[Seen]) -> Any:
         return await handler(request)
 
     return record
+
+
+def _counter(flight: InFlight) -> Any:
+    @web.middleware
+    async def count(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        flight.now += 1
+        flight.total += 1
+        flight.peak = max(flight.peak, flight.now)
+        try:
+            return await handler(request)
+        finally:
+            flight.now -= 1
+
+    return count
 
 
 async def all_intents(url: str) -> list[dict[str, Any]]:

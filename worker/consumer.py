@@ -145,7 +145,7 @@ class Consumer:
             channel = await conn.channel()
             # Per-consumer QoS (global QoS closes a quorum queue's connection): each lane's
             # window is its own, so a full bulk window never holds a priority delivery back.
-            await channel.set_qos(prefetch_count=self._settings.concurrency)
+            await channel.set_qos(prefetch_count=self._settings.prefetch_window)
             self._frontiers[lane] = AckFrontier(channel)
             queue = await channel.get_queue(names.lane_queue(self._settings.queue_prefix, lane))
             # Our own tag, known before the first delivery: it names the delivery's lane.
@@ -155,11 +155,12 @@ class Consumer:
             consumers.append((channel, queue, tag))
         self.connected.set()
         if self._metrics:
-            self._metrics.prefetch.set(self._settings.concurrency)
+            self._metrics.prefetch.set(self._settings.prefetch_window)
         log.info(
             "worker.consuming",
             queues=[q.name for _, q, _ in consumers],
-            prefetch=self._settings.concurrency,
+            prefetch=self._settings.prefetch_window,
+            concurrency=self._settings.concurrency,
             priority_slots=self._slots,
         )
         while not stop.is_set():

@@ -1,7 +1,7 @@
 """Which waiting deliveries a worker starts next: the priority lane first, the bulk lane
 never starved (pure, no I/O).
 
-Both lanes' consumers have a full prefetch window (``BILLQ_CONCURRENCY``), so a priority
+Both lanes' consumers have a full prefetch window (``BILLQ_PREFETCH``), so a priority
 delivery reaches the worker even while tens of thousands of bulk messages are queued and
 the bulk window is full. Deliveries then wait here, unclaimed, for one of the worker's
 ``BILLQ_CONCURRENCY`` charge slots. A freed slot goes to the priority lane while it holds

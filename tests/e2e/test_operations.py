@@ -48,7 +48,7 @@ async def test_metrics_and_health_endpoints_show_the_numbers_of_a_real_run(
         assert metric(text, "billq_gateway_seconds_count") == 50
         assert metric(text, "billq_handle_seconds_count") == 50
         assert metric(text, "billq_in_flight") == 0
-        assert metric(text, "billq_prefetch") == settings.concurrency
+        assert metric(text, "billq_prefetch") == settings.prefetch_window
         assert metric(text, "billq_last_heartbeat_timestamp_seconds") > 0
         assert httpx.get(base + "/healthz", timeout=5).json()["ok"] is True
     finally:

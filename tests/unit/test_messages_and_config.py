@@ -109,6 +109,8 @@ def test_several_broker_urls_are_comma_separated(monkeypatch: pytest.MonkeyPatch
         ("BILLQ_GATEWAY", "paypal", "BILLQ_GATEWAY"),
         ("BILLQ_JOB_LEASE", "5", "BILLQ_JOB_LEASE"),
         ("BILLQ_JOB_LEASE", "4000", "consumer_timeout"),
+        ("BILLQ_PREFETCH", "8", "BILLQ_CONCURRENCY"),
+        ("BILLQ_PREFETCH", "70000", "BILLQ_PREFETCH"),
     ],
 )
 def test_a_bad_setting_is_one_error_naming_it(
@@ -119,6 +121,14 @@ def test_a_bad_setting_is_one_error_naming_it(
         load_settings()
     assert named in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_the_prefetch_window_defaults_to_twice_the_charge_slots(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings(concurrency=50).prefetch_window == 100
+    monkeypatch.setenv("BILLQ_PREFETCH", "75")
+    assert load_settings(concurrency=50).prefetch_window == 75
 
 
 def test_retry_delay_repeats_the_last_tier() -> None:
