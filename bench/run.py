@@ -227,7 +227,10 @@ class Bench:
                        percentile_cont(0.5) WITHIN GROUP (
                            ORDER BY extract(epoch FROM finished_at - published_at)) AS p50,
                        percentile_cont(0.99) WITHIN GROUP (
-                           ORDER BY extract(epoch FROM finished_at - published_at)) AS p99
+                           ORDER BY extract(epoch FROM finished_at - published_at)) AS p99,
+                       avg(attempts) AS mean_attempts,
+                       -- The slowest job's own chain: first claim to its committed charge.
+                       max(extract(epoch FROM finished_at - started_at)) AS slowest_chain_s
                   FROM billing_jobs WHERE state = 'succeeded'
                 """
             )
@@ -405,6 +408,10 @@ class Bench:
             )
             checks = await self.check(db, prefix, n, ledger)
             seconds = float(figures["seconds"])
+            if faults:
+                # Retries set such a run's length: how many, and the slowest job's own chain.
+                extra["mean_attempts"] = round(float(figures["mean_attempts"]), 2)
+                extra["slowest_chain_s"] = round(float(figures["slowest_chain_s"]), 1)
             gw = gateway + (f" {latency_ms}ms" if gateway in HTTP_GATEWAYS else "") + title
             conc = concurrency if concurrency is not None else infra.DEFAULT_CONCURRENCY
             shown = f"{conc}" if concurrency is not None else f"{conc} (default)"
@@ -759,6 +766,12 @@ class Bench:
         spiky = next((r for r in self.rows if r.gateway.startswith("sandbox 200ms +2%")), None)
         if clean and spiky:
             out["sandbox200_spiky_over_clean"] = round(spiky.rate / clean.rate, 2)
+        storm = next((r for r in self.rows if "storm" in r.gateway), None)
+        if storm and storm.extra.get("slowest_chain_s"):
+            # Near 1: the run lasted as long as its slowest job's retries, not longer.
+            out["storm_span_over_slowest_chain"] = round(
+                storm.accounts / storm.rate / storm.extra["slowest_chain_s"], 2
+            )
         for row in self.rows:
             if row.gateway.endswith("(adapter CPU)"):
                 # The worker process alone: what the adapter (and billq) cost per charge.
