@@ -50,10 +50,11 @@ SELECT key AS reason, n AS jobs
   FROM run_summary_totals WHERE run_id = $1 AND kind = 'decline' ORDER BY n DESC, key
 """
 
-# The first $2 (NULL: all) through billing_jobs_run_state_id_idx, already in id order.
+# A page of $2 (NULL: all) after job $3 (0: from the first; a keyset cursor), through
+# billing_jobs_run_state_id_idx, already in id order.
 DEAD = """
 SELECT id AS job_id, account_id, last_error AS reason
-  FROM billing_jobs WHERE run_id = $1 AND state = 'dead' ORDER BY id LIMIT $2
+  FROM billing_jobs WHERE run_id = $1 AND state = 'dead' AND id > $3 ORDER BY id LIMIT $2
 """
 
 BLOCKED = """
@@ -118,13 +119,13 @@ async def runs(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
 
 
 async def report(
-    pool: asyncpg.Pool, run_id: int, dead_limit: int | None = None
+    pool: asyncpg.Pool, run_id: int, dead_limit: int | None = None, dead_after: int = 0
 ) -> dict[str, list[asyncpg.Record]]:
     return {
         "billed": list(await pool.fetch(BILLED, run_id)),
         "refunded": list(await pool.fetch(REFUNDED, run_id)),
         "declines": list(await pool.fetch(DECLINES, run_id)),
-        "dead": list(await pool.fetch(DEAD, run_id, dead_limit)),
+        "dead": list(await pool.fetch(DEAD, run_id, dead_limit, dead_after)),
         "blocked": list(await pool.fetch(BLOCKED, run_id)),
     }
 
