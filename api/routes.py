@@ -15,6 +15,7 @@ from shared import oneoff, refunds
 from shared.db import oneoff_repo
 from shared.errors import BillqError, InvalidRequest, NotFound
 from shared.messages import INT64_MAX, INT64_MIN
+from shared.query import bounded_int
 
 log = structlog.get_logger("billq.api")
 
@@ -120,28 +121,13 @@ async def get_job(request: web.Request) -> web.Response:
     return web.json_response(oneoff.job_object(row))
 
 
-def _query_int(
-    request: web.Request, name: str, low: int, high: int, default: int | None
-) -> int | None:
-    text = request.query.get(name)
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise InvalidRequest(f"{name} must be an integer between {low} and {high}", param=name)
-    return value
-
-
 async def account_charges(request: web.Request) -> web.Response:
     """GET /v1/accounts/{id}/charges: the account's charges, newest first (Stripe's list)."""
     state = request.app[STATE]
     account_id = _path_id(request, "account", INT64_MIN)
-    limit = _query_int(request, "limit", 1, MAX_LIMIT, 10)
-    assert limit is not None
-    before = _query_int(request, "starting_after", 1, INT64_MAX, None)
+    limit = bounded_int(request.query.get("limit"), "limit", 1, MAX_LIMIT, 10)
+    cursor = request.query.get("starting_after")
+    before = None if cursor is None else bounded_int(cursor, "starting_after", 1, INT64_MAX, 0)
     rows = await oneoff_repo.account_charges(state.pool, account_id, before, limit + 1)
     if not rows and before is None and not await oneoff_repo.account_exists(state.pool, account_id):
         raise NotFound(f"no such account: {account_id}", param="id")

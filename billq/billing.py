@@ -140,7 +140,9 @@ def _invoices_list(args: argparse.Namespace, settings: Settings) -> int:
     rows = asyncio.run(
         _with_pool(
             settings,
-            lambda pool: billing_repo.invoices(pool, args.account, args.period, args.limit),
+            lambda pool: billing_repo.invoices(
+                pool, args.account, args.period, args.limit, args.after
+            ),
         )
     )
     if args.json:
@@ -176,7 +178,8 @@ def _invoices_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _invoice_number(text: str) -> str:
-    if not re.fullmatch(r"\d{4}-\d{6}", text):
+    # Six digits, more past the year's 999,999th (migration 0018).
+    if not re.fullmatch(r"\d{4}-\d{6,10}", text):
         raise argparse.ArgumentTypeError(
             f"expected an invoice number like 2026-000123, got {text!r}"
         )
@@ -202,10 +205,16 @@ def register(sub: Any) -> None:
     verbs = invoices.add_subparsers(
         dest="verb", metavar="VERB", required=True, parser_class=type(invoices)
     )
-    p = verbs.add_parser("list", help="invoices, newest number last")
+    p = verbs.add_parser("list", help="invoices in number order (year, then sequence)")
     p.add_argument("--account", type=positive_int, help="only this account")
     p.add_argument("--period", type=_period, help="periods starting in this month (YYYY-MM)")
     p.add_argument("--limit", type=positive_int, default=1000)
+    p.add_argument(
+        "--after",
+        type=_invoice_number,
+        metavar="NUMBER",
+        help="the next page: invoices numbered after NUMBER (the last one of the page before)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_invoices_list)
     p = verbs.add_parser("show", help="one invoice")

@@ -4,7 +4,7 @@
 ``GET /api/status[?run=N]``    ``billq status [N] --json``
 ``GET /api/runs``              ``billq runs --json``
 ``GET /api/runs/{id}``         ``{"status", "report", "dunning", "throughput"}``
-``GET /api/report/{id}``       ``billq report ID --json``
+``GET /api/report/{id}?limit&after``  ``billq report ID --json``, its dead jobs paged
 ``GET /api/queues``            ``billq queues --json``
 ``GET /api/dlq[?error_class]`` ``billq dlq list --json``
 ``GET /api/dlq/{id}``          ``billq dlq show ID --json``
@@ -18,6 +18,10 @@
 =============================  ==========================================
 
 Errors are ``{"error": "..."}``: 400 bad input, 404 not found, 409 refused by the job's state.
+
+A run's dead jobs may be a million: ``/api/report/{id}`` lists ``limit`` of them (default
+100, at most 1000) by id, after the job ``after`` (a keyset cursor); ``dead_next`` is the
+``after`` of the next page (null on the last), ``dead_total`` how many the run has.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from aiohttp import web
 from dashboard.pages import LETTER_ID, MAX_SELECTED, _int, _refuse_if_read_only, state_of
 from shared import views
 from shared.billing.jobs import JOB_STATES
-from shared.errors import ActionRefused, BillqError, ConfigError
+from shared.errors import ActionRefused, BillqError, ConfigError, InvalidRequest
+from shared.messages import INT64_MAX
+from shared.query import bounded_int
 
 
 def reply(data: Any, status: int = 200) -> web.Response:
@@ -67,11 +73,22 @@ async def run(request: web.Request) -> web.Response:
     return reply({k: data[k] for k in ("status", "report", "dunning", "throughput")})
 
 
+REPORT_DEAD_LIMIT, REPORT_DEAD_MAX = 100, 1000
+
+
 async def report(request: web.Request) -> web.Response:
     run_id = _int(request.match_info["id"], "run")
     assert run_id is not None
+    q = request.query
     try:
-        return reply(await views.report(state_of(request).pool, run_id))
+        limit = bounded_int(q.get("limit"), "limit", 1, REPORT_DEAD_MAX, REPORT_DEAD_LIMIT)
+        after = bounded_int(q.get("after"), "after", 0, INT64_MAX, 0)  # a dead job's id
+    except InvalidRequest as exc:
+        return fail(400, str(exc))
+    if run_id > INT64_MAX:
+        return fail(404, f"RUN: no billing run {run_id}")
+    try:
+        return reply(await views.report(state_of(request).pool, run_id, limit, after))
     except ConfigError as exc:
         return fail(404, str(exc))
 

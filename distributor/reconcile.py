@@ -9,8 +9,9 @@
   found is recorded (refund, credit note, job succeeded) — ``refunds_recovered``: money
   given back is never left unrecorded until the next audit.
 - a one-off or refund job (no run) left ``pending`` by an API process that died between its
-  commit and its publish: published (the outbox repair ``distribute`` also does, without
-  waiting for a run).
+  commit and its publish, once older than ``BILLQ_PUBLISH_TIMEOUT`` (its creator's own
+  publish may still be waiting for its confirm): published. ``distribute`` publishes such
+  jobs only here, by the same rule; its outbox repair is for the runs' jobs.
 - ``published`` / ``retrying`` unchanged for ``BILLQ_STUCK_AFTER`` seconds while the queues
   hold fewer messages than such jobs (messages were lost, e.g. a purged queue): republished.
   A deep but healthy backlog is left alone, so a slow month never doubles the queue.
@@ -109,12 +110,7 @@ async def reconcile(
             log.info("reconcile.republished", job_id=row["id"], account_id=row["account_id"])
 
     summary.refunds_recovered += await _recover_refunds(pool, gateway, limit)
-    unpublished = await reconcile_repo.unpublished_outside_runs(
-        pool, settings.publish_timeout, limit
-    )
-    if unpublished:
-        summary.republished += await outbox.publish(unpublished)
-        log.info("reconcile.outbox_repaired", jobs=len(unpublished))
+    summary.republished += await _repair_api_outbox(settings, pool, outbox, limit)
 
     stalled = await _lost(settings, pool, conn, limit)
     if stalled:
@@ -126,6 +122,22 @@ async def reconcile(
         await reconcile_repo.touch(pool, [r["id"] for r in stalled])
         log.warning("reconcile.republished_stalled", jobs=len(stalled))
     return summary
+
+
+async def _repair_api_outbox(
+    settings: Settings, pool: asyncpg.Pool, outbox: Outbox, limit: int
+) -> int:
+    """Publish every job of no run its creator left pending past its confirm wait, a page of
+    ``limit`` at a time (``distribute`` publishes them only here)."""
+    total, after = 0, 0
+    while rows := await reconcile_repo.unpublished_outside_runs(
+        pool, settings.publish_timeout, limit, after
+    ):
+        total += await outbox.publish(rows)
+        after = rows[-1]["id"]
+    if total:
+        log.info("reconcile.outbox_repaired", jobs=total)
+    return total
 
 
 async def _lost(

@@ -302,7 +302,8 @@ async def publish(
     pool: asyncpg.Pool, publisher: Publisher, settings: Settings, job_id: int
 ) -> bool:
     """Publish a created job now (confirmed, mandatory) and mark it published. False when it
-    could not be: it stays ``pending`` and the next ``billq distribute`` publishes it."""
+    could not be: it stays ``pending`` and the next ``billq distribute`` or ``reconcile``
+    publishes it once it is older than this publish's confirm wait (``publish_timeout``)."""
     from shared.errors import BillqError
     from shared.operations import publish_job
 

@@ -81,10 +81,15 @@ async def runs(pool: asyncpg.Pool, limit: int) -> list[dict[str, Any]]:
     return [dict(r) for r in await billing_repo.runs(pool, limit)]
 
 
-async def report(pool: asyncpg.Pool, run_id: int, dead_limit: int | None = None) -> dict[str, Any]:
+async def report(
+    pool: asyncpg.Pool, run_id: int, dead_limit: int | None = None, dead_after: int = 0
+) -> dict[str, Any]:
     """``billq report RUN --json``: billed per currency, refunded per currency (refunds of the
-    run's charges), declines by reason, dead jobs (the first ``dead_limit`` by id; all by
-    default), blocked accounts (due but given no job).
+    run's charges), declines by reason, dead jobs, blocked accounts (due but given no job).
+
+    Dead jobs come by id: ``dead_limit`` of them (all by default) after the job
+    ``dead_after``; ``dead_next`` is the ``dead_after`` of the next page (None on the last),
+    ``dead_total`` the run's dead jobs (from its summary rows, not counted).
 
     Raises:
         ConfigError: there is no such run.
@@ -96,7 +101,11 @@ async def report(pool: asyncpg.Pool, run_id: int, dead_limit: int | None = None)
     if run is None:
         raise ConfigError(f"RUN: no billing run {run_id}")
     counts = await runs_repo.run_counts(pool, run_id)
-    parts = await billing_repo.report(pool, run_id, dead_limit)
+    # One row past the page tells whether another follows.
+    asked = None if dead_limit is None else dead_limit + 1
+    parts = await billing_repo.report(pool, run_id, asked, dead_after)
+    dead = parts["dead"][:dead_limit]
+    more = dead_limit is not None and len(parts["dead"]) > dead_limit
     return {
         "run_id": run["id"],
         "state": run["state"],
@@ -105,7 +114,9 @@ async def report(pool: asyncpg.Pool, run_id: int, dead_limit: int | None = None)
         "billed": rows_to_dicts(parts["billed"]),
         "refunded": rows_to_dicts(parts["refunded"]),
         "declines": rows_to_dicts(parts["declines"]),
-        "dead": rows_to_dicts(parts["dead"]),
+        "dead": rows_to_dicts(dead),
+        "dead_total": counts.get("dead", 0),
+        "dead_next": dead[-1]["job_id"] if more else None,
         "blocked": rows_to_dicts(parts["blocked"]),
     }
 

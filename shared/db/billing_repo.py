@@ -50,16 +50,22 @@ SELECT key AS reason, n AS jobs
   FROM run_summary_totals WHERE run_id = $1 AND kind = 'decline' ORDER BY n DESC, key
 """
 
-# The first $2 (NULL: all) through billing_jobs_run_state_id_idx, already in id order.
+# A page of $2 (NULL: all) after job $3 (0: from the first; a keyset cursor), through
+# billing_jobs_run_state_id_idx, already in id order.
 DEAD = """
 SELECT id AS job_id, account_id, last_error AS reason
-  FROM billing_jobs WHERE run_id = $1 AND state = 'dead' ORDER BY id LIMIT $2
+  FROM billing_jobs WHERE run_id = $1 AND state = 'dead' AND id > $3 ORDER BY id LIMIT $2
 """
 
 BLOCKED = """
 SELECT account_id, period_start, job_id, reason
   FROM run_blocked WHERE run_id = $1 ORDER BY account_id
 """
+
+# Invoices in number order: by billq_number_order (migration 0019: the year, then the
+# sequence as an integer), since as text '2026-1000000' sorts before '2026-100001'. $5 is a
+# keyset cursor, the last number of the page before (NULL: from the first; every key is
+# >= 0). The number itself breaks ties, so a page never repeats or skips a row.
 
 # One account's invoices: period invoices through invoices_period_key, the other kinds
 # through the account's non-period jobs (billing_jobs_account_other_idx, invoices_job_key),
@@ -75,10 +81,13 @@ SELECT number, account_id, period_start, period_end, amount_cents, currency, sta
          WHERE j.account_id = $1 AND j.kind <> 'period') i
  WHERE ($2::date IS NULL OR period_start >= $2)
    AND ($3::date IS NULL OR period_start < $3)
- ORDER BY number
+   AND (billq_number_order(number), number)
+       > (coalesce(billq_number_order($5::text), -1), coalesce($5::text, ''))
+ ORDER BY billq_number_order(number), number
  LIMIT $4
 """
 
+# Through invoices_number_order_idx, from the cursor on.
 INVOICES = """
 SELECT number, account_id, period_start, period_end, amount_cents, currency, status,
        gateway_charge_id, created_at, paid_at
@@ -86,7 +95,9 @@ SELECT number, account_id, period_start, period_end, amount_cents, currency, sta
  WHERE ($1::bigint IS NULL OR account_id = $1)
    AND ($2::date IS NULL OR period_start >= $2)
    AND ($3::date IS NULL OR period_start < $3)
- ORDER BY number
+   AND (billq_number_order(number), number)
+       > (coalesce(billq_number_order($5::text), -1), coalesce($5::text, ''))
+ ORDER BY billq_number_order(number), number
  LIMIT $4
 """
 
@@ -96,7 +107,7 @@ SELECT i.number, i.account_id, i.period_start, i.period_end, i.amount_cents, i.c
        coalesce((SELECT json_agg(json_build_object(
                     'number', n.number, 'amount_cents', n.amount_cents,
                     'refund_id', r.gateway_refund_id, 'created_at', n.created_at)
-                  ORDER BY n.id)
+                  ORDER BY billq_number_order(n.number), n.number)
                   FROM credit_notes n JOIN refunds r ON r.id = n.refund_id
                  WHERE n.invoice_id = i.id), '[]') AS credit_notes
   FROM invoices i WHERE i.number = $1
@@ -108,24 +119,30 @@ async def runs(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
 
 
 async def report(
-    pool: asyncpg.Pool, run_id: int, dead_limit: int | None = None
+    pool: asyncpg.Pool, run_id: int, dead_limit: int | None = None, dead_after: int = 0
 ) -> dict[str, list[asyncpg.Record]]:
     return {
         "billed": list(await pool.fetch(BILLED, run_id)),
         "refunded": list(await pool.fetch(REFUNDED, run_id)),
         "declines": list(await pool.fetch(DECLINES, run_id)),
-        "dead": list(await pool.fetch(DEAD, run_id, dead_limit)),
+        "dead": list(await pool.fetch(DEAD, run_id, dead_limit, dead_after)),
         "blocked": list(await pool.fetch(BLOCKED, run_id)),
     }
 
 
 async def invoices(
-    pool: asyncpg.Pool, account_id: int | None, period: tuple[object, object] | None, limit: int
+    pool: asyncpg.Pool,
+    account_id: int | None,
+    period: tuple[object, object] | None,
+    limit: int,
+    after: str | None = None,
 ) -> list[asyncpg.Record]:
+    """Invoices in number order (year, then sequence); ``after`` (a number, the last of the
+    page before) gives the next page."""
     start, end = period if period else (None, None)
     if account_id is not None:
-        return list(await pool.fetch(ACCOUNT_INVOICES, account_id, start, end, limit))
-    return list(await pool.fetch(INVOICES, None, start, end, limit))
+        return list(await pool.fetch(ACCOUNT_INVOICES, account_id, start, end, limit, after))
+    return list(await pool.fetch(INVOICES, None, start, end, limit, after))
 
 
 async def invoice(pool: asyncpg.Pool, number: str) -> asyncpg.Record | None:

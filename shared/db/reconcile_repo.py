@@ -68,11 +68,13 @@ RETURNING attempts
 
 # The API's outbox: one-off and refund jobs (no run) committed but never published — their
 # creator died or lost its broker between the commit and the publish. Older than the
-# creator's confirm wait, so a publish still under way is not doubled.
+# creator's confirm wait, so a publish still under way is not doubled. The one rule for such
+# jobs: `reconcile` and every `distribute` (its reconcile step) page through it by id after
+# $3; the distributor's own outbox repair (runs_repo.PENDING_BATCH) leaves them alone.
 UNPUBLISHED_OUTSIDE_RUNS = """
 SELECT id, kind, account_id, period_start, idempotency_key, run_id, dunning_attempt
   FROM billing_jobs
- WHERE state = 'pending' AND run_id IS NULL
+ WHERE state = 'pending' AND run_id IS NULL AND id > $3
    AND created_at < now() - make_interval(secs => $1)
  ORDER BY id
  LIMIT $2
@@ -123,9 +125,9 @@ async def take_refund(pool: asyncpg.Pool, job_id: int, attempts: int, state: str
 
 
 async def unpublished_outside_runs(
-    pool: asyncpg.Pool, older_than_s: float, limit: int
+    pool: asyncpg.Pool, older_than_s: float, limit: int, after_id: int = 0
 ) -> list[asyncpg.Record]:
-    return list(await pool.fetch(UNPUBLISHED_OUTSIDE_RUNS, older_than_s, limit))
+    return list(await pool.fetch(UNPUBLISHED_OUTSIDE_RUNS, older_than_s, limit, after_id))
 
 
 async def open_waiting(pool: asyncpg.Pool) -> int:

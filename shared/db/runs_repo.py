@@ -100,16 +100,18 @@ UPDATE billing_runs
 RETURNING id
 """
 
-# Orphans only: skip jobs of a sharded run whose other shards may still be publishing.
-# Jobs of no run (one-off charges the API committed but did not get to publish) are orphans.
+# Runs' orphans only: skip jobs of a sharded run whose other shards may still be publishing.
+# Jobs of no run (one-offs and refunds the API created) follow their own rule, once:
+# reconcile_repo.UNPUBLISHED_OUTSIDE_RUNS, which every distribute runs in its reconcile step
+# and which leaves a job to its creator's publish until BILLQ_PUBLISH_TIMEOUT has passed.
 PENDING_BATCH = """
 SELECT id, kind, account_id, period_start, idempotency_key, run_id, dunning_attempt
   FROM billing_jobs
- WHERE state = 'pending' AND id > $1
-   AND (run_id IS NULL OR run_id NOT IN (SELECT r.id FROM billing_runs r
+ WHERE state = 'pending' AND id > $1 AND run_id IS NOT NULL
+   AND run_id NOT IN (SELECT r.id FROM billing_runs r
                        WHERE r.state = 'running' AND r.shards > 1
                          AND r.shards_done < r.shards
-                         AND r.started_at > now() - make_interval(secs => $3)))
+                         AND r.started_at > now() - make_interval(secs => $3))
  ORDER BY id
  LIMIT $2
 """

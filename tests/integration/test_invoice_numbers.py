@@ -8,12 +8,17 @@ the gateway had taken could never be recorded.
 from __future__ import annotations
 
 import datetime as dt
+import json
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+import testkit
 from testkit import claimed_jobs, seed
 
-from shared.db import jobs_repo
+from shared.config import Settings
+from shared.db import billing_repo, jobs_repo
+from shared.db.pool import create_pool
 
 pytestmark = pytest.mark.integration
 
@@ -80,3 +85,89 @@ async def test_single_invoice_and_credit_note_numbers_grow_past_six_digits(
     assert await db.fetchval("SELECT billq_next_invoice_number($1)", year + 1) == (
         f"{year + 1}-000001"
     )
+
+
+# --- listings: number order past 999,999 -----------------------------------------------------
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(settings, max_size=2)
+    yield p
+    await p.close()
+
+
+async def _invoices_across_a_million(db: asyncpg.Connection) -> list[str]:
+    """The year's invoices 999,998 to 1,000,002 between last year's 1,000,000th and next
+    year's first, inserted out of number order (ids say nothing of it); in number order."""
+    year = _year()
+    numbers = [
+        f"{year - 1}-1000000",
+        *(f"{year}-{n:06d}" for n in range(999_998, 1_000_003)),
+        f"{year + 1}-000001",
+    ]
+    for i in (3, 0, 6, 1, 5, 2, 4):
+        await db.execute(
+            """INSERT INTO invoices (number, account_id, period_start, period_end, amount_cents,
+                                     currency, status)
+               VALUES ($1, 1, make_date(2020, 1, 1) + $2 * 31, make_date(2020, 1, 1) + $2 * 31
+                       + 30, 1, 'USD', 'paid')""",
+            numbers[i],
+            i,
+        )
+    # As text, '2026-1000000' came before '2026-100001' and last year's after this year's.
+    as_text = [r["number"] for r in await db.fetch("SELECT number FROM invoices ORDER BY number")]
+    assert as_text != numbers
+    return numbers
+
+
+@pytest.mark.parametrize("account", [None, 1])
+async def test_invoices_list_in_number_order_across_a_million(
+    db: asyncpg.Connection, pool: asyncpg.Pool, account: int | None
+) -> None:
+    numbers = await _invoices_across_a_million(db)
+
+    rows = await billing_repo.invoices(pool, account, None, 100)
+
+    assert [r["number"] for r in rows] == numbers
+
+
+@pytest.mark.parametrize("account", [None, 1])
+async def test_invoice_pages_across_a_million_return_each_invoice_once(
+    db: asyncpg.Connection, pool: asyncpg.Pool, account: int | None
+) -> None:
+    numbers = await _invoices_across_a_million(db)
+
+    pages: list[list[str]] = []
+    after: str | None = None
+    while rows := await billing_repo.invoices(pool, account, None, 2, after):
+        pages.append([r["number"] for r in rows])
+        after = pages[-1][-1]
+
+    assert [len(p) for p in pages] == [2, 2, 2, 1]
+    assert [n for p in pages for n in p] == numbers
+
+
+async def test_the_cli_pages_invoices_and_shows_one_past_six_digits(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    numbers = await _invoices_across_a_million(db)
+    env = testkit.env_for(settings)
+    year = _year()
+
+    page = testkit.billq(
+        "invoices", "list", "--after", f"{year}-999999", "--limit", "3", "--json", env=env
+    )
+    shown = testkit.billq("invoices", "show", f"{year}-1000000", "--json", env=env)
+
+    assert [r["number"] for r in json.loads(page.stdout)] == numbers[3:6]
+    assert json.loads(shown.stdout)["number"] == f"{year}-1000000"
+
+
+async def test_credit_note_numbers_order_by_year_then_sequence(db: asyncpg.Connection) -> None:
+    numbers = ["CN-2025-1000000", "CN-2026-999999", "CN-2026-1000000", "CN-2026-1000001"]
+    ordered = await db.fetch(
+        "SELECT n FROM unnest($1::text[]) n ORDER BY billq_number_order(n), n",
+        list(reversed(numbers)),
+    )
+    assert [r["n"] for r in ordered] == numbers
