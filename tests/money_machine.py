@@ -667,7 +667,7 @@ class MoneyMachine(RefundRules, RuleBasedStateMachine):
         self, account: int, key: str, amount: int, published: bool
     ) -> None:
         """What ``POST /v1/charges`` runs; ``published`` False: the API died between its
-        commit and its publish (the next distribute's outbox repair publishes the job)."""
+        commit and its publish (the next distribute or reconcile publishes the job)."""
         self.tally.rules["oneoff" if published else "oneoff_unpublished"] += 1
         self.run(self._oneoff(account, key, amount, published))
 
@@ -681,8 +681,18 @@ class MoneyMachine(RefundRules, RuleBasedStateMachine):
         first = self.oneoffs.setdefault(gateway_key, (created.body["id"], amount))
         assert first[0] == created.body["id"], f"key {key} made a second job"
         assert created.replayed == (created.job_id is None)
-        if published and created.job_id is not None:
+        if created.job_id is None:
+            return
+        if published:
             await oneoff.publish(self.pool, self.publisher, self.settings, created.job_id)
+        else:
+            # It died a while ago: older than BILLQ_PUBLISH_TIMEOUT, so the next distribute
+            # or reconcile publishes it (a younger one may still be publishing itself).
+            await self.pool.execute(
+                "UPDATE billing_jobs SET created_at = created_at - interval '1 hour'"
+                " WHERE id = $1",
+                created.job_id,
+            )
 
     # --- operators ------------------------------------------------------------------------
 
