@@ -689,8 +689,7 @@ class MoneyMachine(RefundRules, RuleBasedStateMachine):
             # It died a while ago: older than BILLQ_PUBLISH_TIMEOUT, so the next distribute
             # or reconcile publishes it (a younger one may still be publishing itself).
             await self.pool.execute(
-                "UPDATE billing_jobs SET created_at = created_at - interval '1 hour'"
-                " WHERE id = $1",
+                "UPDATE billing_jobs SET created_at = created_at - interval '1 hour' WHERE id = $1",
                 created.job_id,
             )
 
