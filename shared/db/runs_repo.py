@@ -100,10 +100,8 @@ UPDATE billing_runs
 RETURNING id
 """
 
-# Runs' orphans only: skip jobs of a sharded run whose other shards may still be publishing.
-# Jobs of no run (one-offs and refunds the API created) follow their own rule, once:
-# reconcile_repo.UNPUBLISHED_OUTSIDE_RUNS, which every distribute runs in its reconcile step
-# and which leaves a job to its creator's publish until BILLQ_PUBLISH_TIMEOUT has passed.
+# Runs' orphans only, not those of a sharded run whose other shards may still publish. Jobs
+# of no run: reconcile_repo.UNPUBLISHED_OUTSIDE_RUNS (after BILLQ_PUBLISH_TIMEOUT).
 PENDING_BATCH = """
 SELECT id, kind, account_id, period_start, idempotency_key, run_id, dunning_attempt
   FROM billing_jobs
