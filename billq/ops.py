@@ -176,7 +176,17 @@ def _workers(args: argparse.Namespace, settings: Settings) -> int:
     else:
         output.print_table(
             data,
-            ("id", "status", "pid", "last_heartbeat", "in_flight", "holding", "handled", "breaker"),
+            (
+                "id",
+                "status",
+                "pid",
+                "last_heartbeat",
+                "in_flight",
+                "holding",
+                "handled",
+                "breaker",
+                "gateway_limit",
+            ),
         )
     return 0
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from shared.config import Settings
@@ -20,14 +20,21 @@ def _rate(text: str) -> float:
     return value
 
 
-def _milliseconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected milliseconds >= 0, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected milliseconds >= 0, got {text!r}")
-    return value
+def _at_least_zero(unit: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {unit} >= 0, got {text!r}") from None
+        if not 0 <= value < float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {unit} >= 0, got {text!r}")
+        return value
+
+    return parse
+
+
+_milliseconds = _at_least_zero("milliseconds")
+_per_second = _at_least_zero("requests a second")
 
 
 def _handle(args: argparse.Namespace, settings: Settings) -> int:
@@ -41,6 +48,7 @@ def _handle(args: argparse.Namespace, settings: Settings) -> int:
         spike_rate=args.spike_rate,
         spike_ms=args.spike_ms,
         seed=args.seed,
+        rate_limit=args.rate_limit,
     )
     serve(args.host, args.port, ledger=args.ledger, faults=faults)
     return 0
@@ -90,6 +98,14 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         help="share of POSTs delayed by a further --spike-ms (latency spikes)",
     )
     p.add_argument("--spike-ms", type=_milliseconds, default=0.0, help="length of a latency spike")
+    p.add_argument(
+        "--rate-limit",
+        type=_per_second,
+        default=0.0,
+        metavar="RPS",
+        help="charge and refund POSTs a second; beyond it answer 429 with Retry-After, as "
+        "Stripe does (default 0: no limit)",
+    )
     p.add_argument("--seed", type=int, help="seed for the fault rolls (default: random)")
     p.set_defaults(handler=_handle)
 

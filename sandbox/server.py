@@ -10,6 +10,8 @@ from a seeded ``random.Random``, rolled on every POST::
     timeout_rate  the charge is stored, then no answer; a retry with the key replays it
     latency_ms    added before every POST answer
     spike_rate    share of POSTs delayed by a further spike_ms (latency spikes)
+    rate_limit    POSTs a second (a fixed one-second window); the excess is answered 429
+                  rate_limit with Retry-After (seconds to the next window), nothing run
 
 Endpoints::
 
@@ -24,6 +26,7 @@ Endpoints::
     GET  /healthz
     GET  /_sandbox/faults                 the faults now in force
     PUT  /_sandbox/faults                 change them at run time (JSON: fields of ``Faults``)
+    GET  /_sandbox/stats                  what the faults did: ``rate_limited`` (429s answered)
 
 ``outage_status`` (set at run time) answers every /v1 request, reads included, with that
 status: 503 plays a gateway that is down, 401 a rotated API key.
@@ -39,6 +42,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import math
 import random
 import re
 import sqlite3
@@ -100,6 +104,12 @@ class _ApiError(Exception):
 
 _FAULT = _ApiError(500, "api_error", "An unknown error occurred (sandbox fault).").body
 _LEDGER_FAILED = _ApiError(500, "api_error", "The sandbox ledger could not store this.").body
+_RATE_LIMITED = _ApiError(
+    429,
+    "invalid_request_error",
+    "Too many requests hit the API too quickly (sandbox rate limit).",
+    "rate_limit",
+).body
 _BAD_KEY = _ApiError(
     400, "invalid_request_error", "Idempotency-Key must be 1 to 255 characters long."
 ).body
@@ -113,6 +123,9 @@ class _Sandbox:
         self._ledger: Ledger | None = None
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key → (lock, holders + waiters)
         self._closing = asyncio.Event()
+        self._window = 0  # the second (int(time.monotonic())) POSTs are counted in
+        self._window_posts = 0
+        self.rate_limited = 0  # 429s answered, for tests (GET /_sandbox/stats)
 
     def _set_faults(self, faults: Faults) -> None:
         self.faults = faults
@@ -137,6 +150,21 @@ class _Sandbox:
 
     async def get_faults(self, request: web.Request) -> web.Response:
         return web.json_response(dataclasses.asdict(self.faults))
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"rate_limited": self.rate_limited})
+
+    def _over_rate(self) -> float | None:
+        """Seconds to the next window when this POST is one too many, else None."""
+        now = time.monotonic()
+        window = int(now)
+        if window != self._window:
+            self._window, self._window_posts = window, 0
+        self._window_posts += 1
+        if self._window_posts <= self.faults.rate_limit:
+            return None
+        self.rate_limited += 1
+        return window + 1 - now
 
     async def put_faults(self, request: web.Request) -> web.Response:
         """Switch faults at run time (tests turn an outage on and off); the seed's sequence
@@ -184,6 +212,11 @@ class _Sandbox:
             _authenticate(request)
         except _ApiError as denied:
             return _respond(denied.status, denied.body)
+        if self.faults.rate_limit and (wait := self._over_rate()) is not None:
+            # Before the fault rolls, so a seed's sequence is the same with a limit or without.
+            response = _respond(429, _RATE_LIMITED)
+            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            return response
         # Both faults are rolled on every POST, so a seed gives one fault sequence.
         fail = self._rng.random() < self._fail_rate
         hang = self._rng.random() < self._timeout_rate
@@ -621,6 +654,7 @@ def build_app(*, ledger: str, faults: Faults | None = None) -> web.Application:
     app.router.add_get("/healthz", sandbox.healthz)
     app.router.add_get("/_sandbox/faults", sandbox.get_faults)
     app.router.add_put("/_sandbox/faults", sandbox.put_faults)
+    app.router.add_get("/_sandbox/stats", sandbox.get_stats)
     app.router.add_post("/v1/payment_intents", sandbox.create_intent)
     app.router.add_get("/v1/payment_intents", sandbox.list_intents)
     # Registered before /{id}, which would otherwise take "search" for an id.

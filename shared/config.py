@@ -149,7 +149,13 @@ class Settings(BaseSettings):
     delivery_limit: int = Field(
         20, ge=1, le=10000, description="Quorum queue redeliveries before the broker dead-letters."
     )
-    concurrency: int = Field(64, ge=1, le=10000, description="Charges a worker has in flight.")
+    concurrency: int = Field(
+        64,
+        ge=1,
+        le=10000,
+        description="Charges a worker has in flight at most; against a gateway that answers 429 "
+        "the worker's adaptive limit runs below it (worker/ratelimit.py).",
+    )
     prefetch: int | None = Field(
         None,
         ge=1,
@@ -260,6 +266,25 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="Seconds an open breaker holds deliveries before returning them to the queue.",
     )
+    # The worker's adaptive limit on a rate-limiting gateway (worker/ratelimit.py).
+    rate_limit_wait_s: float = Field(
+        45.0,
+        ge=0,
+        le=1800,
+        allow_inf_nan=False,
+        description="Seconds a charge the gateway rate-limits (429) may wait in the worker and be "
+        "resent under its key, spending no attempt; then it takes the delayed-retry path. "
+        "Capped at half of BILLQ_JOB_LEASE minus BILLQ_GATEWAY_TIMEOUT, so the job's lease "
+        "outlives the wait; 0 sends a 429 straight to the delayed retry.",
+    )
+    gateway_max_rps: float = Field(
+        0.0,
+        ge=0,
+        le=1_000_000,
+        allow_inf_nan=False,
+        description="Most gateway requests a second per worker (a token bucket), for a known "
+        "account limit; 0 = none (the adaptive limit still reacts to 429s).",
+    )
     dashboard_token: SecretStr | None = Field(
         None,
         description="Token the dashboard asks for (login or Bearer); required off loopback.",
@@ -353,6 +378,12 @@ class Settings(BaseSettings):
         if self.api_tokens is None:
             return []
         return [t.strip() for t in self.api_tokens.get_secret_value().split(",") if t.strip()]
+
+    @property
+    def rate_limit_budget_s(self) -> float:
+        """How long a rate-limited charge may wait in the worker: BILLQ_RATE_LIMIT_WAIT_S,
+        capped so that the wait and one more call end well inside the job's lease."""
+        return min(self.rate_limit_wait_s, (self.job_lease - self.gateway_timeout) / 2)
 
     def retry_delay(self, attempt: int) -> float:
         """Backoff tier for the retry after ``attempt`` (1-based); the last tier repeats."""

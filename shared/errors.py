@@ -4,7 +4,9 @@ Every failure is classified where it happens, so the worker routes by class::
 
     BillqError
     ├── TransientError          retry later: the same work may succeed
-    │   ├── GatewayUnavailable      5xx, timeout, connection error, rate limit
+    │   ├── GatewayUnavailable      5xx, timeout, connection error, 409 key in flight
+    │   │   └── GatewayRateLimited      429: too many requests; nothing ran, the gateway is up
+    │   │                               (carries Retry-After; the worker waits, then resends)
     │   ├── OutcomeUnknown          the gateway may or may not have charged
     │   ├── DatabaseUnavailable     connection lost, serialization failure, deadlock
     │   ├── BrokerUnavailable       no RabbitMQ broker in BILLQ_AMQP_URL answered
@@ -58,6 +60,19 @@ class TransientError(BillqError):
 
 class GatewayUnavailable(TransientError):
     """The payment gateway did not answer usefully (5xx, timeout, connection, rate limit)."""
+
+
+class GatewayRateLimited(GatewayUnavailable):
+    """The gateway refused the request as one too many (429); nothing ran.
+
+    A subclass of ``GatewayUnavailable``, so every route that handles an unavailable gateway
+    still handles it; the worker's rate limiter catches it first, waits (``retry_after_s``
+    from the ``Retry-After`` header when the gateway sent one) and resends under the same key.
+    """
+
+    def __init__(self, message: str | None = None, retry_after_s: float | None = None) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
 
 
 class OutcomeUnknown(TransientError):

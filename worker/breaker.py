@@ -11,7 +11,8 @@ most of the last ``BILLQ_BREAKER_WINDOW`` calls failed that way, the breaker *op
   jittered, growing delay, from ``BILLQ_BREAKER_PROBE_MIN_S`` up to ``…_PROBE_MAX_S``;
 - the first probe the gateway answers *closes* the breaker, and the held work starts.
 
-Declines and other answers count as successes: the gateway is up. A 401 is re-raised as
+Declines, rate limits (429) and other answers count as successes: the gateway is up (the
+rate limiter in worker/ratelimit.py deals with a 429). A 401 is re-raised as
 ``GatewayUnavailable`` so the job is retried later instead of dead-lettered.
 """
 
@@ -20,8 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import structlog
@@ -30,6 +30,7 @@ from shared.backoff import Backoff
 from shared.config import Settings
 from shared.errors import (
     GatewayMisconfigured,
+    GatewayRateLimited,
     GatewayRejected,
     GatewayUnavailable,
     TransientError,
@@ -37,8 +38,7 @@ from shared.errors import (
 from shared.gateway.port import (
     ChargeOutcome,
     ChargeRequest,
-    GatewayCharge,
-    GatewayRefund,
+    ForwardingGateway,
     PaymentGateway,
     Refunded,
     RefundRequest,
@@ -133,6 +133,8 @@ class Breaker:
             await asyncio.sleep(delay)
             try:
                 await self._probe()
+            except GatewayRateLimited:
+                pass  # it answered: a rate limit means it is up
             except (TransientError, GatewayMisconfigured) as exc:
                 self.last_error = str(exc)
                 log.warning("gateway.breaker_probe_failed", error=str(exc), retry_s=delay)
@@ -153,11 +155,11 @@ class Breaker:
             self._task = None
 
 
-class BreakerGateway:
+class BreakerGateway(ForwardingGateway):
     """A ``PaymentGateway`` that reports each charge's fate to the breaker."""
 
     def __init__(self, inner: PaymentGateway, breaker: Breaker) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.breaker = breaker
 
     async def charge(self, request: ChargeRequest) -> ChargeOutcome:
@@ -176,6 +178,9 @@ class BreakerGateway:
             self.breaker.record(True, str(exc))
             # Our key or URL, not the job: retry it once the gateway takes us again.
             raise GatewayUnavailable(str(exc)) from exc
+        except GatewayRateLimited:
+            self.breaker.record(False)  # it answered: too many of us, but up
+            raise
         except TransientError as exc:
             self.breaker.record(True, str(exc))
             raise
@@ -184,18 +189,6 @@ class BreakerGateway:
             raise
         self.breaker.record(False)
         return answer
-
-    async def find_by_idempotency_key(self, idempotency_key: str) -> ChargeOutcome | None:
-        return await self._inner.find_by_idempotency_key(idempotency_key)
-
-    def list_charges(self, since: datetime | None) -> AsyncIterator[GatewayCharge]:
-        return self._inner.list_charges(since)
-
-    async def find_refund(self, charge_id: str, idempotency_key: str) -> Refunded | None:
-        return await self._inner.find_refund(charge_id, idempotency_key)
-
-    def list_refunds(self, since: datetime | None) -> AsyncIterator[GatewayRefund]:
-        return self._inner.list_refunds(since)
 
     async def aclose(self) -> None:
         await self.breaker.aclose()

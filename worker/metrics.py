@@ -71,3 +71,14 @@ class Metrics:
             "Deliveries an open breaker returned to the queue after holding them.",
             registry=self.registry,
         )
+        self.gateway_rate_limited = Counter(
+            "billq_gateway_rate_limited",
+            "Gateway answers that were a rate limit (429); each is resent, spending no attempt.",
+            registry=self.registry,
+        )
+        self.gateway_limit = Gauge(
+            "billq_gateway_limit",
+            "Charges the worker lets be in flight at the gateway now (adaptive: cut by 429s, "
+            "back up to BILLQ_CONCURRENCY).",
+            registry=self.registry,
+        )

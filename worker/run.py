@@ -32,6 +32,7 @@ from worker.control import ControlListener
 from worker.handler import Handler
 from worker.health import HealthServer
 from worker.metrics import Metrics
+from worker.ratelimit import RateLimitedGateway, RateLimiter
 from worker.stats import Stats
 
 log = structlog.get_logger("billq.worker")
@@ -52,9 +53,11 @@ class Heartbeat:
         metrics: Metrics,
         stop: asyncio.Event,
         breaker: Breaker | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._settings = settings
         self._breaker = breaker
+        self._limiter = limiter
         self._pool = pool
         self._worker_id = worker_id
         self._stats = stats
@@ -77,6 +80,7 @@ class Heartbeat:
                     self._stats.in_flight,
                     self._stats.handled,
                     self._breaker.state if self._breaker else "closed",
+                    self._limiter.limit if self._limiter else None,
                 )
                 self.db_ok = True
                 self._metrics.last_heartbeat.set(time.time())
@@ -159,14 +163,19 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> int:
     if pool is None:
         return 0
     stats, metrics = Stats(), Metrics()
-    gateway = guarded(settings, make_gateway(settings), metrics)
+    # The rate limiter outside the breaker: a 429 is resent here, and the breaker sees each
+    # one as an answer (the gateway is up), never as a failure.
+    breaker = guarded(settings, make_gateway(settings), metrics)
+    gateway = RateLimitedGateway(breaker, RateLimiter(settings, metrics))
     health: HealthServer | None = None
     try:
         jobs = PgJobsRepo(pool, worker_id=worker_id, lease_s=settings.job_lease)
         handler = Handler(settings, jobs, gateway, metrics.gateway_seconds.observe)
-        heartbeat = Heartbeat(settings, pool, worker_id, stats, metrics, stop, gateway.breaker)
+        heartbeat = Heartbeat(
+            settings, pool, worker_id, stats, metrics, stop, breaker.breaker, gateway.limiter
+        )
         consumer = Consumer(
-            settings, handler, stats, metrics, heartbeat.check_message_limit, gateway.breaker
+            settings, handler, stats, metrics, heartbeat.check_message_limit, breaker.breaker
         )
         heartbeat.db_ok = True
         if settings.metrics_port is not None:
@@ -183,7 +192,12 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> int:
         beat = asyncio.create_task(heartbeat.run())
         # Fleet restart: its own connection, beside the heartbeat (worker/control.py).
         listen = asyncio.create_task(ControlListener(settings, heartbeat.recycle).run(stop))
-        log.info("worker.started", concurrency=settings.concurrency)
+        log.info(
+            "worker.started",
+            concurrency=settings.concurrency,
+            rate_limit_wait_s=settings.rate_limit_budget_s,
+            gateway_max_rps=settings.gateway_max_rps or None,
+        )
         try:
             await consumer.run(stop)
         finally:

@@ -7,17 +7,18 @@ import asyncpg
 from shared.db.errors import classified
 
 UPSERT = """
-INSERT INTO workers (id, hostname, pid, in_flight, handled, breaker)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO workers (id, hostname, pid, in_flight, handled, breaker, gateway_limit)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (id) DO UPDATE
    SET last_heartbeat = now(), in_flight = EXCLUDED.in_flight, handled = EXCLUDED.handled,
-       breaker = EXCLUDED.breaker
+       breaker = EXCLUDED.breaker, gateway_limit = EXCLUDED.gateway_limit
 """
 
 DELETE = "DELETE FROM workers WHERE id = $1"
 
 LIST = """
 SELECT w.id, w.hostname, w.pid, w.started_at, w.last_heartbeat, w.in_flight, w.handled, w.breaker,
+       w.gateway_limit,
        w.last_heartbeat > now() - make_interval(secs => $1) AS live,
        (SELECT count(*) FROM billing_jobs j
          WHERE j.state = 'processing' AND j.locked_by = w.id) AS holding
@@ -34,8 +35,9 @@ async def heartbeat(
     in_flight: int,
     handled: int,
     breaker: str = "closed",
+    gateway_limit: int | None = None,
 ) -> None:
-    await pool.execute(UPSERT, worker_id, hostname, pid, in_flight, handled, breaker)
+    await pool.execute(UPSERT, worker_id, hostname, pid, in_flight, handled, breaker, gateway_limit)
 
 
 async def deregister(pool: asyncpg.Pool, worker_id: str) -> None:

@@ -8,6 +8,8 @@ back under its own idempotency key, with the same classification; a refund of mo
 the charge has left is ``RefundRefused`` (a ``GatewayRejected``), as Stripe refuses it.
 ``find_refund`` looks a refund up by its key among the charge's refunds (Stripe has no search
 over refunds: its refund list filtered by ``payment_intent``, matched on the metadata).
+``ForwardingGateway`` is the base of wrappers that change a few calls (the worker's breaker
+and rate limiter) and pass the rest through.
 """
 
 from __future__ import annotations
@@ -170,6 +172,34 @@ class PaymentGateway(Protocol):
     async def aclose(self) -> None:
         """Release connections."""
         ...
+
+
+class ForwardingGateway:
+    """A ``PaymentGateway`` passing every call to ``inner``; subclasses override a few."""
+
+    def __init__(self, inner: PaymentGateway) -> None:
+        self._inner = inner
+
+    async def charge(self, request: ChargeRequest) -> ChargeOutcome:
+        return await self._inner.charge(request)
+
+    async def find_by_idempotency_key(self, idempotency_key: str) -> ChargeOutcome | None:
+        return await self._inner.find_by_idempotency_key(idempotency_key)
+
+    def list_charges(self, since: datetime | None) -> AsyncIterator[GatewayCharge]:
+        return self._inner.list_charges(since)
+
+    async def refund(self, request: RefundRequest) -> Refunded:
+        return await self._inner.refund(request)
+
+    async def find_refund(self, charge_id: str, idempotency_key: str) -> Refunded | None:
+        return await self._inner.find_refund(charge_id, idempotency_key)
+
+    def list_refunds(self, since: datetime | None) -> AsyncIterator[GatewayRefund]:
+        return self._inner.list_refunds(since)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def gateway_charge(

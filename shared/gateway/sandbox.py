@@ -5,7 +5,8 @@ Every failure is classified here, at the edge, by what it says about the charge:
     2xx succeeded                    Charged
     402 card_error                   Declined (a business outcome, not an exception)
     5xx with Idempotent-Replayed     OutcomeUnknown      the stored first answer was a 5xx
-    5xx, 409, 429                    GatewayUnavailable  nothing ran; retry with the same key
+    5xx, 409                         GatewayUnavailable  nothing ran; retry with the same key
+    429                              GatewayRateLimited  nothing ran; its Retry-After carried
     connect error / connect timeout  GatewayUnavailable  the request never left
     read/write timeout, dropped      OutcomeUnknown      it may have run; retry with the same key
     401, 403, unusable URL           GatewayMisconfigured  the gateway refused billq itself
@@ -37,13 +38,14 @@ import orjson
 
 from shared.errors import (
     GatewayMisconfigured,
+    GatewayRateLimited,
     GatewayRejected,
     GatewayUnavailable,
     OutcomeUnknown,
     RefundRefused,
 )
 from shared.gateway.amounts import from_gateway_units, to_gateway_units
-from shared.gateway.http_pool import keepalive_session
+from shared.gateway.http_pool import keepalive_session, retry_after_s
 from shared.gateway.port import (
     Charged,
     ChargeOutcome,
@@ -109,7 +111,8 @@ class SandboxGateway:
         """Create and confirm a PaymentIntent once per idempotency key.
 
         Raises:
-            GatewayUnavailable: nothing was executed (5xx, 409, 429, connection refused).
+            GatewayRateLimited: 429, nothing was executed (with the answer's Retry-After).
+            GatewayUnavailable: nothing was executed (5xx, 409, connection refused).
             OutcomeUnknown: the charge may have run (timeout, dropped, replayed 5xx).
             GatewayMisconfigured: the gateway refused the key (401/403), or an unusable URL.
             GatewayRejected: invalid request or idempotency mismatch.
@@ -137,7 +140,8 @@ class SandboxGateway:
         """Refund (part of) a PaymentIntent once per idempotency key (Stripe's Refund API).
 
         Raises:
-            GatewayUnavailable: nothing was executed (5xx, 409, 429, connection refused).
+            GatewayRateLimited: 429, nothing was executed (with the answer's Retry-After).
+            GatewayUnavailable: nothing was executed (5xx, 409, connection refused).
             OutcomeUnknown: the refund may have run (timeout, dropped, replayed 5xx).
             RefundRefused: more than the intent has left to refund.
             GatewayMisconfigured: the gateway refused the key (401/403), or an unusable URL.
@@ -334,8 +338,12 @@ class SandboxGateway:
                 # The gateway stored its first answer, a 5xx: the charge may have run.
                 raise OutcomeUnknown(f"gateway replayed a {status} for this key")
             raise GatewayUnavailable(f"gateway answered {status}")
-        if status in (409, 429):
-            # 429 rate limit; 409 the same key is executing concurrently. Nothing ran.
+        if status == 429:
+            # Too many requests: nothing ran, and the gateway is up (not a breaker failure).
+            wait = retry_after_s(answer.headers.get("Retry-After"))
+            raise GatewayRateLimited(f"gateway answered {status} (rate limited)", wait)
+        if status == 409:
+            # The same key is executing concurrently. Nothing ran.
             raise GatewayUnavailable(f"gateway answered {status}")
         error = (_json(answer.content) or {}).get("error") or {}
         kind = error.get("type") or "error"

@@ -17,7 +17,8 @@ Every SDK failure is classified here, with the same meaning as ``SandboxGateway`
     intent succeeded                        Charged
     CardError (402)                         Declined (code, decline_code, the intent's id)
     5xx with Idempotent-Replayed: true      OutcomeUnknown      the stored first answer was a 5xx
-    5xx, 409, RateLimitError (429)          GatewayUnavailable  nothing ran; retry with the same key
+    5xx, 409                                GatewayUnavailable  nothing ran; retry with the same key
+    RateLimitError (429)                    GatewayRateLimited  nothing ran; its Retry-After carried
     connection refused / connect timeout    GatewayUnavailable  the request never left
     read/write timeout, dropped connection  OutcomeUnknown      it may have run; retry with the key
     a 2xx the SDK cannot read               OutcomeUnknown      it ran, but how is unknown
@@ -48,6 +49,7 @@ import stripe
 from shared.errors import (
     BillqError,
     GatewayMisconfigured,
+    GatewayRateLimited,
     GatewayRejected,
     GatewayUnavailable,
     OutcomeUnknown,
@@ -55,7 +57,7 @@ from shared.errors import (
     TransientError,
 )
 from shared.gateway.amounts import from_gateway_units, to_gateway_units
-from shared.gateway.http_pool import keepalive_session
+from shared.gateway.http_pool import keepalive_session, retry_after_s
 from shared.gateway.port import (
     Charged,
     ChargeOutcome,
@@ -126,7 +128,8 @@ class StripeGateway:
         """Create and confirm a PaymentIntent once per idempotency key.
 
         Raises:
-            GatewayUnavailable: nothing was executed (5xx, 409, rate limit, connection refused).
+            GatewayRateLimited: 429, nothing was executed (with the answer's Retry-After).
+            GatewayUnavailable: nothing was executed (5xx, 409, connection refused).
             OutcomeUnknown: the charge may have run (timeout, dropped, replayed 5xx).
             GatewayRejected: invalid request, idempotency mismatch or authentication failure.
         """
@@ -243,7 +246,8 @@ class StripeGateway:
         """Refund (part of) a PaymentIntent once per idempotency key (Stripe's Refund API).
 
         Raises:
-            GatewayUnavailable: nothing was executed (5xx, 409, rate limit, connection refused).
+            GatewayRateLimited: 429, nothing was executed (with the answer's Retry-After).
+            GatewayUnavailable: nothing was executed (5xx, 409, connection refused).
             OutcomeUnknown: the refund may have run (timeout, dropped, replayed 5xx).
             RefundRefused: more than the intent has left to refund.
             GatewayRejected: invalid request, idempotency mismatch or authentication failure.
@@ -389,7 +393,9 @@ def map_stripe_error(
             f"no answer from the gateway ({name}); retry with the same idempotency key"
         )
     if isinstance(exc, stripe.RateLimitError):
-        return GatewayUnavailable(f"gateway answered {exc.http_status} (rate limited)")
+        # Nothing ran, and the gateway is up: the worker waits and resends (not a breaker failure).
+        wait = retry_after_s(_header(exc, "retry-after"))
+        return GatewayRateLimited(f"gateway answered {exc.http_status} (rate limited)", wait)
     status = exc.http_status
     if isinstance(exc, _PERMANENT):
         error = exc.error
@@ -416,21 +422,22 @@ def map_stripe_error(
 
 
 def _replayed(exc: stripe.StripeError) -> bool:
-    """Whether the answer carried ``Idempotent-Replayed: true``.
+    """Whether the answer carried ``Idempotent-Replayed: true``."""
+    return str(_header(exc, "idempotent-replayed")).lower() == "true"
+
+
+def _header(exc: stripe.StripeError, name: str) -> str | None:
+    """A response header of a failed call (``name`` in lower case), or None.
 
     For an error answer whose body it cannot parse, stripe-python passes the response headers
     in the ``json_body`` slot (``_APIRequestor._interpret_response``), so both are read.
     """
     for headers in (exc.headers, exc.json_body):
         if isinstance(headers, Mapping):
-            for name, value in headers.items():
-                if (
-                    isinstance(name, str)
-                    and name.lower() == "idempotent-replayed"
-                    and str(value).lower() == "true"
-                ):
-                    return True
-    return False
+            for key, value in headers.items():
+                if isinstance(key, str) and key.lower() == name:
+                    return str(value)
+    return None
 
 
 def _scrub(message: str, secrets: tuple[str, ...]) -> str:

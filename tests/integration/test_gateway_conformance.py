@@ -40,7 +40,13 @@ from gatewaykit import (
     stub,
 )
 
-from shared.errors import GatewayRejected, GatewayUnavailable, OutcomeUnknown, RefundRefused
+from shared.errors import (
+    GatewayRateLimited,
+    GatewayRejected,
+    GatewayUnavailable,
+    OutcomeUnknown,
+    RefundRefused,
+)
 from shared.gateway import test_cards
 from shared.gateway.inprocess import InProcessGateway
 from shared.gateway.port import (
@@ -706,6 +712,40 @@ async def test_fail_rate_one_is_gateway_unavailable_and_a_later_retry_charges(
         assert [i["id"] for i in await all_intents(base)] == [outcome.charge_id]
 
 
+async def test_past_the_sandboxs_rate_limit_a_charge_is_rate_limited_and_runs_nothing(
+    adapter: str, ledger: Path
+) -> None:
+    async with sandbox(ledger, rate_limit=2) as base, connect(adapter, base) as gw:
+        answers = await asyncio.gather(
+            *(gw.charge(charge(f"burst-{i}", account_id=i)) for i in range(6)),
+            return_exceptions=True,
+        )
+        limited = [a for a in answers if isinstance(a, GatewayRateLimited)]
+        assert limited, answers  # one second's window takes 2; a slow machine may see 2 windows
+        assert all(isinstance(a, Charged | GatewayRateLimited) for a in answers), answers
+        # Retry-After names the seconds to the sandbox's next window (whole seconds).
+        assert {a.retry_after_s for a in limited} == {1.0}
+        charged = [a for a in answers if isinstance(a, Charged)]
+        assert len(await all_intents(base)) == len(charged)
+        async with httpx.AsyncClient() as client:
+            stats = (await client.get(f"{base}/_sandbox/stats")).json()
+        assert stats == {"rate_limited": len(limited)}
+
+
+@pytest.mark.parametrize(("header", "expected"), [("7", 7.0), ("0.25", 0.25), (None, None)])
+async def test_a_429_carries_the_retry_after_the_gateway_sent(
+    adapter: str, header: str | None, expected: float | None
+) -> None:
+    headers = JSON | ({"Retry-After": header} if header is not None else {})
+    body = _error("invalid_request_error", code="rate_limit")
+    async with stub(429, body, headers) as base, connect(adapter, base) as gw:
+        with pytest.raises(GatewayRateLimited) as caught:
+            await gw.charge(charge())
+
+    assert caught.value.retry_after_s == expected
+    assert isinstance(caught.value, GatewayUnavailable)  # every existing route still applies
+
+
 async def test_a_timeout_is_outcome_unknown_and_the_retry_gets_the_stored_charge(
     adapter: str, ledger: Path
 ) -> None:
@@ -777,7 +817,7 @@ def _error(kind: str, **fields: str) -> bytes:
         (502, HTML, REPLAYED, OutcomeUnknown),  # an unreadable body; the header still counts
         (500, API_ERROR, JSON, GatewayUnavailable),
         (503, HTML, {}, GatewayUnavailable),
-        (429, _error("invalid_request_error", code="rate_limit"), JSON, GatewayUnavailable),
+        (429, _error("invalid_request_error", code="rate_limit"), JSON, GatewayRateLimited),
         (409, _error("invalid_request_error", code="lock_timeout"), JSON, GatewayUnavailable),
         (400, API_ERROR, JSON, GatewayRejected),
         (401, API_ERROR, JSON, GatewayRejected),
@@ -810,7 +850,7 @@ REFUND = b'{"id": "re_1", "object": "refund", "amount": 100, "currency": "usd", 
         (500, API_ERROR, {**JSON, **REPLAYED}, OutcomeUnknown),
         (500, API_ERROR, JSON, GatewayUnavailable),
         (503, HTML, {}, GatewayUnavailable),
-        (429, _error("invalid_request_error", code="rate_limit"), JSON, GatewayUnavailable),
+        (429, _error("invalid_request_error", code="rate_limit"), JSON, GatewayRateLimited),
         (409, _error("invalid_request_error", code="lock_timeout"), JSON, GatewayUnavailable),
         (400, _error("invalid_request_error", code="amount_too_large"), JSON, RefundRefused),
         (400, _error("invalid_request_error", code="charge_already_refunded"), JSON, RefundRefused),

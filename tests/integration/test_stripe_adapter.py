@@ -18,7 +18,7 @@ import stripe
 from gatewaykit import KEY, Seen, all_intents, charge, prune_keys, sandbox, stub
 
 from shared.config import load_settings
-from shared.errors import GatewayRejected, GatewayUnavailable, OutcomeUnknown
+from shared.errors import GatewayRateLimited, GatewayRejected, GatewayUnavailable, OutcomeUnknown
 from shared.gateway.factory import make_gateway
 from shared.gateway.port import Charged, Declined, PaymentGateway
 from shared.gateway.pruned_keys import LOOKUP_AFTER, charge_safely, key_may_be_pruned
@@ -109,9 +109,12 @@ def test_the_sdks_exception_classes_map_as_documented() -> None:
     ]
     for exc in rejected:
         assert isinstance(map_stripe_error(exc), GatewayRejected), exc
-    assert isinstance(
-        map_stripe_error(stripe.RateLimitError("slow down", http_status=429)), GatewayUnavailable
+    limited = map_stripe_error(stripe.RateLimitError("slow down", http_status=429))
+    assert isinstance(limited, GatewayRateLimited) and limited.retry_after_s is None
+    with_wait = map_stripe_error(
+        stripe.RateLimitError("slow down", http_status=429, headers={"Retry-After": "2"})
     )
+    assert isinstance(with_wait, GatewayRateLimited) and with_wait.retry_after_s == 2.0
     no_cause = stripe.APIConnectionError("no cause")  # type: ignore[no-untyped-call]
     assert isinstance(map_stripe_error(no_cause), OutcomeUnknown)
 
