@@ -107,7 +107,7 @@ def billq_env(database: str, prefix: str, **extra: str) -> dict[str, str]:
 
 
 # billq's BILLQ_CONCURRENCY default (the bench imports no billq code; keep in step).
-DEFAULT_CONCURRENCY = 64
+DEFAULT_CONCURRENCY = 256
 
 
 async def dead_tuples(database: str) -> dict[str, int]:

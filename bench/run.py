@@ -415,6 +415,8 @@ class Bench:
             gw = gateway + (f" {latency_ms}ms" if gateway in HTTP_GATEWAYS else "") + title
             conc = concurrency if concurrency is not None else infra.DEFAULT_CONCURRENCY
             shown = f"{conc}" if concurrency is not None else f"{conc} (default)"
+            if concurrency is None and "BILLQ_CONCURRENCY" in os.environ:
+                shown = f"{os.environ['BILLQ_CONCURRENCY']} (BILLQ_CONCURRENCY)"
             self.record(
                 measured(
                     f"billq {mode}, {gw}, {processes} proc x {shown}",

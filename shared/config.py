@@ -2,6 +2,9 @@
 
 Sources, highest first: CLI flags, ``BILLQ_*`` environment variables, a ``.env``
 file, defaults (the local services).
+
+Longer than most: every setting lives in this one object, each with its bounds and the
+description ``--help`` and the README repeat, so that one place validates them all.
 """
 
 from __future__ import annotations
@@ -150,7 +153,7 @@ class Settings(BaseSettings):
         20, ge=1, le=10000, description="Quorum queue redeliveries before the broker dead-letters."
     )
     concurrency: int = Field(
-        64,
+        256,
         ge=1,
         le=10000,
         description="Charges a worker has in flight at most; against a gateway that answers 429 "

@@ -33,12 +33,18 @@ def register(sub: Any) -> None:
 DESCRIPTION = (
     "Run one worker: prefetch QoS, claim → charge → record → ack. SIGTERM finishes in-flight "
     "work within BILLQ_SHUTDOWN_GRACE and exits 0; a second signal exits at once. Exits 3 "
-    "after recycling itself (memory or message limit)."
+    "after recycling itself (memory or message limit). A gateway's rate limit (429) is waited "
+    "out and the charge resent under its key, spending no attempt."
 )
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--concurrency", type=int, help="messages handled at once (BILLQ_CONCURRENCY)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        help="charges in flight at most (BILLQ_CONCURRENCY, default 256); a gateway's 429s "
+        "cut the worker's adaptive limit below it (BILLQ_RATE_LIMIT_WAIT_S, BILLQ_GATEWAY_MAX_RPS)",
+    )
     p.add_argument("--gateway", choices=["sandbox", "inprocess", "stripe"], help="BILLQ_GATEWAY")
     p.add_argument("--gateway-url", help="BILLQ_GATEWAY_URL")
     p.add_argument(

@@ -217,5 +217,7 @@ def test_the_grafana_dashboard_queries_billq_metrics() -> None:
         "billq_reconnects_total",
         "billq_last_heartbeat_timestamp_seconds",
         "billq_run_due",
+        "billq_gateway_rate_limited_total",
+        "billq_gateway_limit",
     ):
         assert any(metric in e for e in exprs), metric

@@ -47,6 +47,8 @@ async def test_queues_jobs_cancel_and_workers_reflect_the_real_state(
         await testkit.wait_until(lambda: all_terminal(db), timeout=60)
         listed = cli_json(tmp_env, "workers")
         assert len(listed) == 1 and listed[0]["status"] == "live"
+        # No 429 from this gateway: the adaptive limit sits at BILLQ_CONCURRENCY's default.
+        assert listed[0]["gateway_limit"] == 256
     finally:
         testkit.stop_process(worker)
     # The cancelled job's message was acked as a duplicate: no charge for it.

@@ -31,8 +31,9 @@ def test_settings_are_the_documented_defaults() -> None:
     assert (settings.queue_prefix, settings.gateway, settings.concurrency) == (
         "billq",
         "sandbox",
-        64,
+        256,
     )
+    assert (settings.rate_limit_wait_s, settings.gateway_max_rps) == (45.0, 0.0)
     assert settings.retry_delays == [5.0, 30.0, 120.0, 600.0, 3600.0]
 
 
