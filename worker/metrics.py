@@ -24,7 +24,7 @@ class Metrics:
         )
         self.gateway_seconds = Histogram(
             "billq_gateway_seconds",
-            "Gateway call latency.",
+            "Gateway call latency (a rate-limited charge counts its waits and resends).",
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )

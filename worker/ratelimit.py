@@ -13,7 +13,9 @@ and sends every charge and refund through one ``RateLimiter``:
   ahead of calls that have not been sent yet;
 - ``BILLQ_GATEWAY_MAX_RPS``, when set, paces calls with a token bucket;
 - a call that cannot go within ``BILLQ_RATE_LIMIT_WAIT_S`` (see ``rate_limit_budget_s``)
-  raises ``GatewayRateLimited``: the job takes the normal transient path.
+  raises ``GatewayRateLimited``: the job takes the normal transient path — and so, once the
+  worker is stopping (``give_up_waiting``), does every call still waiting, so its job is handed
+  on within the shutdown grace instead of abandoned at its end.
 
 Reads (key searches, listings) pass straight through. With no 429 ever, a charge costs a
 counter up and down and two comparisons.
@@ -58,7 +60,8 @@ class RateLimiter:
         self.budget_s = settings.rate_limit_budget_s
         self._metrics = metrics
         self._in_flight = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[asyncio.Future[bool]] = deque()  # True: granted, False: refused
+        self._stopping = False
         self._paused_until = 0.0  # time.monotonic(); 0 while not paused
         self._wake: asyncio.TimerHandle | None = None
         self._backoff = Backoff(base=0.5, cap=10.0, floor=0.1, jitter=0.5)
@@ -111,7 +114,7 @@ class RateLimiter:
         self.rate_limited += 1
         if self._metrics is not None:
             self._metrics.gateway_rate_limited.inc()
-        if not self.budget_s:
+        if not self.budget_s or self._stopping:
             return False
         now = time.monotonic()
         wait = exc.retry_after_s if exc.retry_after_s is not None else self._backoff.next()
@@ -129,8 +132,19 @@ class RateLimiter:
                 self._metrics.gateway_limit.set(self._aimd.limit)
         return now + wait < deadline
 
+    def give_up_waiting(self) -> None:
+        """The worker is stopping: calls waiting now, and any that would wait later, fail as
+        rate-limited at once (their jobs go to the retry tiers); calls that can go still go."""
+        self._stopping = True
+        while self._waiters:
+            slot = self._waiters.popleft()
+            if not slot.done():
+                slot.set_result(False)
+
     async def _queue(self, deadline: float, resent: bool) -> None:
-        slot = asyncio.get_running_loop().create_future()
+        if self._stopping:
+            raise GatewayRateLimited("gateway rate-limited and the worker is stopping")
+        slot: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         if resent:
             self._waiters.appendleft(slot)
         else:
@@ -138,9 +152,9 @@ class RateLimiter:
         self._grant()
         try:
             async with asyncio.timeout(deadline - time.monotonic()):
-                await slot
+                granted = await slot
         except BaseException as exc:
-            if slot.done() and not slot.cancelled():
+            if slot.done() and not slot.cancelled() and slot.result():
                 self.release()  # granted just as it gave up: hand the slot on
             else:
                 slot.cancel()
@@ -152,6 +166,8 @@ class RateLimiter:
                     f"(limit {self._aimd.limit})"
                 ) from None
             raise
+        if not granted:
+            raise GatewayRateLimited("gateway rate-limited and the worker is stopping")
 
     async def _paced(self, deadline: float) -> None:
         assert self._bucket is not None
@@ -177,7 +193,7 @@ class RateLimiter:
             slot = self._waiters.popleft()
             if not slot.done():
                 self._in_flight += 1
-                slot.set_result(None)
+                slot.set_result(True)
 
     def _resume(self) -> None:
         self._wake = None

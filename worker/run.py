@@ -156,6 +156,14 @@ async def _open_pool(
     return None
 
 
+async def _end_waits_on_stop(settings: Settings, limiter: RateLimiter, stop: asyncio.Event) -> None:
+    """Half the shutdown grace after a stop, charges still waiting out a rate limit give up
+    (their jobs are retried later): handed on cleanly rather than abandoned when it ends."""
+    await stop.wait()
+    await asyncio.sleep(settings.shutdown_grace / 2)
+    limiter.give_up_waiting()
+
+
 async def run_worker(settings: Settings, stop: asyncio.Event) -> int:
     worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     structlog.contextvars.bind_contextvars(worker_id=worker_id)
@@ -190,6 +198,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> int:
             health = HealthServer(metrics, ready)
             await health.start(settings.metrics_host, settings.metrics_port)
         beat = asyncio.create_task(heartbeat.run())
+        waits = asyncio.create_task(_end_waits_on_stop(settings, gateway.limiter, stop))
         # Fleet restart: its own connection, beside the heartbeat (worker/control.py).
         listen = asyncio.create_task(ControlListener(settings, heartbeat.recycle).run(stop))
         log.info(
@@ -204,6 +213,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> int:
             stop.set()  # the consumer is done (or failed): every side loop ends with it
             beat.cancel()
             listen.cancel()
+            waits.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.gather(listen, return_exceptions=True), 5.0)
             heartbeat.close()

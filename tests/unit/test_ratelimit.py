@@ -235,6 +235,20 @@ async def test_a_call_cancelled_while_it_waits_for_a_slot_gives_nothing_away() -
     await gw.aclose()
 
 
+async def test_a_stopping_worker_hands_waiting_charges_on_as_rate_limited() -> None:
+    inner = LimitingGateway(limited=1, retry_after_s=10)
+    gw = limited(inner, rate_limit_wait_s=30)
+    waiting = asyncio.create_task(gw.charge(request(1)))
+    await asyncio.sleep(0.05)  # rate-limited, held by the 10 s Retry-After
+    gw.limiter.give_up_waiting()
+    with pytest.raises(GatewayRateLimited, match="stopping"):
+        await waiting  # at once, not after 10 s: its job takes the retry tiers
+    assert gw.limiter._in_flight == 0 and not gw.limiter._waiters
+    with pytest.raises(GatewayRateLimited, match="stopping"):
+        await gw.charge(request(2))  # still paused: nothing new waits either
+    await gw.aclose()
+
+
 async def test_the_pace_cap_spaces_calls_to_the_configured_rate(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
