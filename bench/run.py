@@ -39,6 +39,17 @@ ADAPTERS = ("inprocess", "sandbox", "stripe")
 ADAPTER_CONCURRENCY = 64
 
 
+def _concurrency_shown(concurrency: int | None) -> tuple[int, str]:
+    """A row's concurrency and its label: given, the default, or the caller's BILLQ_CONCURRENCY
+    (which the workers inherit when the row leaves it to the default)."""
+    if concurrency is not None:
+        return concurrency, str(concurrency)
+    given = os.environ.get("BILLQ_CONCURRENCY", "")
+    if given.isdigit():
+        return int(given), f"{given} (BILLQ_CONCURRENCY)"
+    return infra.DEFAULT_CONCURRENCY, f"{infra.DEFAULT_CONCURRENCY} (default)"
+
+
 @dataclass
 class Row:
     name: str
@@ -413,10 +424,7 @@ class Bench:
                 extra["mean_attempts"] = round(float(figures["mean_attempts"]), 2)
                 extra["slowest_chain_s"] = round(float(figures["slowest_chain_s"]), 1)
             gw = gateway + (f" {latency_ms}ms" if gateway in HTTP_GATEWAYS else "") + title
-            conc = concurrency if concurrency is not None else infra.DEFAULT_CONCURRENCY
-            shown = f"{conc}" if concurrency is not None else f"{conc} (default)"
-            if concurrency is None and "BILLQ_CONCURRENCY" in os.environ:
-                shown = f"{os.environ['BILLQ_CONCURRENCY']} (BILLQ_CONCURRENCY)"
+            conc, shown = _concurrency_shown(concurrency)
             self.record(
                 measured(
                     f"billq {mode}, {gw}, {processes} proc x {shown}",
