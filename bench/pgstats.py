@@ -45,6 +45,7 @@ from types import FrameType
 from typing import Any
 
 import asyncpg
+import psutil
 
 from bench import infra, run
 
@@ -158,7 +159,8 @@ def stopped_on_signals() -> Iterator[None]:
     def leave(signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = {s: signal.signal(s, leave) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too: a shell starts a background job with SIGINT ignored.
+    previous = {s: signal.signal(s, leave) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
@@ -311,47 +313,43 @@ def show(result: dict[str, Any]) -> None:
         )
 
 
-async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
-    major, settings = await machine_settings()
-    cluster = Cluster(bindir(major), settings)
+async def measure_all(args: argparse.Namespace, settings: dict[str, str]) -> None:
+    await infra.admin_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    bench_args = argparse.Namespace(
+        n=args.n,
+        io_n=args.n,
+        timeout=args.timeout,
+        keep=True,  # the load's database outlives the row, for its table counters
+        results=str(args.out),
+        only=None,
+        large=False,
+        dashboard_jobs=0,
+    )
+    # One bench per tree: each migrates and seeds its own template (schemas differ).
+    trees: list[str] = args.tree
+    benches = {tree: run.Bench(bench_args) for tree in trees}
     results: list[dict[str, Any]] = []
-    try:
-        cluster.start()
-        infra.PG_ADMIN = cluster.admin_url  # every bench helper reads it at call time
-        await infra.admin_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        print(
-            f"pgstats: throwaway Postgres {major} on port {cluster.port} ({settings})", flush=True
-        )
-        bench_args = argparse.Namespace(
-            n=args.n,
-            io_n=args.n,
-            timeout=args.timeout,
-            keep=True,  # the load's database outlives the row, for its table counters
-            results=str(args.out),
-            only=None,
-            large=False,
-            dashboard_jobs=0,
-        )
-        trees: list[str] = args.tree
-        # One bench per tree: each migrates and seeds its own template (schemas differ).
-        benches = {tree: run.Bench(bench_args) for tree in trees}
-        try:
-            for _ in range(args.repeat):
-                for load, tree in itertools.product(args.load or LOADS, trees):
-                    infra.BILLQ_TREE = tree
-                    result = await measure(benches[tree], load, args.n)
-                    result["postgres_settings"] = settings
-                    show(result)
-                    results.append(result)
-                    out = args.out / f"{args.label or 'latest'}.json"
-                    out.write_text(json.dumps(results, indent=2, default=str))
-        finally:
-            for bench in benches.values():
-                for template in bench.templates.values():
-                    await infra.drop_database(template)
-    finally:
-        cluster.stop()
-    return results
+    for _ in range(args.repeat):
+        for load, tree in itertools.product(args.load or LOADS, trees):
+            infra.BILLQ_TREE = tree
+            result = await measure(benches[tree], load, args.n)
+            result["postgres_settings"] = settings
+            show(result)
+            results.append(result)
+            out = args.out / f"{args.label or 'latest'}.json"
+            out.write_text(json.dumps(results, indent=2, default=str))
+
+
+def stop_children() -> None:
+    """billq processes a load left running when it was interrupted (this process's own)."""
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=30)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
 
 
 def main() -> None:
@@ -379,8 +377,20 @@ def main() -> None:
         p.error("--n and --repeat must be positive")
     args.out.mkdir(parents=True, exist_ok=True)
     args.tree = [str(Path(t).resolve()) for t in args.tree] if args.tree else [infra.BILLQ_TREE]
-    with stopped_on_signals():
-        asyncio.run(main_async(args))
+    major, settings = asyncio.run(machine_settings())
+    cluster = Cluster(bindir(major), settings)
+    try:
+        with stopped_on_signals():
+            cluster.start()
+            infra.PG_ADMIN = cluster.admin_url  # every bench helper reads it at call time
+            print(f"pgstats: throwaway Postgres {major} on port {cluster.port} ({settings})")
+            asyncio.run(measure_all(args, settings))
+    finally:
+        # Ignored from here on: a second Ctrl-C must not leave the cluster behind.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        stop_children()
+        cluster.stop()
 
 
 if __name__ == "__main__":
