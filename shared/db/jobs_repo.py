@@ -142,12 +142,16 @@ WITH input AS (
                         || ' took money for a period already paid; refund it'
       FROM input i
      WHERE j.id = i.job_id AND j.attempts = i.attempts AND j.state = 'processing'
-       AND EXISTS (SELECT 1 FROM charges c
-                    WHERE j.kind = 'period' AND c.kind = 'period'
-                      AND c.account_id = j.account_id
-                      AND daterange(c.period_start, c.period_end)
-                          && daterange(j.period_start, j.period_end)
-                      AND c.idempotency_key <> j.idempotency_key)
+       -- A subplan per input row, not a semi-join: pulled up, the EXISTS's `j.kind =
+       -- 'period'` would restrict j and, without statistics mid-run, have j read through
+       -- the partial index billing_jobs_period_key: every period job, each group commit.
+       AND (SELECT true FROM charges c
+             WHERE j.kind = 'period' AND c.kind = 'period'
+               AND c.account_id = j.account_id
+               AND daterange(c.period_start, c.period_end)
+                   && daterange(j.period_start, j.period_end)
+               AND c.idempotency_key <> j.idempotency_key
+             LIMIT 1)
     RETURNING j.id
 ), charge AS (
     INSERT INTO charges (job_id, kind, account_id, period_start, period_end, amount_cents,
