@@ -4,8 +4,9 @@ The machine's Postgres does not preload ``pg_stat_statements`` (and is never rec
 the bench), so this starts a throwaway cluster of the same major version on a free port with
 ``shared_preload_libraries = pg_stat_statements`` and ``pg_stat_statements.track = all``, and
 with the machine's server's ``synchronous_commit``, ``shared_buffers``, ``max_connections``
-(at least 100) and the other settings in ``MIRRORED`` (read with ``SHOW``). Then it runs two
-of the bench's loads against it (``BENCH_PG_ADMIN`` pointed there; the broker is the usual):
+(at least 100) and the other settings in ``MIRRORED`` (read with ``SHOW``; ``--setting
+NAME=VALUE`` overrides one, e.g. ``autovacuum=on``). Then it runs two of the bench's loads
+against it (``BENCH_PG_ADMIN`` pointed there; the broker is the usual):
 
 - ``distributor``: ``billq distribute`` alone against ``--n`` due accounts;
 - ``pipeline-default``: the same while 2 workers with the default settings consume
@@ -329,8 +330,10 @@ async def measure_all(args: argparse.Namespace, settings: dict[str, str]) -> Non
     trees: list[str] = args.tree
     benches = {tree: run.Bench(bench_args) for tree in trees}
     results: list[dict[str, Any]] = []
-    for _ in range(args.repeat):
-        for load, tree in itertools.product(args.load or LOADS, trees):
+    for i in range(args.repeat):
+        # A B, then B A: a machine whose load drifts during the runs favours neither.
+        order = trees if i % 2 == 0 else trees[::-1]
+        for load, tree in itertools.product(args.load or LOADS, order):
             infra.BILLQ_TREE = tree
             result = await measure(benches[tree], load, args.n)
             result["postgres_settings"] = settings
@@ -369,15 +372,25 @@ def main() -> None:
         " on each tree in turn on the same server, for an A/B (default: BENCH_BILLQ_TREE or"
         " this checkout)",
     )
+    p.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a server setting instead of the machine's (e.g. autovacuum=on); repeatable",
+    )
     p.add_argument("--label", default="", help="prefix of the result files (e.g. old / new)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per load")
     p.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
     args = p.parse_args()
     if args.n < 1 or args.repeat < 1:
         p.error("--n and --repeat must be positive")
+    if any("=" not in s for s in args.setting):
+        p.error("--setting takes NAME=VALUE")
     args.out.mkdir(parents=True, exist_ok=True)
     args.tree = [str(Path(t).resolve()) for t in args.tree] if args.tree else [infra.BILLQ_TREE]
     major, settings = asyncio.run(machine_settings())
+    settings.update(dict(s.split("=", 1) for s in args.setting))
     cluster = Cluster(bindir(major), settings)
     try:
         with stopped_on_signals():
