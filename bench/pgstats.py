@@ -268,6 +268,10 @@ async def measure(bench: run.Bench, load: str, n: int) -> dict[str, Any]:
         "seconds": round(row.seconds, 2),
         "wall_s": round(time.time() - started, 1),
         "checks_ok": row.ok,
+        # The bench's meter: this load's Postgres backends and both servers' background
+        # processes, the whole broker, the workers (a distributor row: its process instead).
+        "cpu_s": {k: round(v, 2) for k, v in row.cpu_s.items()},
+        "cpu_us_per_account": round(row.cpu_us_per_account),
         "extra": row.extra,
         "load_average": [load_before, infra.loadavg()],
         **stats,
@@ -289,7 +293,8 @@ def show(result: dict[str, Any]) -> None:
     print(
         f"\n== {result['load']} n={result['n']:,} ({result['commit']}):"
         f" {result['accounts_per_s']:,}/s, load {result['load_average']}, checks"
-        f" {'ok' if result['checks_ok'] else 'FAILED'}"
+        f" {'ok' if result['checks_ok'] else 'FAILED'}, {result['cpu_us_per_account']} µs CPU per"
+        f" account {result['cpu_s']}"
     )
     print(
         f"   per account: {t['calls_per_account']} statements, {t['exec_us_per_account']} µs exec,"

@@ -41,11 +41,17 @@ RECORD_SUCCESSES = """
 WITH input AS (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[]) AS t(job_id, attempts, charge_id)
 ), done AS (
+    -- ``j.id = ANY (…)`` beside ``state = 'processing'``: an index condition on both columns
+    -- of billing_jobs_open_idx, a probe per job. With the state alone as its condition the
+    -- planner (no statistics mid-run) read every 'processing' entry of that index, and
+    -- without vacuum those are every job the run has processed: ≈ 30,000 entries and
+    -- ≈ 2,000 buffers per group commit at 30,000 accounts, in this CTE and in ``twice``.
     UPDATE billing_jobs j
        SET state = 'succeeded', finished_at = now(), updated_at = now(),
            locked_by = NULL, locked_until = NULL, last_error = NULL
       FROM input i
      WHERE j.id = i.job_id AND j.attempts = i.attempts AND j.state = 'processing'
+       AND j.id = ANY (ARRAY(SELECT job_id FROM input))
        AND NOT EXISTS (SELECT 1 FROM charges c
                         WHERE j.kind = 'period' AND c.kind = 'period'
                           AND c.account_id = j.account_id
@@ -65,6 +71,7 @@ WITH input AS (
                         || ' took money for a period already paid; refund it'
       FROM input i
      WHERE j.id = i.job_id AND j.attempts = i.attempts AND j.state = 'processing'
+       AND j.id = ANY (ARRAY(SELECT job_id FROM input))
        -- A subplan per input row, not a semi-join: pulled up, the EXISTS's `j.kind =
        -- 'period'` would restrict j and, without statistics mid-run, have j read through
        -- the partial index billing_jobs_period_key: every period job, each group commit.
