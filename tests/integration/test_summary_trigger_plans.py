@@ -112,6 +112,29 @@ async def test_a_group_commit_reads_no_index_entries_of_the_history(
     assert read < PER_ROW * BATCH, f"{read} billing_jobs index entries read for {BATCH} commits"
 
 
+async def test_a_group_commit_reads_no_index_entries_of_jobs_processed_before(
+    db: asyncpg.Connection,
+) -> None:
+    # Mid-run without vacuum: every job processed so far left a dead 'processing' version,
+    # and its entry in billing_jobs_open_idx. Reading the jobs by state alone reads them all.
+    batch = await _history(db)
+    await db.execute("UPDATE billing_jobs SET state = 'processing' WHERE state = 'failed'")
+    await db.execute(
+        "UPDATE billing_jobs SET state = 'failed' WHERE id <> ALL($1::bigint[])",
+        [r["id"] for r in batch],
+    )
+    read = await _counted(
+        db,
+        jobs_repo.RECORD_SUCCESSES,
+        [r["id"] for r in batch],
+        [r["attempts"] for r in batch],
+        [f"ch_{r['id']}" for r in batch],
+        counter=INDEX_TUPLES_READ,
+    )
+    assert await db.fetchval("SELECT count(*) FROM charges") == BATCH
+    assert read < PER_ROW * BATCH, f"{read} billing_jobs index entries read for {BATCH} commits"
+
+
 async def test_a_group_commit_of_dunning_retries_reads_one_first_decline_per_retry(
     db: asyncpg.Connection,
 ) -> None:
