@@ -106,6 +106,10 @@ def billq_env(database: str, prefix: str, **extra: str) -> dict[str, str]:
     return env
 
 
+# Marks the bench's own polling statements, so that bench.pgstats can leave them out of what
+# pg_stat_statements says billq spent (the statement text keeps the comment).
+BENCH_SQL = "/* bench */"
+
 # billq's BILLQ_CONCURRENCY default (the bench imports no billq code; keep in step).
 DEFAULT_CONCURRENCY = 256
 
@@ -117,7 +121,7 @@ async def dead_tuples(database: str) -> dict[str, int]:
         # The statistics collector reports with a delay; ask for a fresh snapshot.
         await conn.execute("SELECT pg_stat_clear_snapshot()")
         rows = await conn.fetch(
-            "SELECT relname, n_dead_tup FROM pg_stat_user_tables"
+            f"{BENCH_SQL} SELECT relname, n_dead_tup FROM pg_stat_user_tables"
             " WHERE relname IN ('billing_jobs', 'accounts')"
         )
     finally:
@@ -125,7 +129,15 @@ async def dead_tuples(database: str) -> dict[str, int]:
     return {r["relname"]: int(r["n_dead_tup"]) for r in rows}
 
 
+# Another checkout of billq to measure with this bench (its own ``make install``), e.g. the
+# code before a change for an A/B; its interpreter runs with -P so that the bench's working
+# directory never shadows that checkout's packages.
+BILLQ_TREE = os.environ.get("BENCH_BILLQ_TREE", "")
+
+
 def billq_cmd(*args: str) -> list[str]:
+    if BILLQ_TREE:
+        return [str(Path(BILLQ_TREE) / ".venv" / "bin" / "python"), "-P", "-m", "billq", *args]
     return [sys.executable, "-m", "billq", *args]
 
 

@@ -217,7 +217,7 @@ class Bench:
                     if p.poll() is not None:
                         raise RuntimeError(f"a process exited {p.returncode} mid-measurement")
                 got = await conn.fetchval(
-                    "SELECT count(*) FROM billing_jobs WHERE state = 'succeeded'"
+                    f"{infra.BENCH_SQL} SELECT count(*) FROM billing_jobs WHERE state = 'succeeded'"
                 )
                 return bool(got >= n)
 
@@ -232,7 +232,7 @@ class Bench:
         conn = await infra.connect(db)
         try:
             row = await conn.fetchrow(
-                f"""
+                f"""{infra.BENCH_SQL}
                 SELECT count(*) AS n,
                        extract(epoch FROM max(finished_at) - min({since})) AS seconds,
                        percentile_cont(0.5) WITHIN GROUP (
@@ -264,16 +264,18 @@ class Bench:
         conn = await infra.connect(db)
         try:
             counts = await conn.fetchrow(
-                "SELECT count(*), count(DISTINCT account_id), count(DISTINCT idempotency_key)"
+                f"{infra.BENCH_SQL} SELECT count(*), count(DISTINCT account_id),"
+                " count(DISTINCT idempotency_key)"
                 " FROM charges"
             )
             assert counts is not None
             charges, accounts, keys = counts
             not_done = await conn.fetchval(
-                "SELECT count(*) FROM billing_jobs WHERE state <> 'succeeded'"
+                f"{infra.BENCH_SQL} SELECT count(*) FROM billing_jobs WHERE state <> 'succeeded'"
             )
             advanced = await conn.fetchval(
-                "SELECT count(*) FROM accounts WHERE next_billing_at = $1", infra.NEXT_PERIOD
+                f"{infra.BENCH_SQL} SELECT count(*) FROM accounts WHERE next_billing_at = $1",
+                infra.NEXT_PERIOD,
             )
         finally:
             await conn.close()
@@ -332,7 +334,7 @@ class Bench:
             conn = await infra.connect(db)
             try:
                 published = await conn.fetchval(
-                    "SELECT count(*) FROM billing_jobs WHERE state = 'published'"
+                    f"{infra.BENCH_SQL} SELECT count(*) FROM billing_jobs WHERE state = 'published'"
                 )
             finally:
                 await conn.close()

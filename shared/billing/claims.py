@@ -2,8 +2,9 @@
 
 Every path that could charge — a first delivery, a retry, a redelivery, a dead-letter replay, an
 operator's retry, dunning, the reconciler's republish — reaches the gateway only through a
-claim. The claim statement (``shared.db.jobs_repo.CLAIM``) gathers the facts below under the
-account's row lock, and ``ClaimedJob.gate`` decides; the worker charges only when it says yes.
+claim. The claim (``billq_claim``, migrations/0020_claim_function.sql) gathers the facts
+below under the account's row lock, and ``ClaimedJob.gate`` decides; the worker charges only
+when it says yes.
 """
 
 from __future__ import annotations

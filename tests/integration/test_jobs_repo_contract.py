@@ -7,6 +7,7 @@ handler's unit tests rely on in the fake is what the worker gets from Postgres.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import inspect
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from jobskit import FakeJobsRepo
 from shared.billing.claims import ClaimedJob, ClaimRequest
 from shared.billing.dunning import decide
 from shared.config import Settings
-from shared.db import workers_repo
+from shared.db import jobs_repo, workers_repo
 from shared.db.jobs_port import JobsRepo
 from shared.db.jobs_repo import PgJobsRepo
 from shared.db.pool import create_pool
@@ -321,6 +322,48 @@ async def test_days_held_by_a_live_claim_are_busy(
     assert await claim_one(store.repo, req(10)) is not None
 
     again = await claim_one(store.repo, req(11, key=key))
+
+    assert again is not None
+    assert (again.gate(), again.busy_with) == ("period_busy", 10)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("second", "key", "gate"), SAME_DAYS)
+async def test_a_claim_waiting_for_the_accounts_lock_sees_the_claim_it_waited_for(
+    settings: Settings,
+    db: asyncpg.Connection,
+    postgres_store: PostgresStore,
+    second: dict[str, object],
+    key: str,
+    gate: str,
+) -> None:
+    # The gate reads a snapshot taken after the account's lock was granted: a claim that
+    # waited for another claim of the same days sees it committed, and holds off.
+    store = postgres_store
+    await store.add_account(1)
+    await store.add_job(10, 1)
+    await store.add_job(11, 1, **second)  # type: ignore[arg-type]
+    first = db.transaction()
+    await first.start()
+    await db.fetch(
+        jobs_repo.CLAIM, [10], [1], [req(10).idempotency_key], [False], [None], [0], "w1", 30, 30
+    )
+    waiting = asyncio.create_task(claim_one(store.repo, req(11, key=key)))
+    watcher = await asyncpg.connect(settings.database_url.get_secret_value())
+    try:
+        for _ in range(200):  # until the second claim waits for the lock (or ended without)
+            blocked = await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if blocked or waiting.done():
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await watcher.close()
+    await first.commit()
+
+    again = await waiting
 
     assert again is not None
     assert (again.gate(), again.busy_with) == ("period_busy", 10)

@@ -30,22 +30,24 @@ SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)
 """
 
 
-async def _tuples_read(db: asyncpg.Connection) -> int:
+async def _tuples_read(db: asyncpg.Connection, counter: str) -> int:
     await db.execute("SELECT pg_stat_clear_snapshot()")
-    return int(await db.fetchval(TUPLES_READ))
+    return int(await db.fetchval(counter))
 
 
-async def _counted(db: asyncpg.Connection, sql: str, *args: object) -> int:
-    """billing_jobs tuples read by one statement and the triggers it fires."""
+async def _counted(
+    db: asyncpg.Connection, sql: str, *args: object, counter: str = TUPLES_READ
+) -> int:
+    """billing_jobs tuples read (``counter``) by one statement and the triggers it fires."""
     # What earlier statements read is flushed first, or it would land in this count.
     await db.execute("SELECT pg_stat_force_next_flush()")
     await db.execute("SELECT 1")
-    before = await _tuples_read(db)
+    before = await _tuples_read(db, counter)
     await db.execute("SELECT pg_stat_force_next_flush()")
     await db.execute(sql, *args)
     await db.execute("SELECT pg_stat_force_next_flush()")
     await db.execute("SELECT 1")  # the flush happens once the backend is idle again
-    return await _tuples_read(db) - before
+    return await _tuples_read(db, counter) - before
 
 
 async def _history(db: asyncpg.Connection) -> list[asyncpg.Record]:
@@ -84,6 +86,53 @@ async def test_a_group_commit_reads_its_own_jobs_not_the_history(db: asyncpg.Con
     )
     assert await db.fetchval("SELECT count(*) FROM charges") == BATCH
     assert read < PER_ROW * BATCH, f"{read} billing_jobs tuples read for {BATCH} commits"
+
+
+INDEX_TUPLES_READ = """
+SELECT coalesce(sum(idx_tup_read), 0) FROM pg_stat_user_indexes WHERE relname = 'billing_jobs'
+"""
+
+
+async def test_a_group_commit_reads_no_index_entries_of_the_history(
+    db: asyncpg.Connection,
+) -> None:
+    # The double-charge check once read the whole partial index billing_jobs_period_key
+    # (every period job, and every dead version of one) to intersect it with the open jobs:
+    # few heap tuples, but index entries in proportion to the table on every group commit.
+    batch = await _history(db)
+    read = await _counted(
+        db,
+        jobs_repo.RECORD_SUCCESSES,
+        [r["id"] for r in batch],
+        [r["attempts"] for r in batch],
+        [f"ch_{r['id']}" for r in batch],
+        counter=INDEX_TUPLES_READ,
+    )
+    assert await db.fetchval("SELECT count(*) FROM charges") == BATCH
+    assert read < PER_ROW * BATCH, f"{read} billing_jobs index entries read for {BATCH} commits"
+
+
+async def test_a_group_commit_reads_no_index_entries_of_jobs_processed_before(
+    db: asyncpg.Connection,
+) -> None:
+    # Mid-run without vacuum: every job processed so far left a dead 'processing' version,
+    # and its entry in billing_jobs_open_idx. Reading the jobs by state alone reads them all.
+    batch = await _history(db)
+    await db.execute("UPDATE billing_jobs SET state = 'processing' WHERE state = 'failed'")
+    await db.execute(
+        "UPDATE billing_jobs SET state = 'failed' WHERE id <> ALL($1::bigint[])",
+        [r["id"] for r in batch],
+    )
+    read = await _counted(
+        db,
+        jobs_repo.RECORD_SUCCESSES,
+        [r["id"] for r in batch],
+        [r["attempts"] for r in batch],
+        [f"ch_{r['id']}" for r in batch],
+        counter=INDEX_TUPLES_READ,
+    )
+    assert await db.fetchval("SELECT count(*) FROM charges") == BATCH
+    assert read < PER_ROW * BATCH, f"{read} billing_jobs index entries read for {BATCH} commits"
 
 
 async def test_a_group_commit_of_dunning_retries_reads_one_first_decline_per_retry(
