@@ -2,7 +2,7 @@
 
 Every path that could charge — a first delivery, a retry, a redelivery, a dead-letter replay, an
 operator's retry, dunning, the reconciler's republish — reaches the gateway only through a
-claim. The claim (``billq_claim``, migrations/0020_claim_function.sql) gathers the facts
+claim. The claim (``billq_claim``, migrations/0021_claim_function.sql) gathers the facts
 below under the account's row lock, and ``ClaimedJob.gate`` decides; the worker charges only
 when it says yes.
 """

@@ -23,7 +23,7 @@ from shared.db.errors import classified
 STALE_WORKER_S = 30.0
 
 # The claim: the account locks, then the fenced claim and its gate, in one call of the
-# function migrations/0020_claim_function.sql defines (there, why the locks come first and
+# function migrations/0021_claim_function.sql defines (there, why the locks come first and
 # why the function is VOLATILE). One round trip per claimed batch.
 CLAIM = "SELECT * FROM billq_claim($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 
