@@ -100,10 +100,13 @@ async def delete_topology(settings: Settings) -> None:
     p = settings.queue_prefix
     conn = await aio_pika.connect(AMQP)
     try:
+        # The default tiers too: a process of the test may have declared them under this
+        # prefix with settings of its own.
+        tiers = set(topology.retry_tiers(settings)) | set(
+            topology.retry_tiers(Settings.model_construct())
+        )
         queues = [names.work_queue(p), names.priority_queue(p), names.dead_letter_queue(p)] + [
-            names.lane_retry_queue(p, lane, t)
-            for lane in names.LANES
-            for t in topology.retry_tiers(settings)
+            names.lane_retry_queue(p, lane, t) for lane in names.LANES for t in sorted(tiers)
         ]
         for q in queues:
             channel = await conn.channel()
