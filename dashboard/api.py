@@ -31,7 +31,14 @@ from typing import Any
 
 from aiohttp import web
 
-from dashboard.pages import LETTER_ID, MAX_SELECTED, _int, _refuse_if_read_only, state_of
+from dashboard.pages import (
+    LETTER_ID,
+    MAX_SELECTED,
+    _int,
+    _path_id,
+    _refuse_if_read_only,
+    state_of,
+)
 from shared import views
 from shared.billing.jobs import JOB_STATES
 from shared.errors import ActionRefused, BillqError, ConfigError, InvalidRequest
@@ -64,8 +71,7 @@ async def runs(request: web.Request) -> web.Response:
 async def run(request: web.Request) -> web.Response:
     from dashboard.pages import cached_run_data
 
-    run_id = _int(request.match_info["id"], "run")
-    assert run_id is not None
+    run_id = _path_id(request, "run")
     try:
         data = await cached_run_data(state_of(request), run_id)
     except ConfigError as exc:
@@ -77,7 +83,7 @@ REPORT_DEAD_LIMIT, REPORT_DEAD_MAX = 100, 1000
 
 
 async def report(request: web.Request) -> web.Response:
-    run_id = _int(request.match_info["id"], "run")
+    run_id = _int(request.match_info["id"], "run", high=None)
     assert run_id is not None
     q = request.query
     try:
@@ -134,8 +140,7 @@ async def jobs(request: web.Request) -> web.Response:
 
 async def account(request: web.Request) -> web.Response:
     pool = state_of(request).pool
-    account_id = _int(request.match_info["id"], "account")
-    assert account_id is not None
+    account_id = _path_id(request, "account")
     try:
         data = await views.account(pool, account_id)
     except ConfigError as exc:
@@ -187,8 +192,7 @@ async def job_action(request: web.Request) -> web.Response:
     from shared import operations
 
     _refuse_if_read_only(request)
-    job_id = _int(request.match_info["id"], "job")
-    assert job_id is not None
+    job_id = _path_id(request, "job")
     state, actor = state_of(request), str(request["actor"])
     state.cache.clear()
     try:

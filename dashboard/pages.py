@@ -9,6 +9,7 @@ does it through ``shared.operations`` — the code behind ``billq dlq replay`` a
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from typing import Any
 from urllib.parse import urlencode
@@ -19,6 +20,7 @@ from dashboard import auth
 from dashboard.server import STATE, State
 from shared.billing.jobs import JOB_STATES, OPEN_STATES, TERMINAL
 from shared.errors import BillqError, ConfigError
+from shared.messages import INT64_MAX
 
 LETTER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_SELECTED = 500
@@ -51,7 +53,8 @@ def unauthorized(request: web.Request) -> web.StreamResponse:
     return render(request, "login.html", http_status=401, error=None, next=request.path_qs)
 
 
-def _int(value: str | None, name: str) -> int | None:
+def _int(value: str | None, name: str, *, high: int | None = INT64_MAX) -> int | None:
+    """A positive integer filter; past ``high`` (a bigint's range) a 400 naming it."""
     if value in (None, ""):
         return None
     try:
@@ -60,6 +63,22 @@ def _int(value: str | None, name: str) -> int | None:
         raise web.HTTPBadRequest(text=f"{name}: expected a number\n") from None
     if n < 1:
         raise web.HTTPBadRequest(text=f"{name}: expected a positive number\n")
+    if high is not None and n > high:
+        raise web.HTTPBadRequest(text=f"{name}: expected a number up to {high}\n")
+    return n
+
+
+def _path_id(request: web.Request, name: str) -> int:
+    """The path's ``{id}``. Past a bigint's range no row has it: not found, never a 500."""
+    n = _int(request.match_info["id"], name, high=None)
+    assert n is not None  # the route matched a non-empty segment
+    if n > INT64_MAX:
+        message = f"{name}: no {name} {n}"
+        if request.path.startswith("/api/"):
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": message}), content_type="application/json"
+            )
+        raise web.HTTPNotFound(text=message + "\n")
     return n
 
 
@@ -136,7 +155,7 @@ async def cached_run_data(state: State, run_id: int) -> dict[str, Any]:
 
 
 async def _run_or_404(state: State, request: web.Request) -> dict[str, Any]:
-    run_id = _int(request.match_info["id"], "run")
+    run_id = _path_id(request, "run")
     assert run_id is not None
     try:
         return await cached_run_data(state, run_id)
@@ -210,7 +229,7 @@ async def account_page(request: web.Request) -> web.Response:
     from shared import views
 
     state = state_of(request)
-    account_id = _int(request.match_info["id"], "account")
+    account_id = _path_id(request, "account")
     assert account_id is not None
     try:
         account = await views.account(state.pool, account_id)
