@@ -227,16 +227,14 @@ class RateLimitedGateway(ForwardingGateway):
             try:
                 answer = await call()
             except GatewayRateLimited as exc:
-                limiter.release()
                 # Nothing ran at the gateway: the same key may go again, spending no attempt.
+                # The pause is set before the slot is released, so no waiter goes meanwhile.
                 if not limiter.on_rate_limited(exc, deadline):
                     raise
                 resent = True
                 continue
-            except BaseException:
+            finally:
                 limiter.release()
-                raise
-            limiter.release()
             limiter.on_success()
             return answer
 
